@@ -1,0 +1,152 @@
+//! The command line, as clap derive structs. Doc comments are the help text; no logic here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exchange certificates out of band and run secure aggregation with them.
+///
+/// A party (a hospital node, or the researcher who aggregates) generates a key and a
+/// certificate, prints registration instructions, and registers its peers' certificates.
+/// Those registered certificates then key the pairwise masks of secure aggregation.
+#[derive(Debug, Parser)]
+#[command(name = "secagg", version, propagate_version = true)]
+pub struct Cli {
+    /// Home directory of this party (config, key, certificate, registry).
+    ///
+    /// Defaults to $SECAGG_HOME, then the platform data directory.
+    #[arg(long, global = true, env = "SECAGG_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// More log output on stderr (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage this party's certificate and the registry of peers.
+    #[command(subcommand)]
+    Certificate(CertificateCmd),
+    /// Print shell completions, e.g. `secagg completions bash > /etc/bash_completion.d/secagg`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Party roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// A data holder that masks its update.
+    Node,
+    /// The aggregator.
+    Researcher,
+}
+
+/// `secagg certificate ...`
+#[derive(Debug, Subcommand)]
+pub enum CertificateCmd {
+    /// Create this party's P-256 key and self-signed certificate.
+    Generate(GenerateArgs),
+    /// Print what a peer needs to register this party: PEM, fingerprint and command.
+    RegistrationInstructions(InstructionsArgs),
+    /// Register a peer's certificate after checking it.
+    Register(RegisterArgs),
+    /// List registered peers.
+    List(ListArgs),
+    /// Remove a peer from the registry.
+    Delete(DeleteArgs),
+}
+
+/// `certificate generate`
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// This party's role.
+    #[arg(long, value_enum, default_value = "node")]
+    pub role: RoleArg,
+    /// Party id (1-64 characters of A-Z a-z 0-9 . _ -). Default: <role>_<uuid>.
+    #[arg(long, value_name = "ID")]
+    pub party_id: Option<String>,
+    /// IP address or DNS name peers use to reach this party (goes in the certificate SAN).
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub ip: String,
+    /// TCP port peers use to reach this party.
+    #[arg(long, value_name = "PORT", default_value_t = 50051)]
+    pub port: u64,
+    /// Certificate lifetime in days.
+    #[arg(long, value_name = "N", default_value_t = 365)]
+    pub validity_days: u32,
+    /// Replace an existing identity; the old files are kept as .bak-<time>. Asks first on a terminal.
+    #[arg(long)]
+    pub force: bool,
+    /// With --force: do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// `certificate registration-instructions`
+#[derive(Debug, Args)]
+pub struct InstructionsArgs {
+    /// Print the facts as one JSON object on stdout instead.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `certificate register`
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// The peer's certificate PEM file (as printed by its registration instructions).
+    #[arg(long, value_name = "FILE")]
+    pub public_key: PathBuf,
+    /// The peer's party id; must equal its certificate's CN.
+    #[arg(long, value_name = "ID")]
+    pub party_id: String,
+    /// The peer's IP address or DNS name.
+    #[arg(long, value_name = "IP")]
+    pub ip: String,
+    /// The peer's TCP port (1-65535).
+    #[arg(long, value_name = "PORT")]
+    pub port: u64,
+    /// The peer's role.
+    #[arg(long, value_enum, default_value = "node")]
+    pub role: RoleArg,
+    /// Expected SHA-256 fingerprint, checked instead of asking (AB:CD:... as openssl prints it).
+    #[arg(long, value_name = "FP")]
+    pub fingerprint: Option<String>,
+    /// Replace an existing registration with the same party id.
+    #[arg(long)]
+    pub upsert: bool,
+    /// Do not ask for confirmation (you vouch for the fingerprint).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Accept a certificate outside its validity period.
+    #[arg(long)]
+    pub allow_expired: bool,
+    /// Accept a certificate whose CN differs from --party-id.
+    #[arg(long)]
+    pub allow_cn_mismatch: bool,
+}
+
+/// `certificate list`
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print a JSON array on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `certificate delete`
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The party to remove.
+    #[arg(long, value_name = "ID")]
+    pub party_id: String,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}

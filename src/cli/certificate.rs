@@ -1,0 +1,396 @@
+//! `secagg certificate ...`: generate, registration-instructions, register, list, delete.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::args::{CertificateCmd, DeleteArgs, GenerateArgs, ListArgs, RegisterArgs, RoleArg};
+use super::{Failure, prompt};
+use crate::certificate::{Fingerprint, PeerCertificate, unix_secs};
+use crate::identity::{self, GenerateParams, Home, Host, PartyId, Role};
+use crate::registry::{self, NewPeer, OnDuplicate, Peer, Registered, Registry, format_time};
+
+/// Certificates expiring within this many days are flagged in listings.
+const EXPIRY_WARNING_DAYS: i64 = 30;
+
+pub(super) fn run(home: &Home, cmd: CertificateCmd) -> Result<(), Failure> {
+    match cmd {
+        CertificateCmd::Generate(a) => generate(home, a),
+        CertificateCmd::RegistrationInstructions(a) => instructions(home, a.json),
+        CertificateCmd::Register(a) => register(home, a),
+        CertificateCmd::List(a) => list(home, a),
+        CertificateCmd::Delete(a) => delete(home, a),
+    }
+}
+
+pub(super) fn role(r: RoleArg) -> Role {
+    match r {
+        RoleArg::Node => Role::Node,
+        RoleArg::Researcher => Role::Researcher,
+    }
+}
+
+fn generate(home: &Home, a: GenerateArgs) -> Result<(), Failure> {
+    let role = role(a.role);
+    let party_id = match a.party_id {
+        Some(id) => id.parse()?,
+        None => PartyId::random(role),
+    };
+    let params = GenerateParams {
+        party_id,
+        role,
+        ip: a.ip.parse()?,
+        port: identity::parse_port(a.port)?,
+        validity_days: a.validity_days,
+    };
+    if a.force && home.has_identity() && !a.yes {
+        let ok = prompt::confirm(
+            &format!(
+                "Replace the identity in {}? Peers will have to register the new certificate",
+                home.root().display()
+            ),
+            "pass --yes together with --force to replace the identity without asking",
+        )?;
+        if !ok {
+            return Err(Failure::new("cancelled; nothing was changed".into(), None));
+        }
+    }
+    let generated = identity::generate(home, &params, a.force)?;
+    for (from, to) in &generated.backups {
+        eprintln!("kept old {} as {}", from.display(), to.display());
+    }
+    let cert = &generated.identity.certificate;
+    eprintln!(
+        "generated {} '{}' in {}",
+        role,
+        params.party_id,
+        home.root().display()
+    );
+    eprintln!("fingerprint: {}", cert.fingerprint());
+    eprintln!(
+        "next: run 'secagg certificate registration-instructions' and send the output to your peers"
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct InstructionsJson<'a> {
+    party_id: &'a str,
+    role: &'a str,
+    ip: &'a str,
+    port: u16,
+    fingerprint: String,
+    certificate_pem: String,
+    pem_file: String,
+    register_command: String,
+}
+
+fn instructions(home: &Home, json: bool) -> Result<(), Failure> {
+    let config = home.load_config()?;
+    let cert = home.load_certificate()?;
+    let pem_file = format!("{}.pem", config.party_id);
+    let command = format!(
+        "secagg certificate register --public-key {pem_file} --party-id {} --ip {} --port {} --role {} --fingerprint {}",
+        config.party_id,
+        config.ip,
+        config.port,
+        config.role,
+        cert.fingerprint()
+    );
+    if json {
+        let out = InstructionsJson {
+            party_id: config.party_id.as_str(),
+            role: config.role.as_str(),
+            ip: config.ip.as_str(),
+            port: config.port,
+            fingerprint: cert.fingerprint().to_string(),
+            certificate_pem: cert.to_pem(),
+            pem_file,
+            register_command: command,
+        };
+        println!("{}", to_json(&out)?);
+        return Ok(());
+    }
+    print!(
+        "\
+Registration instructions for {role} '{id}'
+
+1. Send this certificate to each peer. They save it as {pem_file}:
+
+{pem}
+2. Read this fingerprint to each peer over a channel you trust (phone, video call,
+   in person) and have them compare it with the file they received:
+
+{fp_line}
+
+3. Each peer registers this party with:
+
+{command}
+",
+        role = config.role,
+        id = config.party_id,
+        pem = cert.to_pem(),
+        fp_line = cert.fingerprint().openssl_line(),
+    );
+    Ok(())
+}
+
+fn register(home: &Home, a: RegisterArgs) -> Result<(), Failure> {
+    let party_id: PartyId = a.party_id.parse()?;
+    let ip: Host = a.ip.parse()?;
+    let port = identity::parse_port(a.port)?;
+    let expected: Option<Fingerprint> = a.fingerprint.as_deref().map(str::parse).transpose()?;
+    let file = a.public_key.display().to_string();
+    let bytes = std::fs::read(&a.public_key).map_err(|e| {
+        Failure::new(
+            format!("cannot read certificate file {file}: {e}"),
+            Some("pass --public-key with the path where you saved the peer's PEM".into()),
+        )
+    })?;
+    let cert = PeerCertificate::from_pem(&bytes).map_err(|e| Failure::from(e).context(&file))?;
+    if !a.allow_expired {
+        cert.check_validity(SystemTime::now())
+            .map_err(|e| Failure::from(e).context(&file))?;
+    }
+    if cert.common_name() != party_id.as_str() && !a.allow_cn_mismatch {
+        return Err(Failure::new(
+            format!(
+                "{file}: certificate CN '{}' does not match --party-id '{party_id}'",
+                cert.common_name()
+            ),
+            Some(format!(
+                "register it as --party-id {} if that is the party you mean, or pass --allow-cn-mismatch",
+                cert.common_name()
+            )),
+        ));
+    }
+    if let Some(own) = own_fingerprint(home)? {
+        if own == cert.fingerprint() {
+            return Err(Failure::new(
+                format!("{file} is this party's own certificate"),
+                Some("register the certificates of your peers, not your own".into()),
+            ));
+        }
+    }
+    if let Some(expected) = expected {
+        if expected != cert.fingerprint() {
+            return Err(Failure::new(
+                format!(
+                    "{file}: fingerprint mismatch: the file has {}, you expected {expected}",
+                    cert.fingerprint()
+                ),
+                Some("do not register it: the file may have been replaced in transit; get it again and re-check over a trusted channel".into()),
+            ));
+        }
+    }
+
+    let mut reg = Registry::open(&home.registry_path())?;
+    // Fail early (before prompting) on what the transaction will refuse anyway.
+    if let Some((holder, _)) = reg.get_by_fingerprint(&cert.fingerprint())? {
+        if holder.party_id != party_id {
+            return Err(registry::Error::DuplicateFingerprint {
+                fingerprint: cert.fingerprint(),
+                existing: holder.party_id,
+            }
+            .into());
+        }
+    }
+    let existing = reg.get(&party_id)?;
+    if existing.is_some() && !a.upsert {
+        return Err(registry::Error::DuplicateId(party_id).into());
+    }
+    if expected.is_none() && !a.yes {
+        let replacing = if existing.is_some() {
+            " (replacing the current registration)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "certificate for '{party_id}'\n  {}",
+            cert.fingerprint().openssl_line()
+        );
+        let ok = prompt::confirm(
+            &format!(
+                "Does this fingerprint match what '{party_id}' told you over a trusted channel? Register it{replacing}"
+            ),
+            "check the fingerprint with the party, then pass --fingerprint FP (or --yes)",
+        )?;
+        if !ok {
+            return Err(Failure::new(
+                "not registered: fingerprint not confirmed".into(),
+                None,
+            ));
+        }
+    }
+    let new = NewPeer {
+        peer: Peer {
+            party_id: party_id.clone(),
+            role: role(a.role),
+            ip,
+            port,
+            fingerprint: cert.fingerprint(),
+            not_after: cert.not_after_unix(),
+            registered_at: unix_secs(SystemTime::now()),
+        },
+        cert_der: cert.der(),
+    };
+    let on_dup = if a.upsert {
+        OnDuplicate::Replace
+    } else {
+        OnDuplicate::Refuse
+    };
+    match reg.register(&new, on_dup)? {
+        Registered::Added => eprintln!("registered {} '{party_id}'", new.peer.role),
+        Registered::Replaced(old) => eprintln!(
+            "replaced '{party_id}' (was {} {}:{}, {})",
+            old.role,
+            old.ip,
+            old.port,
+            old.fingerprint.short()
+        ),
+    }
+    Ok(())
+}
+
+fn own_fingerprint(home: &Home) -> Result<Option<Fingerprint>, Failure> {
+    if !home.cert_path().exists() {
+        return Ok(None);
+    }
+    Ok(Some(home.load_certificate()?.fingerprint()))
+}
+
+#[derive(Serialize)]
+struct PeerJson<'a> {
+    party_id: &'a str,
+    role: &'a str,
+    ip: &'a str,
+    port: u16,
+    fingerprint: String,
+    not_after: String,
+    registered_at: String,
+    status: &'static str,
+}
+
+fn status(not_after: i64, now: i64) -> &'static str {
+    if not_after < now {
+        "expired"
+    } else if not_after - now < EXPIRY_WARNING_DAYS * 86_400 {
+        "expiring"
+    } else {
+        "ok"
+    }
+}
+
+fn list(home: &Home, a: ListArgs) -> Result<(), Failure> {
+    let peers = match Registry::open_existing(&home.registry_path())? {
+        Some(reg) => reg.list()?,
+        None => Vec::new(),
+    };
+    let now = unix_secs(SystemTime::now());
+    if a.json {
+        let rows: Vec<PeerJson<'_>> = peers
+            .iter()
+            .map(|p| PeerJson {
+                party_id: p.party_id.as_str(),
+                role: p.role.as_str(),
+                ip: p.ip.as_str(),
+                port: p.port,
+                fingerprint: p.fingerprint.to_string(),
+                not_after: format_time(p.not_after),
+                registered_at: format_time(p.registered_at),
+                status: status(p.not_after, now),
+            })
+            .collect();
+        println!("{}", to_json(&rows)?);
+        return Ok(());
+    }
+    if peers.is_empty() {
+        eprintln!(
+            "no peers registered in {}; register one with 'secagg certificate register'",
+            home.root().display()
+        );
+        return Ok(());
+    }
+    let header = [
+        "PARTY ID",
+        "ROLE",
+        "IP",
+        "PORT",
+        "FINGERPRINT",
+        "EXPIRES",
+        "REGISTERED",
+        "STATUS",
+    ];
+    let rows: Vec<[String; 8]> = peers
+        .iter()
+        .map(|p| {
+            let days = (p.not_after - now).div_euclid(86_400);
+            let flag = match status(p.not_after, now) {
+                "expired" => "EXPIRED".to_owned(),
+                "expiring" => format!("expires in {days}d"),
+                _ => "ok".to_owned(),
+            };
+            [
+                p.party_id.to_string(),
+                p.role.to_string(),
+                p.ip.to_string(),
+                p.port.to_string(),
+                p.fingerprint.short(),
+                format_time(p.not_after)[..10].to_owned(),
+                format_time(p.registered_at)[..10].to_owned(),
+                flag,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    Ok(())
+}
+
+fn delete(home: &Home, a: DeleteArgs) -> Result<(), Failure> {
+    let id: PartyId = a.party_id.parse()?;
+    let Some(mut reg) = Registry::open_existing(&home.registry_path())? else {
+        return Err(registry::Error::UnknownParty(id).into());
+    };
+    let Some((peer, _)) = reg.get(&id)? else {
+        return Err(registry::Error::UnknownParty(id).into());
+    };
+    if !a.yes {
+        let ok = prompt::confirm(
+            &format!(
+                "Delete {} '{}' ({})?",
+                peer.role,
+                id,
+                peer.fingerprint.short()
+            ),
+            "pass --yes to delete without asking",
+        )?;
+        if !ok {
+            return Err(Failure::new("cancelled; nothing was deleted".into(), None));
+        }
+    }
+    reg.delete(&id)?;
+    eprintln!("deleted '{id}'");
+    Ok(())
+}
+
+pub(super) fn to_json<T: Serialize>(v: &T) -> Result<String, Failure> {
+    serde_json::to_string_pretty(v)
+        .map_err(|e| Failure::new(format!("cannot encode JSON: {e}"), None))
+}

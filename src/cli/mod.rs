@@ -1,0 +1,102 @@
+//! The command-line layer: parse, resolve the home, run, print. The only code that
+//! prints, prompts or reads the environment.
+
+pub mod args;
+mod certificate;
+mod prompt;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use crate::identity::Home;
+use args::{Cli, Command};
+
+/// A user-facing failure: one line of what went wrong and an optional `hint:` line.
+#[derive(Debug)]
+pub struct Failure {
+    message: String,
+    hint: Option<String>,
+}
+
+impl Failure {
+    /// A failure with a message and a hint.
+    pub fn new(message: String, hint: Option<String>) -> Failure {
+        Failure { message, hint }
+    }
+
+    /// Prefixes the message with context, e.g. the file involved.
+    pub fn context(mut self, what: impl fmt::Display) -> Failure {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+macro_rules! failure_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Failure {
+            fn from(e: $t) -> Failure {
+                Failure { hint: e.hint(), message: e.to_string() }
+            }
+        }
+    )*};
+}
+failure_from!(
+    crate::identity::Error,
+    crate::certificate::Error,
+    crate::registry::Error
+);
+
+/// Parses the command line, runs the command, and maps the outcome to an exit code:
+/// 0 success, 1 operational failure, 2 usage error.
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            if let Some(hint) = f.hint {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<(), Failure> {
+    let home = || resolve_home(cli.home.clone());
+    match cli.command {
+        Command::Certificate(cmd) => certificate::run(&home()?, cmd),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "secagg", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// `--home`, then `$SECAGG_HOME` (both via clap), then the platform data directory.
+fn resolve_home(flag: Option<PathBuf>) -> Result<Home, Failure> {
+    if let Some(dir) = flag {
+        return Ok(Home::new(dir));
+    }
+    directories::ProjectDirs::from("org", "secagg", "secagg")
+        .map(|d| Home::new(d.data_dir()))
+        .ok_or_else(|| {
+            Failure::new(
+                "cannot find a home directory for secagg".into(),
+                Some("pass --home DIR or set SECAGG_HOME".into()),
+            )
+        })
+}

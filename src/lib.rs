@@ -1,0 +1,13 @@
+//! secagg: out-of-band certificate exchange and secure aggregation for federated learning.
+//!
+//! The library is split by domain artifact:
+//! - [`identity`]: party ids, roles, the home directory and this party's own key;
+//! - [`certificate`]: self-signed P-256 certificates, their fingerprints and their checks;
+//! - [`registry`]: the SQLite registry of peers and the mask-reuse journal.
+//!
+//! The library never prints, prompts or reads the environment; [`cli`] does that.
+
+pub mod certificate;
+pub mod cli;
+pub mod identity;
+pub mod registry;

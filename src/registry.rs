@@ -1,0 +1,682 @@
+//! The peer registry and the mask-reuse journal, in one SQLite file per home.
+//!
+//! - WAL mode and a busy timeout let many processes register at once.
+//! - Every write is one `BEGIN IMMEDIATE` transaction, so checks and the write see the
+//!   same state.
+//! - Migrations are append-only and tracked with `PRAGMA user_version` (as cargo does).
+//! - An existing file that is not a readable database is reported, never recreated.
+//! - "Not found" is an `Option`, not an error.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use crate::certificate::Fingerprint;
+use crate::identity::{Host, PartyId, Role};
+
+/// Schema steps. Append only: never edit or reorder a released step.
+const MIGRATIONS: &[&str] = &[
+    // 1: peers
+    "CREATE TABLE peers (
+        party_id      TEXT PRIMARY KEY NOT NULL,
+        role          TEXT NOT NULL CHECK (role IN ('node', 'researcher')),
+        ip            TEXT NOT NULL,
+        port          INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+        fingerprint   TEXT NOT NULL UNIQUE,
+        cert_der      BLOB NOT NULL,
+        not_after     INTEGER NOT NULL,
+        registered_at INTEGER NOT NULL
+    ) STRICT;",
+    // 2: mask-reuse journal
+    "CREATE TABLE mask_journal (
+        federation    TEXT NOT NULL,
+        round         INTEGER NOT NULL,
+        attempt       INTEGER NOT NULL,
+        label         TEXT NOT NULL,
+        participants  TEXT NOT NULL,
+        used_at       INTEGER NOT NULL,
+        PRIMARY KEY (federation, round, attempt, label)
+    ) STRICT;",
+];
+
+/// Errors about the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file exists but is not a SQLite database we can read.
+    #[error("registry {} is corrupt or not a secagg registry: {reason}", path.display())]
+    Corrupt {
+        /// The registry file.
+        path: PathBuf,
+        /// SQLite's words.
+        reason: String,
+    },
+    /// The registry was written by a newer secagg.
+    #[error("registry {} has schema version {found}; this secagg knows up to {known}", path.display())]
+    TooNew {
+        /// The registry file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        known: i64,
+    },
+    /// The registry cannot be written (read-only file or directory).
+    #[error("registry {} is read-only: {reason}", path.display())]
+    ReadOnly {
+        /// The registry file.
+        path: PathBuf,
+        /// SQLite's words.
+        reason: String,
+    },
+    /// Any other SQLite failure.
+    #[error("registry {} failed: {source}", path.display())]
+    Sqlite {
+        /// The registry file.
+        path: PathBuf,
+        /// The error.
+        source: rusqlite::Error,
+    },
+    /// The party id is taken and the caller did not ask to replace it.
+    #[error("party id '{0}' is already registered")]
+    DuplicateId(PartyId),
+    /// The same certificate is registered under another id.
+    #[error("this certificate (fingerprint {fingerprint}) is already registered as '{existing}'")]
+    DuplicateFingerprint {
+        /// The fingerprint.
+        fingerprint: Fingerprint,
+        /// Who has it.
+        existing: PartyId,
+    },
+    /// No such party.
+    #[error("no party '{0}' in the registry")]
+    UnknownParty(PartyId),
+    /// A row that does not parse (edited by hand?).
+    #[error("registry {} has an invalid row for '{party}': {reason}", path.display())]
+    BadRow {
+        /// The registry file.
+        path: PathBuf,
+        /// The row's party id as stored.
+        party: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// This exact mask was used before.
+    #[error(
+        "already masked for federation '{federation}', round {round}, attempt {attempt}, label '{label}'; reusing a mask would leak the difference of two inputs"
+    )]
+    MaskReuse {
+        /// Federation id.
+        federation: String,
+        /// Round number.
+        round: u64,
+        /// Attempt number.
+        attempt: u32,
+        /// Vector label.
+        label: String,
+    },
+}
+
+impl Error {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Error::Corrupt { path, .. } => format!(
+                "secagg will not overwrite it; restore {} from a backup or move it aside to start an empty registry",
+                path.display()
+            ),
+            Error::TooNew { .. } => "upgrade secagg".into(),
+            Error::ReadOnly { .. } => "make the home directory and registry writable, or pass --home with a writable directory".into(),
+            Error::Sqlite { .. } => return None,
+            Error::DuplicateId(id) => format!(
+                "pass --upsert to replace the registration of '{id}', or delete it first with 'secagg certificate delete --party-id {id}'"
+            ),
+            Error::DuplicateFingerprint { existing, .. } => format!(
+                "one certificate belongs to one party; delete '{existing}' first if it was registered under the wrong id"
+            ),
+            Error::UnknownParty(_) => "run 'secagg certificate list' to see registered parties".into(),
+            Error::BadRow { .. } => "delete and re-register that party".into(),
+            Error::MaskReuse { .. } => "ask the researcher to start a new round or attempt number".into(),
+        })
+    }
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// A registered peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Its id (CN of its certificate unless registered otherwise).
+    pub party_id: PartyId,
+    /// node or researcher.
+    pub role: Role,
+    /// Where to reach it.
+    pub ip: Host,
+    /// Its port.
+    pub port: u16,
+    /// SHA-256 of its certificate.
+    pub fingerprint: Fingerprint,
+    /// End of the certificate's validity (unix seconds).
+    pub not_after: i64,
+    /// When we registered it (unix seconds).
+    pub registered_at: i64,
+}
+
+/// A new registration.
+#[derive(Clone, Debug)]
+pub struct NewPeer<'a> {
+    /// What will be listed.
+    pub peer: Peer,
+    /// The certificate DER.
+    pub cert_der: &'a [u8],
+}
+
+/// Whether an existing registration of the same id may be replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDuplicate {
+    /// Refuse.
+    Refuse,
+    /// Replace it.
+    Replace,
+}
+
+/// What a successful registration did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Registered {
+    /// A new row.
+    Added,
+    /// The previous row for this id, now replaced.
+    Replaced(Peer),
+}
+
+/// An open registry.
+pub struct Registry {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Registry {
+    /// Opens (creating if needed) the registry at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Registry> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut reg = Self::open_with(path, flags)?;
+        reg.migrate()?;
+        Ok(reg)
+    }
+
+    /// Opens an existing registry without writing to it; `None` if there is none yet.
+    pub fn open_existing(path: &Path) -> Result<Option<Registry>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let reg = Self::open_with(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let version = reg.user_version()?;
+        if version > MIGRATIONS.len() as i64 {
+            return Err(Error::TooNew {
+                path: path.to_owned(),
+                found: version,
+                known: MIGRATIONS.len() as i64,
+            });
+        }
+        if version < MIGRATIONS.len() as i64 {
+            // Older or empty: upgrading is a write, so do it through `open`.
+            drop(reg);
+            return Self::open(path).map(Some);
+        }
+        Ok(Some(reg))
+    }
+
+    fn open_with(path: &Path, flags: OpenFlags) -> Result<Registry> {
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| classify(path, e))?;
+        let reg = Registry {
+            conn,
+            path: path.to_owned(),
+        };
+        reg.conn
+            .busy_timeout(Duration::from_secs(30))
+            .map_err(|e| reg.err(e))?;
+        // Reading the schema first tells a corrupt file apart before any write.
+        reg.user_version()?;
+        let mode: String = reg
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| reg.err(e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::ReadOnly {
+                path: path.to_owned(),
+                reason: format!("cannot switch to WAL mode (got '{mode}')"),
+            });
+        }
+        reg.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| reg.err(e))?;
+        Ok(reg)
+    }
+
+    fn err(&self, e: rusqlite::Error) -> Error {
+        classify(&self.path, e)
+    }
+
+    fn user_version(&self) -> Result<i64> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| classify(&path, e))?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| classify(&path, e))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(Error::TooNew {
+                path,
+                found: version,
+                known,
+            });
+        }
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(step).map_err(|e| classify(&path, e))?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .map_err(|e| classify(&path, e))?;
+        }
+        tx.commit().map_err(|e| classify(&path, e))
+    }
+
+    /// The registry file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// All peers, ordered by party id.
+    pub fn list(&self) -> Result<Vec<Peer>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT party_id, role, ip, port, fingerprint, not_after, registered_at
+                 FROM peers ORDER BY party_id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], raw_row)
+            .map_err(|e| self.err(e))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))?;
+        rows.into_iter().map(|r| r.parse(&self.path)).collect()
+    }
+
+    /// One peer and its certificate DER.
+    pub fn get(&self, id: &PartyId) -> Result<Option<(Peer, Vec<u8>)>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT party_id, role, ip, port, fingerprint, not_after, registered_at, cert_der
+                 FROM peers WHERE party_id = ?1",
+                [id.as_str()],
+                |r| Ok((raw_row(r)?, r.get::<_, Vec<u8>>(7)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        row.map(|(raw, der)| Ok((raw.parse(&self.path)?, der)))
+            .transpose()
+    }
+
+    /// The peer holding a certificate, by fingerprint, with its DER.
+    pub fn get_by_fingerprint(&self, fp: &Fingerprint) -> Result<Option<(Peer, Vec<u8>)>> {
+        let id: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT party_id FROM peers WHERE fingerprint = ?1",
+                [fp.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match id {
+            None => Ok(None),
+            Some(id) => {
+                let id = id
+                    .parse()
+                    .map_err(|e: crate::identity::Error| Error::BadRow {
+                        path: self.path.clone(),
+                        party: id.clone(),
+                        reason: e.to_string(),
+                    })?;
+                self.get(&id)
+            }
+        }
+    }
+
+    /// Adds a peer, in one transaction that re-checks both uniqueness rules.
+    pub fn register(&mut self, new: &NewPeer<'_>, on_dup: OnDuplicate) -> Result<Registered> {
+        let path = self.path.clone();
+        let sql = |e| classify(&path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let p = &new.peer;
+        let holder: Option<String> = tx
+            .query_row(
+                "SELECT party_id FROM peers WHERE fingerprint = ?1",
+                [p.fingerprint.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql)?;
+        if let Some(holder) = holder.filter(|h| h != p.party_id.as_str()) {
+            return Err(Error::DuplicateFingerprint {
+                fingerprint: p.fingerprint,
+                existing: holder.parse().unwrap_or_else(|_| p.party_id.clone()),
+            });
+        }
+        let previous = tx
+            .query_row(
+                "SELECT party_id, role, ip, port, fingerprint, not_after, registered_at
+                 FROM peers WHERE party_id = ?1",
+                [p.party_id.as_str()],
+                raw_row,
+            )
+            .optional()
+            .map_err(sql)?;
+        let outcome = match previous {
+            Some(_) if on_dup == OnDuplicate::Refuse => {
+                return Err(Error::DuplicateId(p.party_id.clone()));
+            }
+            Some(raw) => {
+                tx.execute(
+                    "DELETE FROM peers WHERE party_id = ?1",
+                    [p.party_id.as_str()],
+                )
+                .map_err(sql)?;
+                Registered::Replaced(raw.parse(&path)?)
+            }
+            None => Registered::Added,
+        };
+        tx.execute(
+            "INSERT INTO peers (party_id, role, ip, port, fingerprint, cert_der, not_after, registered_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                p.party_id.as_str(),
+                p.role.as_str(),
+                p.ip.as_str(),
+                p.port,
+                p.fingerprint.to_string(),
+                new.cert_der,
+                p.not_after,
+                p.registered_at
+            ],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(outcome)
+    }
+
+    /// Deletes a peer; an unknown id is an error.
+    pub fn delete(&mut self, id: &PartyId) -> Result<Peer> {
+        let path = self.path.clone();
+        let sql = |e| classify(&path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let raw = tx
+            .query_row(
+                "SELECT party_id, role, ip, port, fingerprint, not_after, registered_at
+                 FROM peers WHERE party_id = ?1",
+                [id.as_str()],
+                raw_row,
+            )
+            .optional()
+            .map_err(sql)?
+            .ok_or_else(|| Error::UnknownParty(id.clone()))?;
+        tx.execute("DELETE FROM peers WHERE party_id = ?1", [id.as_str()])
+            .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        raw.parse(&path)
+    }
+
+    /// Records that we masked for `(federation, round, attempt, label)`; refuses a second time.
+    pub fn journal_mask(
+        &mut self,
+        federation: &str,
+        round: u64,
+        attempt: u32,
+        label: &str,
+        participants: &str,
+        now: i64,
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let round_i = i64::try_from(round).map_err(|_| Error::BadRow {
+            path: path.clone(),
+            party: String::new(),
+            reason: "round number too large".into(),
+        })?;
+        let res = self.conn.execute(
+            "INSERT INTO mask_journal (federation, round, attempt, label, participants, used_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![federation, round_i, attempt, label, participants, now],
+        );
+        match res {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == ErrorCode::ConstraintViolation =>
+            {
+                Err(Error::MaskReuse {
+                    federation: federation.to_owned(),
+                    round,
+                    attempt,
+                    label: label.to_owned(),
+                })
+            }
+            Err(e) => Err(classify(&path, e)),
+        }
+    }
+
+    /// How many attempts of a round we have masked for (any label).
+    pub fn journal_attempts(&self, federation: &str, round: u64) -> Result<u32> {
+        let round_i = i64::try_from(round).unwrap_or(i64::MAX);
+        self.conn
+            .query_row(
+                "SELECT COUNT(DISTINCT attempt) FROM mask_journal WHERE federation = ?1 AND round = ?2",
+                params![federation, round_i],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+}
+
+struct RawRow {
+    party_id: String,
+    role: String,
+    ip: String,
+    port: i64,
+    fingerprint: String,
+    not_after: i64,
+    registered_at: i64,
+}
+
+fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        party_id: r.get(0)?,
+        role: r.get(1)?,
+        ip: r.get(2)?,
+        port: r.get(3)?,
+        fingerprint: r.get(4)?,
+        not_after: r.get(5)?,
+        registered_at: r.get(6)?,
+    })
+}
+
+impl RawRow {
+    fn parse(self, path: &Path) -> Result<Peer> {
+        let bad = |reason: String| Error::BadRow {
+            path: path.to_owned(),
+            party: self.party_id.clone(),
+            reason,
+        };
+        Ok(Peer {
+            party_id: self
+                .party_id
+                .parse()
+                .map_err(|e: crate::identity::Error| bad(e.to_string()))?,
+            role: self
+                .role
+                .parse()
+                .map_err(|e: crate::identity::Error| bad(e.to_string()))?,
+            ip: self
+                .ip
+                .parse()
+                .map_err(|e: crate::identity::Error| bad(e.to_string()))?,
+            port: u16::try_from(self.port).map_err(|e| bad(e.to_string()))?,
+            fingerprint: self
+                .fingerprint
+                .parse()
+                .map_err(|e: crate::certificate::Error| bad(e.to_string()))?,
+            not_after: self.not_after,
+            registered_at: self.registered_at,
+        })
+    }
+}
+
+fn classify(path: &Path, e: rusqlite::Error) -> Error {
+    let path = path.to_owned();
+    match &e {
+        rusqlite::Error::SqliteFailure(f, msg) => {
+            let reason = msg.clone().unwrap_or_else(|| f.to_string());
+            match f.code {
+                ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => {
+                    Error::Corrupt { path, reason }
+                }
+                ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied => {
+                    Error::ReadOnly { path, reason }
+                }
+                _ => Error::Sqlite { path, source: e },
+            }
+        }
+        _ => Error::Sqlite { path, source: e },
+    }
+}
+
+/// RFC 3339 UTC, second precision, for listings and messages.
+pub fn format_time(unix: i64) -> String {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(fmt).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: &str, fp: u8) -> Peer {
+        Peer {
+            party_id: id.parse().expect("id"),
+            role: Role::Node,
+            ip: "127.0.0.1".parse().expect("ip"),
+            port: 5000,
+            fingerprint: Fingerprint::of_der(&[fp]),
+            not_after: 2_000_000_000,
+            registered_at: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn register_list_delete() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("r.sqlite");
+        let mut reg = Registry::open(&path).expect("open");
+        let a = peer("a", 1);
+        let new = NewPeer {
+            peer: a.clone(),
+            cert_der: &[1],
+        };
+        assert_eq!(
+            reg.register(&new, OnDuplicate::Refuse).ok(),
+            Some(Registered::Added)
+        );
+        assert!(matches!(
+            reg.register(&new, OnDuplicate::Refuse),
+            Err(Error::DuplicateId(_))
+        ));
+        let b_same_cert = NewPeer {
+            peer: peer("b", 1),
+            cert_der: &[1],
+        };
+        assert!(matches!(
+            reg.register(&b_same_cert, OnDuplicate::Replace),
+            Err(Error::DuplicateFingerprint { .. })
+        ));
+        let a2 = NewPeer {
+            peer: peer("a", 2),
+            cert_der: &[2],
+        };
+        assert_eq!(
+            reg.register(&a2, OnDuplicate::Replace).ok(),
+            Some(Registered::Replaced(a))
+        );
+        assert_eq!(reg.list().expect("list"), vec![peer("a", 2)]);
+        let (_, der) = reg
+            .get_by_fingerprint(&Fingerprint::of_der(&[2]))
+            .expect("query")
+            .expect("found");
+        assert_eq!(der, vec![2]);
+        assert!(
+            reg.get(&"zz".parse().expect("id"))
+                .expect("query")
+                .is_none()
+        );
+        reg.delete(&"a".parse().expect("id")).expect("delete");
+        assert!(matches!(
+            reg.delete(&"a".parse().expect("id")),
+            Err(Error::UnknownParty(_))
+        ));
+        assert!(reg.list().expect("list").is_empty());
+    }
+
+    #[test]
+    fn journal_refuses_reuse() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut reg = Registry::open(&dir.path().join("r.sqlite")).expect("open");
+        reg.journal_mask("f", 1, 0, "update", "a,b", 0)
+            .expect("first");
+        assert!(matches!(
+            reg.journal_mask("f", 1, 0, "update", "a,b,c", 0),
+            Err(Error::MaskReuse { .. })
+        ));
+        reg.journal_mask("f", 1, 1, "update", "a,b", 0)
+            .expect("next attempt");
+        assert_eq!(reg.journal_attempts("f", 1).expect("count"), 2);
+    }
+
+    #[test]
+    fn corrupt_file_is_reported_not_replaced() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("r.sqlite");
+        let junk = vec![0x42u8; 8192];
+        std::fs::write(&path, &junk).expect("write");
+        assert!(matches!(Registry::open(&path), Err(Error::Corrupt { .. })));
+        assert_eq!(std::fs::read(&path).expect("read"), junk);
+    }
+
+    #[test]
+    fn migrations_are_idempotent() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("r.sqlite");
+        drop(Registry::open(&path).expect("open"));
+        let reg = Registry::open(&path).expect("reopen");
+        assert_eq!(reg.user_version().expect("v"), MIGRATIONS.len() as i64);
+    }
+}
