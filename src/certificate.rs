@@ -54,7 +54,7 @@ pub enum Error {
     #[error("the certificate is not valid X.509 DER: {0}")]
     Der(String),
     /// The key is not an elliptic-curve key.
-    #[error("the certificate has a {0} key; secagg needs P-256 ECDSA keys")]
+    #[error("the certificate's key is {0}; secagg needs P-256 ECDSA keys")]
     WrongKeyType(String),
     /// The key is EC, but on another curve.
     #[error("the certificate uses curve {0}; secagg needs P-256 ECDSA keys")]

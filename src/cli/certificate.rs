@@ -184,6 +184,7 @@ fn register(home: &Home, a: RegisterArgs) -> Result<(), Failure> {
         }
     }
 
+    identity::create_home_dir(home.root())?;
     let mut reg = Registry::open(&home.registry_path())?;
     // Fail early (before prompting) on what the transaction will refuse anyway.
     if let Some((holder, _)) = reg.get_by_fingerprint(&cert.fingerprint())? {

@@ -1,0 +1,179 @@
+//! Shared harness for CLI tests: temporary homes and the real `secagg` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use secagg::certificate::{self, CertParams};
+use secagg::identity::PartyKey;
+
+/// The binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_secagg"))
+}
+
+/// A temporary directory holding one or more party homes.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        Lab {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A party with a generated identity.
+    pub fn party(&self, id: &str, role: &str, port: u16) -> Party {
+        let p = Party {
+            home: self.path(id),
+        };
+        p.ok(&[
+            "certificate",
+            "generate",
+            "--role",
+            role,
+            "--party-id",
+            id,
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ]);
+        p
+    }
+}
+
+/// One party's home.
+pub struct Party {
+    pub home: PathBuf,
+}
+
+impl Party {
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env_remove("SECAGG_HOME").arg("--home").arg(&self.home);
+        c
+    }
+
+    /// Runs with stdin closed (never a terminal).
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("spawn secagg")
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "secagg {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8 stdout")
+    }
+
+    /// Runs, asserts exit code 1 with `error: ...<needle>...` and a `hint:` line; returns stderr.
+    pub fn fails(&self, args: &[&str], needle: &str) -> String {
+        let out = self.run(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "secagg {args:?}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("error: ") && l.contains(needle)),
+            "secagg {args:?}: expected an error containing {needle:?}, got:\n{err}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("hint: ")),
+            "secagg {args:?}: no hint line in:\n{err}"
+        );
+        err
+    }
+
+    pub fn list_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["certificate", "list", "--json"])).expect("json")
+    }
+
+    pub fn instructions(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["certificate", "registration-instructions", "--json"]))
+            .expect("json")
+    }
+
+    pub fn cert_pem(&self) -> String {
+        std::fs::read_to_string(self.home.join("cert.pem")).expect("cert.pem")
+    }
+
+    /// Registers `other` here non-interactively via `--fingerprint`.
+    pub fn register(&self, other: &Party) {
+        let i = other.instructions();
+        let file = self
+            .home
+            .join(format!("{}.pem", i["party_id"].as_str().expect("id")));
+        std::fs::write(&file, i["certificate_pem"].as_str().expect("pem")).expect("write");
+        self.ok(&[
+            "certificate",
+            "register",
+            "--public-key",
+            file.to_str().expect("utf8"),
+            "--party-id",
+            i["party_id"].as_str().expect("id"),
+            "--ip",
+            i["ip"].as_str().expect("ip"),
+            "--port",
+            &i["port"].to_string(),
+            "--role",
+            i["role"].as_str().expect("role"),
+            "--fingerprint",
+            i["fingerprint"].as_str().expect("fp"),
+        ]);
+    }
+}
+
+/// A P-256 certificate made by the library with an explicit validity window.
+pub fn cert_with_window(id: &str, not_before: SystemTime, not_after: SystemTime) -> String {
+    let key = PartyKey::generate().expect("rng");
+    let params = CertParams {
+        party_id: id.parse().expect("id"),
+        host: "127.0.0.1".parse().expect("host"),
+        not_before,
+        not_after,
+    };
+    certificate::self_signed(key.signing_key(), &params)
+        .expect("build")
+        .to_pem()
+}
+
+pub fn valid_cert(id: &str) -> String {
+    let now = SystemTime::now();
+    cert_with_window(
+        id,
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(86_400 * 90),
+    )
+}
+
+/// Runs openssl; panics with its stderr on failure.
+pub fn openssl(args: &[&str], cwd: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("openssl must be installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
