@@ -3,11 +3,17 @@
 //! The library is split by domain artifact:
 //! - [`identity`]: party ids, roles, the home directory and this party's own key;
 //! - [`certificate`]: self-signed P-256 certificates, their fingerprints and their checks;
-//! - [`registry`]: the SQLite registry of peers and the mask-reuse journal.
+//! - [`registry`]: the SQLite registry of peers and the mask-reuse journal;
+//! - [`keys`]: the key schedule from certificates to per-use mask keys;
+//! - [`quantize`]: fixed-point encoding, weights and the modulus;
+//! - [`mask`]: keystream expansion folded into a vector.
 //!
 //! The library never prints, prompts or reads the environment; [`cli`] does that.
 
 pub mod certificate;
 pub mod cli;
 pub mod identity;
+pub mod keys;
+pub mod mask;
+pub mod quantize;
 pub mod registry;

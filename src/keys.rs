@@ -1,0 +1,182 @@
+//! The key schedule: from registered certificates to per-use mask keys.
+//!
+//! ```text
+//! shared   = x-coordinate of ECDH(own P-256 key, peer's certified P-256 key)   (32 bytes)
+//! lo, hi   = the two certificate fingerprints (SHA-256 of DER), sorted bytewise
+//! pairwise = HKDF-SHA256(salt = lo || hi, ikm = shared, info = "secagg v1 pairwise", L = 32)
+//! context  = str(federation) || u64be(round) || u32be(attempt)
+//!            || u32be(count) || str(id_1) || ... || str(id_count)   (ids sorted, unique)
+//!            || str(label)                 where str(s) = u32be(len(s)) || utf8(s)
+//! mask_key = HKDF-SHA256(salt = empty, ikm = pairwise, info = "secagg v1 mask" || context, L = 16)
+//! mask     = AES-128-CTR keystream under mask_key, IV = 0, 64-bit big-endian block counter;
+//!            element i uses keystream bytes [i*w, (i+1)*w) as a little-endian w-byte word.
+//! sign     = +mask for the party whose fingerprint sorts first, -mask for the other.
+//! ```
+//! Raw ECDH output is never used as a key. See `docs/protocol.md` for the rationale and
+//! `tests/data/kat.json` for known-answer vectors.
+
+use std::fmt;
+
+use hkdf::Hkdf;
+use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::certificate::Fingerprint;
+use crate::identity::{PartyId, PartyKey};
+
+/// Version label bound into every derivation.
+pub const PAIRWISE_INFO: &[u8] = b"secagg v1 pairwise";
+/// Label for per-use mask keys.
+pub const MASK_INFO: &[u8] = b"secagg v1 mask";
+
+/// The long-term secret two parties share, derived from their certified keys.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct PairwiseSecret([u8; 32]);
+
+impl fmt::Debug for PairwiseSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PairwiseSecret(<secret>)")
+    }
+}
+
+impl PairwiseSecret {
+    /// ECDH + HKDF between our key and a peer's certified public key.
+    pub fn derive(
+        own: &PartyKey,
+        own_fp: &Fingerprint,
+        peer: &p256::PublicKey,
+        peer_fp: &Fingerprint,
+    ) -> PairwiseSecret {
+        let shared = p256::ecdh::diffie_hellman(own.secret_scalar(), peer.as_affine());
+        Self::from_shared(shared.raw_secret_bytes().as_slice(), own_fp, peer_fp)
+    }
+
+    /// HKDF step alone, from the raw ECDH x-coordinate (exposed for known-answer tests).
+    pub fn from_shared(shared: &[u8], a: &Fingerprint, b: &Fingerprint) -> PairwiseSecret {
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        let mut salt = [0u8; 64];
+        salt[..32].copy_from_slice(lo.as_bytes());
+        salt[32..].copy_from_slice(hi.as_bytes());
+        let hk = Hkdf::<Sha256>::new(Some(&salt), shared);
+        let mut out = [0u8; 32];
+        // 32 bytes is far below HKDF-SHA256's 255*32 limit.
+        if hk.expand(PAIRWISE_INFO, &mut out).is_err() {
+            unreachable!("HKDF output length is fixed and valid");
+        }
+        PairwiseSecret(out)
+    }
+}
+
+/// What a mask is bound to. Two uses differ in at least one field, so a pair never
+/// reuses a mask stream across federations, rounds, attempts, participant sets or labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaskContext {
+    /// Federation id.
+    pub federation: String,
+    /// Round number.
+    pub round: u64,
+    /// Attempt within the round (0, then +1 per dropout recovery).
+    pub attempt: u32,
+    /// Participants, sorted and unique.
+    pub participants: Vec<PartyId>,
+    /// Which vector of the round ("update").
+    pub label: String,
+}
+
+impl MaskContext {
+    /// The context's canonical encoding (see the module docs).
+    pub fn encode(&self) -> Vec<u8> {
+        fn put_str(out: &mut Vec<u8>, s: &str) {
+            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        let mut out = Vec::new();
+        put_str(&mut out, &self.federation);
+        out.extend_from_slice(&self.round.to_be_bytes());
+        out.extend_from_slice(&self.attempt.to_be_bytes());
+        out.extend_from_slice(&(self.participants.len() as u32).to_be_bytes());
+        for p in &self.participants {
+            put_str(&mut out, p.as_str());
+        }
+        put_str(&mut out, &self.label);
+        out
+    }
+}
+
+/// A per-use AES-128 key for one pair and one [`MaskContext`].
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct MaskKey(pub(crate) [u8; 16]);
+
+impl fmt::Debug for MaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MaskKey(<secret>)")
+    }
+}
+
+impl MaskKey {
+    /// Derives the per-use key.
+    pub fn derive(pairwise: &PairwiseSecret, ctx: &MaskContext) -> MaskKey {
+        let hk = Hkdf::<Sha256>::new(None, &pairwise.0);
+        let mut info = MASK_INFO.to_vec();
+        info.extend_from_slice(&ctx.encode());
+        let mut out = [0u8; 16];
+        if hk.expand(&info, &mut out).is_err() {
+            unreachable!("HKDF output length is fixed and valid");
+        }
+        MaskKey(out)
+    }
+
+    /// The key bytes (for known-answer tests).
+    pub fn expose(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+/// Whether we add or subtract a pair's mask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sign {
+    /// Our fingerprint sorts first.
+    Add,
+    /// The peer's fingerprint sorts first.
+    Sub,
+}
+
+impl Sign {
+    /// The sign for our side of a pair.
+    pub fn for_pair(own: &Fingerprint, peer: &Fingerprint) -> Sign {
+        if own < peer { Sign::Add } else { Sign::Sub }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_sides_derive_the_same_secret() {
+        let a = PartyKey::generate().expect("rng");
+        let b = PartyKey::generate().expect("rng");
+        let fa = Fingerprint::of_der(b"a");
+        let fb = Fingerprint::of_der(b"b");
+        let pa = p256::PublicKey::from(a.signing_key().verifying_key());
+        let pb = p256::PublicKey::from(b.signing_key().verifying_key());
+        let ab = PairwiseSecret::derive(&a, &fa, &pb, &fb);
+        let ba = PairwiseSecret::derive(&b, &fb, &pa, &fa);
+        assert_eq!(ab.0, ba.0);
+        assert_ne!(Sign::for_pair(&fa, &fb), Sign::for_pair(&fb, &fa));
+        assert_eq!(format!("{ab:?}"), "PairwiseSecret(<secret>)");
+        let ctx = MaskContext {
+            federation: "f".into(),
+            round: 1,
+            attempt: 0,
+            participants: vec!["a".parse().expect("id"), "b".parse().expect("id")],
+            label: "update".into(),
+        };
+        let k1 = MaskKey::derive(&ab, &ctx);
+        let k2 = MaskKey::derive(&ab, &MaskContext { attempt: 1, ..ctx.clone() });
+        let k3 = MaskKey::derive(&ab, &MaskContext { round: 2, ..ctx.clone() });
+        assert_ne!(k1.0, k2.0);
+        assert_ne!(k1.0, k3.0);
+        assert_eq!(format!("{k1:?}"), "MaskKey(<secret>)");
+    }
+}

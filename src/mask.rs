@@ -1,0 +1,211 @@
+//! Expanding mask keys into keystreams and folding them into a vector.
+//!
+//! The node's cost is (n-1)·d PRG words plus d adds. The vector is split into one
+//! contiguous range per thread; each thread keeps one AES-128-CTR state per peer, seeked
+//! to its range's offset, and walks its range in blocks small enough that the output
+//! block and the keystream buffer stay in L1/L2 while every peer's keystream is folded
+//! in. No mask is ever materialised whole.
+
+use aes::Aes128;
+use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+
+use crate::keys::{MaskKey, Sign};
+
+/// The PRG: AES-128 in CTR mode, 64-bit big-endian counter, IV = 0.
+pub type Prg = ctr::Ctr64BE<Aes128>;
+
+/// Output block size per step, in bytes (fits L1 with the keystream buffer).
+const BLOCK_BYTES: usize = 16 * 1024;
+
+/// A machine word the masked sum lives in (the modulus is 2^bits of the word).
+pub trait Word: Copy + Default + Send + Sync + Eq + std::fmt::Debug + 'static {
+    /// Bytes per word.
+    const BYTES: usize;
+    /// Wrapping add.
+    fn add(self, o: Self) -> Self;
+    /// Wrapping sub.
+    fn sub(self, o: Self) -> Self;
+    /// From little-endian bytes (exactly `BYTES` long).
+    fn from_le(b: &[u8]) -> Self;
+    /// Appends little-endian bytes.
+    fn put_le(self, out: &mut Vec<u8>);
+    /// From a signed integer, reduced modulo 2^bits.
+    fn from_i64(v: i64) -> Self;
+    /// From an unsigned integer, reduced modulo 2^bits.
+    fn from_u64(v: u64) -> Self;
+    /// As a signed integer (two's complement).
+    fn to_i64(self) -> i64;
+    /// As an unsigned integer.
+    fn to_u64(self) -> u64;
+}
+
+macro_rules! word {
+    ($t:ty, $s:ty) => {
+        impl Word for $t {
+            const BYTES: usize = std::mem::size_of::<$t>();
+            #[inline(always)]
+            fn add(self, o: Self) -> Self {
+                self.wrapping_add(o)
+            }
+            #[inline(always)]
+            fn sub(self, o: Self) -> Self {
+                self.wrapping_sub(o)
+            }
+            #[inline(always)]
+            fn from_le(b: &[u8]) -> Self {
+                let mut a = [0u8; std::mem::size_of::<$t>()];
+                a.copy_from_slice(b);
+                <$t>::from_le_bytes(a)
+            }
+            fn put_le(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn from_i64(v: i64) -> Self {
+                v as $t
+            }
+            fn from_u64(v: u64) -> Self {
+                v as $t
+            }
+            fn to_i64(self) -> i64 {
+                self as $s as i64
+            }
+            fn to_u64(self) -> u64 {
+                self as u64
+            }
+        }
+    };
+}
+word!(u32, i32);
+word!(u64, i64);
+
+/// One peer's contribution: its per-use key and our sign for the pair.
+#[derive(Debug)]
+pub struct PeerMask {
+    /// The per-use key.
+    pub key: MaskKey,
+    /// Add or subtract.
+    pub sign: Sign,
+}
+
+/// A PRG positioned at byte `offset` of the keystream of `key`.
+pub fn prg_at(key: &MaskKey, offset: u64) -> Prg {
+    let iv = [0u8; 16];
+    let mut prg = Prg::new(&key.0.into(), &iv.into());
+    prg.seek(offset);
+    prg
+}
+
+/// Adds (or subtracts) every peer's mask into `words`, using `threads` threads.
+pub fn apply_masks<W: Word>(words: &mut [W], masks: &[PeerMask], threads: usize) {
+    if words.is_empty() || masks.is_empty() {
+        return;
+    }
+    let threads = threads.clamp(1, 256);
+    let per = words.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        for (i, chunk) in words.chunks_mut(per).enumerate() {
+            let start = (i * per) as u64;
+            s.spawn(move || apply_range(chunk, start, masks));
+        }
+    });
+}
+
+/// Masks one contiguous range that starts at element `start` of the vector.
+fn apply_range<W: Word>(out: &mut [W], start: u64, masks: &[PeerMask]) {
+    let mut prgs: Vec<Prg> = masks
+        .iter()
+        .map(|m| prg_at(&m.key, start * W::BYTES as u64))
+        .collect();
+    let words_per_block = BLOCK_BYTES / W::BYTES;
+    let mut buf = vec![0u8; BLOCK_BYTES];
+    for block in out.chunks_mut(words_per_block) {
+        let bytes = &mut buf[..block.len() * W::BYTES];
+        for (prg, m) in prgs.iter_mut().zip(masks) {
+            prg.write_keystream(bytes);
+            let ks = bytes.chunks_exact(W::BYTES).map(W::from_le);
+            match m.sign {
+                Sign::Add => block.iter_mut().zip(ks).for_each(|(o, k)| *o = o.add(k)),
+                Sign::Sub => block.iter_mut().zip(ks).for_each(|(o, k)| *o = o.sub(k)),
+            }
+        }
+    }
+}
+
+/// Writes raw keystream of `key` into `buf` (for benchmarks and known-answer tests).
+pub fn keystream(key: &MaskKey, offset: u64, buf: &mut [u8]) {
+    prg_at(key, offset).write_keystream(buf);
+}
+
+/// The number of threads to use: all cores.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certificate::Fingerprint;
+    use crate::identity::PartyKey;
+    use crate::keys::{MaskContext, PairwiseSecret};
+    use proptest::prelude::*;
+
+    fn masks_for(n: usize) -> Vec<Vec<PeerMask>> {
+        let keys: Vec<PartyKey> = (0..n).map(|_| PartyKey::generate().expect("rng")).collect();
+        let fps: Vec<Fingerprint> = (0..n).map(|i| Fingerprint::of_der(&[i as u8])).collect();
+        let ctx = MaskContext {
+            federation: "f".into(),
+            round: 7,
+            attempt: 0,
+            participants: (0..n).map(|i| format!("n{i}").parse().expect("id")).collect(),
+            label: "update".into(),
+        };
+        (0..n)
+            .map(|i| {
+                (0..n)
+                    .filter(|j| *j != i)
+                    .map(|j| {
+                        let pk = p256::PublicKey::from(keys[j].signing_key().verifying_key());
+                        let pw = PairwiseSecret::derive(&keys[i], &fps[i], &pk, &fps[j]);
+                        PeerMask {
+                            key: MaskKey::derive(&pw, &ctx),
+                            sign: Sign::for_pair(&fps[i], &fps[j]),
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn cancels<W: Word>(n: usize, len: usize, threads: usize) -> bool {
+        let all = masks_for(n);
+        let mut sum = vec![W::default(); len];
+        let mut any_nonzero = len == 0;
+        for (i, m) in all.iter().enumerate() {
+            let mut v: Vec<W> = (0..len).map(|k| W::from_u64((i * 1000 + k) as u64)).collect();
+            apply_masks(&mut v, m, threads);
+            any_nonzero |= v.iter().enumerate().any(|(k, w)| w.to_u64() != W::from_u64((i * 1000 + k) as u64).to_u64());
+            sum.iter_mut().zip(&v).for_each(|(s, x)| *s = s.add(*x));
+        }
+        let expected = (0..len).map(|k| W::from_u64((0..n).map(|i| (i * 1000 + k) as u64).sum()));
+        any_nonzero && sum.into_iter().eq(expected)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn masks_cancel(n in 2usize..=12, len in 0usize..3000, threads in 1usize..4) {
+            prop_assert!(cancels::<u32>(n, len, threads));
+            prop_assert!(cancels::<u64>(n, len, threads));
+        }
+    }
+
+    #[test]
+    fn chunking_matches_one_thread() {
+        let m = &masks_for(3)[0];
+        let mut a = vec![0u64; 10_001];
+        let mut b = a.clone();
+        apply_masks(&mut a, m, 1);
+        apply_masks(&mut b, m, 7);
+        assert_eq!(a, b);
+    }
+}

@@ -1,0 +1,261 @@
+//! Fixed-point encoding of model updates for modular summation.
+//!
+//! A value x is clipped to [-c, c] and rounded to the nearest multiple of
+//! `step = c / L`, with `L = 2^(b-1) - 1`, giving an integer q in [-L, L] (a symmetric
+//! code: q and -q decode to x and -x). A node multiplies q by its integer weight w and
+//! sends `w*q mod 2^k`; its weight w travels as one more element. The aggregator sums
+//! modulo 2^k, reads the sum as a signed integer S and the weight sum W, and returns
+//! `S * step / W`, the weighted mean, within `step / 2` of the true weighted mean of the
+//! clipped values.
+//!
+//! `k` (32 or 64) is chosen so that `n * max_weight * L < 2^(k-1)`; otherwise the plan is
+//! refused before any work, naming the knob to turn.
+
+use std::fmt;
+
+/// Quantization knobs.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QuantParams {
+    /// Clip bound c: values are clipped to [-c, c].
+    pub clip: f64,
+    /// Bits b per quantized value (sign included).
+    pub bits: u32,
+    /// Largest weight (sample count) any node may use.
+    pub max_weight: u64,
+}
+
+impl Default for QuantParams {
+    /// c = 1.0 (typical scale of a model delta after normalisation), b = 16 (step
+    /// 3.05e-5 at c = 1, far below SGD noise), max weight 1,000,000 samples.
+    fn default() -> Self {
+        QuantParams {
+            clip: 1.0,
+            bits: 16,
+            max_weight: 1_000_000,
+        }
+    }
+}
+
+/// The ring the masked sums live in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Modulus {
+    /// 2^32, 4-byte words.
+    #[serde(rename = "2^32")]
+    M32,
+    /// 2^64, 8-byte words.
+    #[serde(rename = "2^64")]
+    M64,
+}
+
+impl Modulus {
+    /// Bytes per word.
+    pub fn word_bytes(self) -> usize {
+        match self {
+            Modulus::M32 => 4,
+            Modulus::M64 => 8,
+        }
+    }
+
+    /// log2 of the modulus.
+    pub fn bits(self) -> u32 {
+        (self.word_bytes() * 8) as u32
+    }
+}
+
+/// Why a plan was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A knob is out of range.
+    #[error("{0}")]
+    BadParam(String),
+    /// The sum could overflow even 2^64.
+    #[error("overflow risk: {nodes} nodes x max weight {max_weight} x {levels} levels (bits {bits}) = {bound:.3e}, which does not fit in a signed 64-bit sum (limit {limit:.3e})")]
+    Overflow {
+        /// n.
+        nodes: usize,
+        /// Max weight.
+        max_weight: u64,
+        /// L.
+        levels: u64,
+        /// b.
+        bits: u32,
+        /// n*W*L.
+        bound: f64,
+        /// 2^63.
+        limit: f64,
+        /// Largest bits that would fit.
+        max_bits: u32,
+        /// Largest weight that would fit.
+        max_weight_fit: u64,
+    },
+    /// A NaN or infinite value in the input.
+    #[error("the input holds a non-finite value (NaN or infinity) at element {0}")]
+    NonFinite(u64),
+}
+
+impl Error {
+    /// What to change.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::BadParam(_) => Some("see 'secagg mask --help' for the allowed ranges".into()),
+            Error::Overflow {
+                max_bits,
+                max_weight_fit,
+                ..
+            } => Some(format!(
+                "lower --bits to {max_bits} or less, or lower --max-weight to {max_weight_fit} or less (weights are sample counts; they can be scaled down), or use fewer nodes per round"
+            )),
+            Error::NonFinite(_) => Some("fix the update: training produced NaN or infinity".into()),
+        }
+    }
+}
+
+/// A checked quantization plan for n nodes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Plan {
+    /// The knobs.
+    pub params: QuantParams,
+    /// Nodes in the round.
+    pub nodes: usize,
+    /// The ring.
+    pub modulus: Modulus,
+}
+
+impl Plan {
+    /// Checks the knobs and picks the smallest modulus that cannot overflow.
+    pub fn new(params: QuantParams, nodes: usize) -> Result<Plan, Error> {
+        if !(params.clip.is_finite() && params.clip > 0.0) {
+            return Err(Error::BadParam(format!(
+                "--clip must be a positive number, got {}",
+                params.clip
+            )));
+        }
+        if !(2..=32).contains(&params.bits) {
+            return Err(Error::BadParam(format!(
+                "--bits must be from 2 to 32, got {}",
+                params.bits
+            )));
+        }
+        if params.max_weight == 0 {
+            return Err(Error::BadParam("--max-weight must be at least 1".into()));
+        }
+        if nodes < 2 {
+            return Err(Error::BadParam(format!(
+                "a round needs at least 2 nodes, got {nodes}"
+            )));
+        }
+        let levels = levels(params.bits);
+        let bound = nodes as u128 * u128::from(params.max_weight) * u128::from(levels);
+        let weights = nodes as u128 * u128::from(params.max_weight);
+        let modulus = if bound < 1 << 31 && weights < 1 << 32 {
+            Modulus::M32
+        } else if bound < 1 << 63 && weights < 1 << 64 {
+            Modulus::M64
+        } else {
+            let limit = (1u128 << 63) as f64;
+            let per = nodes as u128 * u128::from(params.max_weight);
+            let max_levels = ((1u128 << 63) - 1) / per.max(1);
+            let max_bits = (1..=params.bits)
+                .rev()
+                .find(|b| u128::from(levels_of(*b)) <= max_levels)
+                .unwrap_or(1);
+            let max_weight_fit =
+                u64::try_from(((1u128 << 63) - 1) / (nodes as u128 * u128::from(levels)))
+                    .unwrap_or(u64::MAX);
+            return Err(Error::Overflow {
+                nodes,
+                max_weight: params.max_weight,
+                levels,
+                bits: params.bits,
+                bound: bound as f64,
+                limit,
+                max_bits,
+                max_weight_fit,
+            });
+        };
+        Ok(Plan {
+            params,
+            nodes,
+            modulus,
+        })
+    }
+
+    /// The quantization step c / L.
+    pub fn step(&self) -> f64 {
+        self.params.clip / levels(self.params.bits) as f64
+    }
+
+    /// Encodes one value: (q, was it clipped).
+    pub fn quantize(&self, x: f64) -> (i64, bool) {
+        let c = self.params.clip;
+        let clipped = x.abs() > c;
+        let l = levels(self.params.bits) as f64;
+        let q = (x.clamp(-c, c) / c * l).round();
+        (q as i64, clipped)
+    }
+
+    /// Decodes a weighted sum `S` (as a signed integer) with total weight `W`.
+    pub fn decode_mean(&self, sum: i64, total_weight: u64) -> f64 {
+        sum as f64 * self.step() / total_weight as f64
+    }
+}
+
+fn levels_of(bits: u32) -> u64 {
+    (1u64 << (bits - 1)) - 1
+}
+
+fn levels(bits: u32) -> u64 {
+    levels_of(bits.clamp(2, 32))
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "clip {} bits {} max weight {} nodes {} modulus 2^{}",
+            self.params.clip,
+            self.params.bits,
+            self.params.max_weight,
+            self.nodes,
+            self.modulus.bits()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn modulus_choice_and_overflow() {
+        let small = QuantParams { clip: 1.0, bits: 8, max_weight: 1000 };
+        assert_eq!(Plan::new(small, 10).expect("ok").modulus, Modulus::M32);
+        assert_eq!(Plan::new(QuantParams::default(), 10).expect("ok").modulus, Modulus::M64);
+        let huge = QuantParams { clip: 1.0, bits: 32, max_weight: u64::MAX / 2 };
+        let err = Plan::new(huge, 10).expect_err("overflow");
+        let hint = err.hint().expect("hint");
+        assert!(hint.contains("--bits") && hint.contains("--max-weight"), "{hint}");
+        if let Error::Overflow { max_weight_fit, .. } = err {
+            let fixed = QuantParams { max_weight: max_weight_fit, ..huge };
+            assert!(Plan::new(fixed, 10).is_ok());
+        }
+        assert!(Plan::new(QuantParams { clip: -1.0, ..small }, 3).is_err());
+        assert!(Plan::new(QuantParams { bits: 1, ..small }, 3).is_err());
+        assert!(Plan::new(small, 1).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn quantize_error_is_at_most_half_a_step(x in -2.0f64..2.0, bits in 2u32..=24, clip in 0.01f64..10.0) {
+            let plan = Plan::new(QuantParams { clip, bits, max_weight: 1 }, 2).expect("plan");
+            let (q, clipped) = plan.quantize(x);
+            let back = plan.decode_mean(q, 1);
+            prop_assert_eq!(clipped, x.abs() > clip);
+            let target = x.clamp(-clip, clip);
+            prop_assert!((back - target).abs() <= plan.step() / 2.0 * (1.0 + 1e-9));
+            // Symmetric code.
+            prop_assert_eq!(plan.quantize(-x).0, -q);
+        }
+    }
+}
