@@ -415,6 +415,11 @@ impl PartyKey {
             .map_err(|_| Error::Rng)
     }
 
+    /// A key from a big-endian scalar (known-answer tests, imports).
+    pub fn from_scalar_bytes(bytes: &[u8]) -> Option<PartyKey> {
+        SigningKey::from_slice(bytes).ok().map(PartyKey)
+    }
+
     /// The ECDSA signing key.
     pub fn signing_key(&self) -> &SigningKey {
         &self.0
