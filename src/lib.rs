@@ -6,14 +6,19 @@
 //! - [`registry`]: the SQLite registry of peers and the mask-reuse journal;
 //! - [`keys`]: the key schedule from certificates to per-use mask keys;
 //! - [`quantize`]: fixed-point encoding, weights and the modulus;
-//! - [`mask`]: keystream expansion folded into a vector.
+//! - [`mask`]: keystream expansion folded into a vector;
+//! - [`tensor`]: `.npy` and `.safetensors` updates.
 //!
 //! The library never prints, prompts or reads the environment; [`cli`] does that.
 
+pub mod aggregate;
+pub mod bench;
 pub mod certificate;
 pub mod cli;
 pub mod identity;
 pub mod keys;
 pub mod mask;
+pub mod masked;
 pub mod quantize;
 pub mod registry;
+pub mod tensor;

@@ -483,6 +483,20 @@ impl Registry {
         }
     }
 
+    /// Whether we already masked for `(federation, round, attempt, label)`.
+    pub fn journal_has(&self, federation: &str, round: u64, attempt: u32, label: &str) -> Result<bool> {
+        let round_i = i64::try_from(round).unwrap_or(i64::MAX);
+        self.conn
+            .query_row(
+                "SELECT 1 FROM mask_journal WHERE federation = ?1 AND round = ?2 AND attempt = ?3 AND label = ?4",
+                params![federation, round_i, attempt, label],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(|e| self.err(e))
+    }
+
     /// How many attempts of a round we have masked for (any label).
     pub fn journal_attempts(&self, federation: &str, round: u64) -> Result<u32> {
         let round_i = i64::try_from(round).unwrap_or(i64::MAX);

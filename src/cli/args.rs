@@ -32,6 +32,12 @@ pub enum Command {
     /// Manage this party's certificate and the registry of peers.
     #[command(subcommand)]
     Certificate(CertificateCmd),
+    /// Node: quantize, weight and mask an update file for a round (file mode).
+    Mask(MaskArgs),
+    /// Researcher: verify and sum masked files into the weighted mean (file mode).
+    Aggregate(AggregateArgs),
+    /// Measure what a round costs on this machine, like `openssl speed`.
+    Bench(BenchArgs),
     /// Print shell completions, e.g. `secagg completions bash > /etc/bash_completion.d/secagg`.
     Completions {
         /// The shell.
@@ -149,4 +155,77 @@ pub struct DeleteArgs {
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
+}
+
+/// Quantization knobs shared by `mask` and `round serve`.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct QuantArgs {
+    /// Clip bound: values are clipped to [-C, C] (clipped values are counted and reported).
+    #[arg(long, value_name = "C", default_value_t = 1.0)]
+    pub clip: f64,
+    /// Bits per quantized value, sign included (2-32). Error per value is at most C / (2^(B-1)-1) / 2.
+    #[arg(long, value_name = "B", default_value_t = 16)]
+    pub bits: u32,
+    /// Largest weight (sample count) any node may use; bounds the sum.
+    #[arg(long, value_name = "W", default_value_t = 1_000_000)]
+    pub max_weight: u64,
+}
+
+/// `secagg mask`
+#[derive(Debug, Args)]
+pub struct MaskArgs {
+    /// The update: a .npy (f32/f64) or .safetensors file.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Federation id (agreed with the researcher).
+    #[arg(long, value_name = "ID")]
+    pub federation: String,
+    /// Round number.
+    #[arg(long, value_name = "N")]
+    pub round: u64,
+    /// Attempt number (the researcher increments it after a dropout).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub attempt: u32,
+    /// Every node of the round, this one included, comma separated.
+    #[arg(long, value_name = "ID,ID,...", value_delimiter = ',', required = true)]
+    pub participants: Vec<String>,
+    /// This node's weight: the number of samples it trained on.
+    #[arg(long, value_name = "W", default_value_t = 1)]
+    pub weight: u64,
+    #[command(flatten)]
+    pub quant: QuantArgs,
+    /// Label of the vector within the round.
+    #[arg(long, value_name = "LABEL", default_value = "update")]
+    pub label: String,
+    /// Where to write the masked, signed file.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `secagg aggregate`
+#[derive(Debug, Args)]
+pub struct AggregateArgs {
+    /// One masked file per participant.
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Where to write the weighted mean (same format as the nodes' inputs).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `secagg bench`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Nodes in the simulated round (masking uses nodes-1 peers).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub nodes: usize,
+    /// Vector length (elements).
+    #[arg(long, value_name = "D", default_value_t = 10_000_000)]
+    pub len: usize,
+    /// Threads for masking (default: all cores).
+    #[arg(long, value_name = "T")]
+    pub threads: Option<usize>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -4,6 +4,7 @@
 pub mod args;
 mod certificate;
 mod prompt;
+mod secure;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -46,7 +47,10 @@ macro_rules! failure_from {
 failure_from!(
     crate::identity::Error,
     crate::certificate::Error,
-    crate::registry::Error
+    crate::registry::Error,
+    crate::masked::Error,
+    crate::aggregate::Error,
+    crate::tensor::Error
 );
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code:
@@ -79,6 +83,9 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
     let home = || resolve_home(cli.home.clone());
     match cli.command {
         Command::Certificate(cmd) => certificate::run(&home()?, cmd),
+        Command::Mask(a) => secure::mask(&home()?, a),
+        Command::Aggregate(a) => secure::aggregate(&home()?, a),
+        Command::Bench(a) => secure::bench(a),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "secagg", &mut std::io::stdout());
             Ok(())

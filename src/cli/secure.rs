@@ -1,0 +1,132 @@
+//! `secagg mask`, `secagg aggregate` and `secagg bench`.
+
+use std::time::{Instant, SystemTime};
+
+use super::Failure;
+use super::args::{AggregateArgs, BenchArgs, MaskArgs, QuantArgs};
+use crate::aggregate::{self, Progress};
+use crate::certificate::unix_secs;
+use crate::identity::{Home, PartyId};
+use crate::masked::{self, AnyMasked, RoundSpec};
+use crate::quantize::QuantParams;
+use crate::registry::Registry;
+use crate::{bench, mask, tensor};
+
+pub(super) fn quant(q: QuantArgs) -> QuantParams {
+    QuantParams {
+        clip: q.clip,
+        bits: q.bits,
+        max_weight: q.max_weight,
+    }
+}
+
+pub(super) fn parse_ids(ids: &[String]) -> Result<Vec<PartyId>, Failure> {
+    ids.iter()
+        .map(|s| s.trim().parse().map_err(Failure::from))
+        .collect()
+}
+
+pub(super) fn mask(home: &Home, a: MaskArgs) -> Result<(), Failure> {
+    let me = home.load_identity()?;
+    let mut reg = Registry::open(&home.registry_path())?;
+    tensor::container_of(&a.input)?;
+    if tensor::container_of(&a.out).is_ok() {
+        return Err(Failure::new(
+            format!("--out {} would look like an update file", a.out.display()),
+            Some("name masked files e.g. node_1.masked".into()),
+        ));
+    }
+    let spec = RoundSpec {
+        federation: a.federation,
+        round: a.round,
+        attempt: a.attempt,
+        label: a.label,
+        participants: parse_ids(&a.participants)?,
+        quant: quant(a.quant),
+    };
+    let t = Instant::now();
+    eprintln!(
+        "masking {} for round {} attempt {} with {} other node(s)...",
+        a.input.display(),
+        spec.round,
+        spec.attempt,
+        spec.participants.len().saturating_sub(1)
+    );
+    let now = unix_secs(SystemTime::now());
+    let m = masked::mask_update(&me, &mut reg, &spec, &a.input, a.weight, mask::default_threads(), now)?;
+    match &m {
+        AnyMasked::M32(x) => masked::write_file(&a.out, x, &me)?,
+        AnyMasked::M64(x) => masked::write_file(&a.out, x, &me)?,
+    }
+    report_clipped(m.clipped(), m.header().layout.elements(), spec.quant.clip);
+    eprintln!(
+        "wrote {} ({} values, modulus 2^{}) in {:.2}s",
+        a.out.display(),
+        m.header().layout.elements(),
+        m.header().modulus.bits(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub(super) fn report_clipped(clipped: u64, total: u64, clip: f64) {
+    if clipped > 0 {
+        eprintln!(
+            "warning: {clipped} of {total} values ({:.4}%) were outside [-{clip}, {clip}] and were clipped; consider a larger --clip",
+            clipped as f64 * 100.0 / total.max(1) as f64
+        );
+    }
+}
+
+pub(super) fn aggregate(home: &Home, a: AggregateArgs) -> Result<(), Failure> {
+    let reg = Registry::open_existing(&home.registry_path())?.ok_or_else(|| {
+        Failure::new(
+            format!("no registry in {}", home.root().display()),
+            Some("register the nodes first with 'secagg certificate register'".into()),
+        )
+    })?;
+    let t = Instant::now();
+    let n = a.files.len();
+    let (header, mean) = aggregate::aggregate_files(&reg, &a.files, |p| match p {
+        Progress::Checked(k) => eprintln!("checked {k} header(s); summing..."),
+        Progress::Summed(i, who) => eprintln!("  [{i}/{n}] {who}: signature ok"),
+    })?;
+    let out_kind = tensor::container_of(&a.out)?;
+    if out_kind != header.layout.container {
+        return Err(Failure::new(
+            format!("--out {} does not match the inputs' format ({:?})", a.out.display(), header.layout.container),
+            Some("use the same extension the nodes' updates had (.npy or .safetensors)".into()),
+        ));
+    }
+    tensor::write_values(&a.out, &header.layout, mean.values.iter().copied())?;
+    eprintln!(
+        "wrote weighted mean of {n} node(s) (total weight {}) to {} in {:.2}s",
+        mean.total_weight,
+        a.out.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub(super) fn bench(a: BenchArgs) -> Result<(), Failure> {
+    if a.nodes < 2 || a.len == 0 {
+        return Err(Failure::new(
+            "bench needs --nodes >= 2 and --len >= 1".into(),
+            Some("e.g. secagg bench --nodes 10 --len 10000000".into()),
+        ));
+    }
+    let threads = a.threads.unwrap_or_else(mask::default_threads).max(1);
+    eprintln!("secagg bench: {} nodes, {} elements, {threads} thread(s)", a.nodes, a.len);
+    let report = bench::run(a.nodes, a.len, threads, |line| eprintln!("  {line}"));
+    if a.json {
+        println!("{}", super::certificate::to_json(&report)?);
+    } else {
+        println!("threads                 {}", report.threads);
+        println!("modulus                 2^{}", report.modulus_bits);
+        println!("raw PRG (1 thread)      {:>10.0} MiB/s", report.prg_bytes_per_sec / 1048576.0);
+        println!("memory add (1 thread)   {:>10.0} MiB/s", report.add_bytes_per_sec / 1048576.0);
+        println!("masking                 {:>10.1} M elem/s   {:>5.1}% of PRG x threads", report.mask_elems_per_sec / 1e6, report.mask_ratio * 100.0);
+        println!("aggregation             {:>10.1} M elem/s   {:>5.1}% of memory add", report.aggregate_elems_per_sec / 1e6, report.aggregate_ratio * 100.0);
+    }
+    Ok(())
+}
