@@ -95,7 +95,10 @@ impl<W: Word> Accumulator<W> {
     #[inline]
     pub fn absorb(&mut self, offset: u64, bytes: &[u8]) {
         let start = (offset as usize).min(self.acc.len());
-        for (a, c) in self.acc[start..].iter_mut().zip(bytes.chunks_exact(W::BYTES)) {
+        for (a, c) in self.acc[start..]
+            .iter_mut()
+            .zip(bytes.chunks_exact(W::BYTES))
+        {
             *a = a.add(W::from_le(c));
         }
     }
@@ -261,5 +264,44 @@ fn disagreement(a: &Header, b: &Header) -> Option<&'static str> {
         Some("tensor shapes")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quantize::QuantParams;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Quantize, weight, sum mod 2^k, decode: within half a step of the plain weighted mean.
+        #[test]
+        fn weighted_mean_within_bound(
+            rows in prop::collection::vec((prop::collection::vec(-1.5f64..1.5, 16), 1u64..1000), 2..8),
+            bits in 4u32..=24,
+        ) {
+            let plan = Plan::new(QuantParams { clip: 1.0, bits, max_weight: 1000 }, rows.len()).expect("plan");
+            let mut acc = AnyAccumulator::new(plan.modulus, 17);
+            for (vals, w) in &rows {
+                let mut bytes = Vec::new();
+                let mut push = |v: u64| match plan.modulus {
+                    Modulus::M32 => (v as u32).put_le(&mut bytes),
+                    Modulus::M64 => v.put_le(&mut bytes),
+                };
+                for x in vals {
+                    push((plan.quantize(*x).0 * *w as i64) as u64);
+                }
+                push(*w);
+                acc.absorb(0, &bytes);
+            }
+            let mean = acc.finish(&plan).expect("finish");
+            let total: u64 = rows.iter().map(|r| r.1).sum();
+            prop_assert_eq!(mean.total_weight, total);
+            for k in 0..16 {
+                let plain = rows.iter().map(|(v, w)| v[k].clamp(-1.0, 1.0) * *w as f64).sum::<f64>() / total as f64;
+                prop_assert!((mean.values[k] - plain).abs() <= plan.step() / 2.0 * (1.0 + 1e-9));
+            }
+        }
     }
 }

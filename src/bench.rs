@@ -91,10 +91,15 @@ fn run_words<W: Word>(
         black_box(&buf);
     });
     let prg_rate = prg_bytes as f64 / prg_secs;
-    progress(&format!("raw PRG: {:.0} MiB/s per thread", prg_rate / 1048576.0));
+    progress(&format!(
+        "raw PRG: {:.0} MiB/s per thread",
+        prg_rate / 1048576.0
+    ));
 
     // Add bandwidth: one thread, d words.
-    let x: Vec<W> = (0..len).map(|i| W::from_u64(i as u64 * 2_654_435_761)).collect();
+    let x: Vec<W> = (0..len)
+        .map(|i| W::from_u64(i as u64 * 2_654_435_761))
+        .collect();
     let mut acc = vec![W::default(); len];
     let add_secs = best_of(runs, || {
         acc.iter_mut().zip(&x).for_each(|(a, b)| *a = a.add(*b));

@@ -173,8 +173,20 @@ mod tests {
             label: "update".into(),
         };
         let k1 = MaskKey::derive(&ab, &ctx);
-        let k2 = MaskKey::derive(&ab, &MaskContext { attempt: 1, ..ctx.clone() });
-        let k3 = MaskKey::derive(&ab, &MaskContext { round: 2, ..ctx.clone() });
+        let k2 = MaskKey::derive(
+            &ab,
+            &MaskContext {
+                attempt: 1,
+                ..ctx.clone()
+            },
+        );
+        let k3 = MaskKey::derive(
+            &ab,
+            &MaskContext {
+                round: 2,
+                ..ctx.clone()
+            },
+        );
         assert_ne!(k1.0, k2.0);
         assert_ne!(k1.0, k3.0);
         assert_eq!(format!("{k1:?}"), "MaskKey(<secret>)");

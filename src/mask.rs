@@ -156,7 +156,9 @@ mod tests {
             federation: "f".into(),
             round: 7,
             attempt: 0,
-            participants: (0..n).map(|i| format!("n{i}").parse().expect("id")).collect(),
+            participants: (0..n)
+                .map(|i| format!("n{i}").parse().expect("id"))
+                .collect(),
             label: "update".into(),
         };
         (0..n)
@@ -181,9 +183,14 @@ mod tests {
         let mut sum = vec![W::default(); len];
         let mut any_nonzero = len == 0;
         for (i, m) in all.iter().enumerate() {
-            let mut v: Vec<W> = (0..len).map(|k| W::from_u64((i * 1000 + k) as u64)).collect();
+            let mut v: Vec<W> = (0..len)
+                .map(|k| W::from_u64((i * 1000 + k) as u64))
+                .collect();
             apply_masks(&mut v, m, threads);
-            any_nonzero |= v.iter().enumerate().any(|(k, w)| w.to_u64() != W::from_u64((i * 1000 + k) as u64).to_u64());
+            any_nonzero |= v
+                .iter()
+                .enumerate()
+                .any(|(k, w)| w.to_u64() != W::from_u64((i * 1000 + k) as u64).to_u64());
             sum.iter_mut().zip(&v).for_each(|(s, x)| *s = s.add(*x));
         }
         let expected = (0..len).map(|k| W::from_u64((0..n).map(|i| (i * 1000 + k) as u64).sum()));

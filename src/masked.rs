@@ -80,8 +80,7 @@ impl Header {
     }
 
     fn payload_bytes(&self) -> Option<u64> {
-        self.elements
-            .checked_mul(self.modulus.word_bytes() as u64)
+        self.elements.checked_mul(self.modulus.word_bytes() as u64)
     }
 }
 
@@ -166,13 +165,21 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         Some(match self {
             Error::Io { .. } => "check the path and permissions".into(),
-            Error::Malformed { .. } => "pass files written by 'secagg mask'; ask the node to send it again".into(),
-            Error::BadSignature { sender, .. } => format!("do not use this file; ask '{sender}' to send it again, and check its registered certificate"),
+            Error::Malformed { .. } => {
+                "pass files written by 'secagg mask'; ask the node to send it again".into()
+            }
+            Error::BadSignature { sender, .. } => format!(
+                "do not use this file; ask '{sender}' to send it again, and check its registered certificate"
+            ),
             Error::NotANode(_) => "run 'secagg mask' in a node's home (see --home)".into(),
             Error::NotParticipant(_) => "list this party's id in --participants".into(),
             Error::DuplicateParticipant(_) => "list each participant once".into(),
-            Error::UnknownParticipant { id, .. } => format!("register '{id}' as a node first: ask it for 'secagg certificate registration-instructions'"),
-            Error::BadWeight { .. } => "pass --weight as the number of samples trained on, at most --max-weight".into(),
+            Error::UnknownParticipant { id, .. } => format!(
+                "register '{id}' as a node first: ask it for 'secagg certificate registration-instructions'"
+            ),
+            Error::BadWeight { .. } => {
+                "pass --weight as the number of samples trained on, at most --max-weight".into()
+            }
             Error::Tensor(e) => return e.hint(),
             Error::Quantize(e) => return e.hint(),
             Error::Registry(e) => return e.hint(),
@@ -343,11 +350,22 @@ pub fn mask_update(
     let (plan, ctx) = prepare(me, reg, spec, weight)?;
     let masks = peer_masks(me, reg, &ctx)?;
     let result = match plan.modulus {
-        Modulus::M32 => AnyMasked::M32(quantize_and_mask::<u32>(me, &plan, &ctx, &masks, input, weight, threads)?),
-        Modulus::M64 => AnyMasked::M64(quantize_and_mask::<u64>(me, &plan, &ctx, &masks, input, weight, threads)?),
+        Modulus::M32 => AnyMasked::M32(quantize_and_mask::<u32>(
+            me, &plan, &ctx, &masks, input, weight, threads,
+        )?),
+        Modulus::M64 => AnyMasked::M64(quantize_and_mask::<u64>(
+            me, &plan, &ctx, &masks, input, weight, threads,
+        )?),
     };
     let ids: Vec<&str> = ctx.participants.iter().map(PartyId::as_str).collect();
-    reg.journal_mask(&ctx.federation, ctx.round, ctx.attempt, &ctx.label, &ids.join(","), now)?;
+    reg.journal_mask(
+        &ctx.federation,
+        ctx.round,
+        ctx.attempt,
+        &ctx.label,
+        &ids.join(","),
+        now,
+    )?;
     Ok(result)
 }
 
@@ -415,7 +433,8 @@ pub fn write_file<W: Word>(path: &Path, m: &Masked<W>, me: &Identity) -> Result<
         path: tmp.clone(),
         source,
     };
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(|e| io("create", e))?);
+    let mut out =
+        BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(|e| io("create", e))?);
     let mut hash = Sha256::new();
     let head = encode_header(&m.header);
     hash.update(&head);
@@ -433,7 +452,8 @@ pub fn write_file<W: Word>(path: &Path, m: &Masked<W>, me: &Identity) -> Result<
         .sign_prehash(&hash.finalize())
         .map_err(|_| Error::Sign)?;
     let der = sig.to_der();
-    out.write_all(&(der.as_bytes().len() as u16).to_le_bytes()).map_err(|e| io("write", e))?;
+    out.write_all(&(der.as_bytes().len() as u16).to_le_bytes())
+        .map_err(|e| io("write", e))?;
     out.write_all(der.as_bytes()).map_err(|e| io("write", e))?;
     let file = out.into_inner().map_err(|e| io("write", e.into_error()))?;
     file.sync_all().map_err(|e| io("sync", e))?;
@@ -467,7 +487,8 @@ impl Reader {
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut file = BufReader::with_capacity(1 << 20, file);
         let mut fixed = [0u8; 12];
-        file.read_exact(&mut fixed).map_err(|_| bad("too short".into()))?;
+        file.read_exact(&mut fixed)
+            .map_err(|_| bad("too short".into()))?;
         if &fixed[..8] != MAGIC {
             return Err(bad("wrong magic bytes".into()));
         }
@@ -476,11 +497,15 @@ impl Reader {
             return Err(bad(format!("header of {hlen} bytes is too large")));
         }
         let mut json = vec![0u8; hlen as usize];
-        file.read_exact(&mut json).map_err(|_| bad("truncated header".into()))?;
+        file.read_exact(&mut json)
+            .map_err(|_| bad("truncated header".into()))?;
         let header: Header =
             serde_json::from_slice(&json).map_err(|e| bad(format!("header: {e}")))?;
         if header.format_version != FORMAT_VERSION {
-            return Err(bad(format!("format version {} (this secagg reads {FORMAT_VERSION})", header.format_version)));
+            return Err(bad(format!(
+                "format version {} (this secagg reads {FORMAT_VERSION})",
+                header.format_version
+            )));
         }
         if header.elements != header.layout.elements() + 1 {
             return Err(bad("element count does not match the tensor shapes".into()));
@@ -490,7 +515,9 @@ impl Reader {
             .and_then(|p| p.checked_add(12 + u64::from(hlen) + 2))
             .ok_or_else(|| bad("sizes overflow".into()))?;
         if len < expected || len > expected + 80 {
-            return Err(bad(format!("file is {len} bytes; the header implies {expected} plus a signature (truncated?)")));
+            return Err(bad(format!(
+                "file is {len} bytes; the header implies {expected} plus a signature (truncated?)"
+            )));
         }
         let mut hash = Sha256::new();
         hash.update(fixed);

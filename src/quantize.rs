@@ -69,7 +69,9 @@ pub enum Error {
     #[error("{0}")]
     BadParam(String),
     /// The sum could overflow even 2^64.
-    #[error("overflow risk: {nodes} nodes x max weight {max_weight} x {levels} levels (bits {bits}) = {bound:.3e}, which does not fit in a signed 64-bit sum (limit {limit:.3e})")]
+    #[error(
+        "overflow risk: {nodes} nodes x max weight {max_weight} x {levels} levels (bits {bits}) = {bound:.3e}, which does not fit in a signed 64-bit sum (limit {limit:.3e})"
+    )]
     Overflow {
         /// n.
         nodes: usize,
@@ -229,18 +231,44 @@ mod tests {
 
     #[test]
     fn modulus_choice_and_overflow() {
-        let small = QuantParams { clip: 1.0, bits: 8, max_weight: 1000 };
+        let small = QuantParams {
+            clip: 1.0,
+            bits: 8,
+            max_weight: 1000,
+        };
         assert_eq!(Plan::new(small, 10).expect("ok").modulus, Modulus::M32);
-        assert_eq!(Plan::new(QuantParams::default(), 10).expect("ok").modulus, Modulus::M64);
-        let huge = QuantParams { clip: 1.0, bits: 32, max_weight: u64::MAX / 2 };
+        assert_eq!(
+            Plan::new(QuantParams::default(), 10).expect("ok").modulus,
+            Modulus::M64
+        );
+        let huge = QuantParams {
+            clip: 1.0,
+            bits: 32,
+            max_weight: u64::MAX / 2,
+        };
         let err = Plan::new(huge, 10).expect_err("overflow");
         let hint = err.hint().expect("hint");
-        assert!(hint.contains("--bits") && hint.contains("--max-weight"), "{hint}");
+        assert!(
+            hint.contains("--bits") && hint.contains("--max-weight"),
+            "{hint}"
+        );
         if let Error::Overflow { max_weight_fit, .. } = err {
-            let fixed = QuantParams { max_weight: max_weight_fit, ..huge };
+            let fixed = QuantParams {
+                max_weight: max_weight_fit,
+                ..huge
+            };
             assert!(Plan::new(fixed, 10).is_ok());
         }
-        assert!(Plan::new(QuantParams { clip: -1.0, ..small }, 3).is_err());
+        assert!(
+            Plan::new(
+                QuantParams {
+                    clip: -1.0,
+                    ..small
+                },
+                3
+            )
+            .is_err()
+        );
         assert!(Plan::new(QuantParams { bits: 1, ..small }, 3).is_err());
         assert!(Plan::new(small, 1).is_err());
     }

@@ -484,7 +484,13 @@ impl Registry {
     }
 
     /// Whether we already masked for `(federation, round, attempt, label)`.
-    pub fn journal_has(&self, federation: &str, round: u64, attempt: u32, label: &str) -> Result<bool> {
+    pub fn journal_has(
+        &self,
+        federation: &str,
+        round: u64,
+        attempt: u32,
+        label: &str,
+    ) -> Result<bool> {
         let round_i = i64::try_from(round).unwrap_or(i64::MAX);
         self.conn
             .query_row(

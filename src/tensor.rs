@@ -101,10 +101,17 @@ impl Error {
     /// What to do.
     pub fn hint(&self) -> Option<String> {
         Some(match self {
-            Error::UnknownContainer(_) => "save the update with numpy.save (.npy) or safetensors (.safetensors)".into(),
+            Error::UnknownContainer(_) => {
+                "save the update with numpy.save (.npy) or safetensors (.safetensors)".into()
+            }
             Error::Io { .. } => "check the path and permissions".into(),
-            Error::Invalid { .. } => "re-export the update; Fortran-order arrays need numpy.ascontiguousarray first".into(),
-            Error::UnsupportedDtype { .. } => "convert the update to float32 or float64 before masking".into(),
+            Error::Invalid { .. } => {
+                "re-export the update; Fortran-order arrays need numpy.ascontiguousarray first"
+                    .into()
+            }
+            Error::UnsupportedDtype { .. } => {
+                "convert the update to float32 or float64 before masking".into()
+            }
         })
     }
 }
@@ -210,7 +217,8 @@ pub fn write_values(path: &Path, layout: &Layout, values: impl Iterator<Item = f
     match layout.container {
         Container::Npy => {
             let spec = &layout.tensors[0];
-            let file = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(|e| io("create", e))?);
+            let file =
+                BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(|e| io("create", e))?);
             macro_rules! write {
                 ($t:ty) => {{
                     let mut w = npyz::WriteOptions::<$t>::new()
@@ -219,7 +227,8 @@ pub fn write_values(path: &Path, layout: &Layout, values: impl Iterator<Item = f
                         .writer(file)
                         .begin_nd()
                         .map_err(|e| io("write", e))?;
-                    w.extend(values.by_ref().map(|v| v as $t)).map_err(|e| io("write", e))?;
+                    w.extend(values.by_ref().map(|v| v as $t))
+                        .map_err(|e| io("write", e))?;
                     w.finish().map_err(|e| io("write", e))?;
                 }};
             }
@@ -368,12 +377,46 @@ mod tests {
     fn npy_and_safetensors_round_trip() {
         let dir = tempfile::tempdir().expect("tmp");
         for (name, layout) in [
-            ("a.npy", Layout { container: Container::Npy, tensors: vec![TensorSpec { name: String::new(), shape: vec![2, 3], dtype: DType::F32 }] }),
-            ("b.npy", Layout { container: Container::Npy, tensors: vec![TensorSpec { name: String::new(), shape: vec![5], dtype: DType::F64 }] }),
-            ("c.safetensors", Layout { container: Container::Safetensors, tensors: vec![
-                TensorSpec { name: "bias".into(), shape: vec![2], dtype: DType::F64 },
-                TensorSpec { name: "weight".into(), shape: vec![2, 2], dtype: DType::F32 },
-            ] }),
+            (
+                "a.npy",
+                Layout {
+                    container: Container::Npy,
+                    tensors: vec![TensorSpec {
+                        name: String::new(),
+                        shape: vec![2, 3],
+                        dtype: DType::F32,
+                    }],
+                },
+            ),
+            (
+                "b.npy",
+                Layout {
+                    container: Container::Npy,
+                    tensors: vec![TensorSpec {
+                        name: String::new(),
+                        shape: vec![5],
+                        dtype: DType::F64,
+                    }],
+                },
+            ),
+            (
+                "c.safetensors",
+                Layout {
+                    container: Container::Safetensors,
+                    tensors: vec![
+                        TensorSpec {
+                            name: "bias".into(),
+                            shape: vec![2],
+                            dtype: DType::F64,
+                        },
+                        TensorSpec {
+                            name: "weight".into(),
+                            shape: vec![2, 2],
+                            dtype: DType::F32,
+                        },
+                    ],
+                },
+            ),
         ] {
             let path = dir.path().join(name);
             let n = layout.elements() as usize;
@@ -381,10 +424,18 @@ mod tests {
             write_values(&path, &layout, vals.iter().copied()).expect("write");
             assert_eq!(read_layout(&path).expect("layout"), layout);
             let mut got = Vec::new();
-            let back = read_values(&path, |v| { got.push(v); Ok::<(), ()>(()) }).expect("read").expect("visit");
+            let back = read_values(&path, |v| {
+                got.push(v);
+                Ok::<(), ()>(())
+            })
+            .expect("read")
+            .expect("visit");
             assert_eq!(back, layout);
             assert_eq!(got, vals);
         }
-        assert!(matches!(container_of(Path::new("x.csv")), Err(Error::UnknownContainer(_))));
+        assert!(matches!(
+            container_of(Path::new("x.csv")),
+            Err(Error::UnknownContainer(_))
+        ));
     }
 }

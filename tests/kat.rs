@@ -8,7 +8,10 @@ use secagg::mask;
 
 fn hex(s: &serde_json::Value) -> Vec<u8> {
     let s = s.as_str().expect("hex string");
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
 }
 
 fn to_hex(b: &[u8]) -> String {
@@ -17,15 +20,24 @@ fn to_hex(b: &[u8]) -> String {
 
 #[test]
 fn key_schedule_matches_vectors() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kat.json")).expect("kat.json");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kat.json"))
+        .expect("kat.json");
     let kat: serde_json::Value = serde_json::from_str(&text).expect("json");
     let vectors = kat["vectors"].as_array().expect("vectors");
     assert_eq!(vectors.len(), 3);
     for v in vectors {
         let a = PartyKey::from_scalar_bytes(&hex(&v["secret_a"])).expect("scalar a");
         let b = PartyKey::from_scalar_bytes(&hex(&v["secret_b"])).expect("scalar b");
-        let fa: Fingerprint = v["fingerprint_a"].as_str().expect("fp").parse().expect("fp");
-        let fb: Fingerprint = v["fingerprint_b"].as_str().expect("fp").parse().expect("fp");
+        let fa: Fingerprint = v["fingerprint_a"]
+            .as_str()
+            .expect("fp")
+            .parse()
+            .expect("fp");
+        let fb: Fingerprint = v["fingerprint_b"]
+            .as_str()
+            .expect("fp")
+            .parse()
+            .expect("fp");
         let pb = p256::PublicKey::from(b.signing_key().verifying_key());
         let pa = p256::PublicKey::from(a.signing_key().verifying_key());
         let ab = PairwiseSecret::derive(&a, &fa, &pb, &fb);
@@ -43,7 +55,10 @@ fn key_schedule_matches_vectors() {
                 .collect(),
             label: v["context"]["label"].as_str().expect("label").into(),
         };
-        assert_eq!(to_hex(&ctx.encode()), v["context_encoding"].as_str().expect("enc"));
+        assert_eq!(
+            to_hex(&ctx.encode()),
+            v["context_encoding"].as_str().expect("enc")
+        );
         for secret in [&ab, &ba, &from_x] {
             let key = MaskKey::derive(secret, &ctx);
             assert_eq!(to_hex(key.expose()), v["mask_key"].as_str().expect("key"));
@@ -51,6 +66,9 @@ fn key_schedule_matches_vectors() {
             mask::keystream(&key, v["keystream_offset"].as_u64().expect("off"), &mut ks);
             assert_eq!(to_hex(&ks), v["keystream_64"].as_str().expect("ks"));
         }
-        assert_eq!(Sign::for_pair(&fa, &fb) == Sign::Add, v["a_adds"].as_bool().expect("bool"));
+        assert_eq!(
+            Sign::for_pair(&fa, &fb) == Sign::Add,
+            v["a_adds"].as_bool().expect("bool")
+        );
     }
 }

@@ -53,7 +53,15 @@ pub(super) fn mask(home: &Home, a: MaskArgs) -> Result<(), Failure> {
         spec.participants.len().saturating_sub(1)
     );
     let now = unix_secs(SystemTime::now());
-    let m = masked::mask_update(&me, &mut reg, &spec, &a.input, a.weight, mask::default_threads(), now)?;
+    let m = masked::mask_update(
+        &me,
+        &mut reg,
+        &spec,
+        &a.input,
+        a.weight,
+        mask::default_threads(),
+        now,
+    )?;
     match &m {
         AnyMasked::M32(x) => masked::write_file(&a.out, x, &me)?,
         AnyMasked::M64(x) => masked::write_file(&a.out, x, &me)?,
@@ -94,7 +102,11 @@ pub(super) fn aggregate(home: &Home, a: AggregateArgs) -> Result<(), Failure> {
     let out_kind = tensor::container_of(&a.out)?;
     if out_kind != header.layout.container {
         return Err(Failure::new(
-            format!("--out {} does not match the inputs' format ({:?})", a.out.display(), header.layout.container),
+            format!(
+                "--out {} does not match the inputs' format ({:?})",
+                a.out.display(),
+                header.layout.container
+            ),
             Some("use the same extension the nodes' updates had (.npy or .safetensors)".into()),
         ));
     }
@@ -116,17 +128,34 @@ pub(super) fn bench(a: BenchArgs) -> Result<(), Failure> {
         ));
     }
     let threads = a.threads.unwrap_or_else(mask::default_threads).max(1);
-    eprintln!("secagg bench: {} nodes, {} elements, {threads} thread(s)", a.nodes, a.len);
+    eprintln!(
+        "secagg bench: {} nodes, {} elements, {threads} thread(s)",
+        a.nodes, a.len
+    );
     let report = bench::run(a.nodes, a.len, threads, |line| eprintln!("  {line}"));
     if a.json {
         println!("{}", super::certificate::to_json(&report)?);
     } else {
         println!("threads                 {}", report.threads);
         println!("modulus                 2^{}", report.modulus_bits);
-        println!("raw PRG (1 thread)      {:>10.0} MiB/s", report.prg_bytes_per_sec / 1048576.0);
-        println!("memory add (1 thread)   {:>10.0} MiB/s", report.add_bytes_per_sec / 1048576.0);
-        println!("masking                 {:>10.1} M elem/s   {:>5.1}% of PRG x threads", report.mask_elems_per_sec / 1e6, report.mask_ratio * 100.0);
-        println!("aggregation             {:>10.1} M elem/s   {:>5.1}% of memory add", report.aggregate_elems_per_sec / 1e6, report.aggregate_ratio * 100.0);
+        println!(
+            "raw PRG (1 thread)      {:>10.0} MiB/s",
+            report.prg_bytes_per_sec / 1048576.0
+        );
+        println!(
+            "memory add (1 thread)   {:>10.0} MiB/s",
+            report.add_bytes_per_sec / 1048576.0
+        );
+        println!(
+            "masking                 {:>10.1} M elem/s   {:>5.1}% of PRG x threads",
+            report.mask_elems_per_sec / 1e6,
+            report.mask_ratio * 100.0
+        );
+        println!(
+            "aggregation             {:>10.1} M elem/s   {:>5.1}% of memory add",
+            report.aggregate_elems_per_sec / 1e6,
+            report.aggregate_ratio * 100.0
+        );
     }
     Ok(())
 }
