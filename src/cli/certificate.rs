@@ -2,6 +2,8 @@
 
 use std::time::SystemTime;
 
+use std::io::Write;
+
 use serde::Serialize;
 
 use super::args::{CertificateCmd, DeleteArgs, GenerateArgs, ListArgs, RegisterArgs, RoleArg};
@@ -302,7 +304,12 @@ fn list(home: &Home, a: ListArgs) -> Result<(), Failure> {
                 status: status(p.not_after, now),
             })
             .collect();
-        println!("{}", to_json(&rows)?);
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut out, &rows)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+            .and_then(|()| out.flush())
+            .map_err(|e| Failure::new(format!("cannot write JSON: {e}"), None))?;
         return Ok(());
     }
     if peers.is_empty() {
