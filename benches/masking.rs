@@ -1,0 +1,43 @@
+//! Developer benches: raw PRG, masking with n-1 peers, and streaming aggregation.
+//! `cargo bench`; `secagg bench` reports the same quantities with their ratios.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use secagg::aggregate::Accumulator;
+use secagg::keys::{MaskContext, MaskKey, PairwiseSecret, Sign};
+use secagg::mask::{self, PeerMask};
+
+const LEN: usize = 1 << 20;
+
+fn key(i: u8) -> MaskKey {
+    let fp = secagg::certificate::Fingerprint::of_der(&[i]);
+    let pw = PairwiseSecret::from_shared(&[i; 32], &fp, &fp);
+    MaskKey::derive(
+        &pw,
+        &MaskContext { federation: "bench".into(), round: 1, attempt: 0, participants: vec![], label: "update".into() },
+    )
+}
+
+fn benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("secagg");
+    g.throughput(Throughput::Bytes((LEN * 8) as u64));
+    let mut buf = vec![0u8; LEN * 8];
+    g.bench_function("prg_keystream_8MiB", |b| b.iter(|| mask::keystream(&key(1), 0, &mut buf)));
+    for peers in [1usize, 9] {
+        let masks: Vec<PeerMask> = (0..peers)
+            .map(|i| PeerMask { key: key(i as u8), sign: if i % 2 == 0 { Sign::Add } else { Sign::Sub } })
+            .collect();
+        let mut v = vec![0u64; LEN];
+        g.throughput(Throughput::Elements(LEN as u64));
+        g.bench_function(format!("mask_u64_{peers}_peers"), |b| {
+            b.iter(|| mask::apply_masks(&mut v, &masks, mask::default_threads()))
+        });
+    }
+    let bytes = vec![7u8; LEN * 8];
+    g.throughput(Throughput::Bytes((LEN * 8) as u64));
+    let mut acc = Accumulator::<u64>::new(LEN);
+    g.bench_function("aggregate_absorb_u64", |b| b.iter(|| acc.absorb(0, &bytes)));
+    g.finish();
+}
+
+criterion_group!(all, benches);
+criterion_main!(all);
