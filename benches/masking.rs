@@ -13,7 +13,13 @@ fn key(i: u8) -> MaskKey {
     let pw = PairwiseSecret::from_shared(&[i; 32], &fp, &fp);
     MaskKey::derive(
         &pw,
-        &MaskContext { federation: "bench".into(), round: 1, attempt: 0, participants: vec![], label: "update".into() },
+        &MaskContext {
+            federation: "bench".into(),
+            round: 1,
+            attempt: 0,
+            participants: vec![],
+            label: "update".into(),
+        },
     )
 }
 
@@ -21,10 +27,15 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("secagg");
     g.throughput(Throughput::Bytes((LEN * 8) as u64));
     let mut buf = vec![0u8; LEN * 8];
-    g.bench_function("prg_keystream_8MiB", |b| b.iter(|| mask::keystream(&key(1), 0, &mut buf)));
+    g.bench_function("prg_keystream_8MiB", |b| {
+        b.iter(|| mask::keystream(&key(1), 0, &mut buf))
+    });
     for peers in [1usize, 9] {
         let masks: Vec<PeerMask> = (0..peers)
-            .map(|i| PeerMask { key: key(i as u8), sign: if i % 2 == 0 { Sign::Add } else { Sign::Sub } })
+            .map(|i| PeerMask {
+                key: key(i as u8),
+                sign: if i % 2 == 0 { Sign::Add } else { Sign::Sub },
+            })
             .collect();
         let mut v = vec![0u64; LEN];
         g.throughput(Throughput::Elements(LEN as u64));

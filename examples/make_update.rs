@@ -12,7 +12,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut s: u64 = args.get(3).map_or(Ok(1), |s| s.parse())? | 1;
     let layout = Layout {
         container: Container::Npy,
-        tensors: vec![TensorSpec { name: String::new(), shape: vec![n], dtype: DType::F32 }],
+        tensors: vec![TensorSpec {
+            name: String::new(),
+            shape: vec![n],
+            dtype: DType::F32,
+        }],
     };
     let values = (0..n).map(move |_| {
         s ^= s << 13;

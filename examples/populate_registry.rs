@@ -31,7 +31,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             not_after: cert.not_after_unix(),
             registered_at: unix_secs(SystemTime::now()),
         };
-        reg.register(&NewPeer { peer, cert_der: cert.der() }, OnDuplicate::Refuse)?;
+        reg.register(
+            &NewPeer {
+                peer,
+                cert_der: cert.der(),
+            },
+            OnDuplicate::Refuse,
+        )?;
     }
     Ok(())
 }
