@@ -378,19 +378,20 @@ fn quantize_and_mask<W: Word>(
     weight: u64,
     threads: usize,
 ) -> Result<Masked<W>> {
-    let layout = tensor::read_layout(input)?;
-    let n = layout.elements();
-    let mut words: Vec<W> = Vec::with_capacity(n as usize + 1);
+    let mut words: Vec<W> = Vec::new();
     let mut clipped = 0u64;
     let w = weight as i64; // weight <= max_weight, and the plan bounds weight * L < 2^63
-    let layout = tensor::read_values(input, |x| {
-        if !x.is_finite() {
-            return Err(quantize::Error::NonFinite(words.len() as u64));
+    let layout = tensor::read_values_with_layout(input, |layout| {
+        words.reserve_exact(layout.elements() as usize + 1);
+        |x: f64| {
+            if !x.is_finite() {
+                return Err(quantize::Error::NonFinite(words.len() as u64));
+            }
+            let (q, c) = plan.quantize(x);
+            clipped += u64::from(c);
+            words.push(W::from_i64(q * w));
+            Ok(())
         }
-        let (q, c) = plan.quantize(x);
-        clipped += u64::from(c);
-        words.push(W::from_i64(q * w));
-        Ok(())
     })??;
     words.push(W::from_u64(weight));
     mask::apply_masks(&mut words, masks, threads);

@@ -144,11 +144,24 @@ pub fn read_layout(path: &Path) -> Result<Layout> {
 /// Streams every value of an update, in layout order, into `visit`.
 pub fn read_values<E>(
     path: &Path,
-    mut visit: impl FnMut(f64) -> std::result::Result<(), E>,
+    visit: impl FnMut(f64) -> std::result::Result<(), E>,
 ) -> Result<std::result::Result<Layout, E>> {
+    read_values_with_layout(path, |_| visit)
+}
+
+/// Like [`read_values`], but builds the visitor from the layout first, so a caller can
+/// size its buffers without opening the file a second time.
+pub fn read_values_with_layout<E, V>(
+    path: &Path,
+    make_visit: impl FnOnce(&Layout) -> V,
+) -> Result<std::result::Result<Layout, E>>
+where
+    V: FnMut(f64) -> std::result::Result<(), E>,
+{
     match container_of(path)? {
         Container::Npy => {
             let (file, layout) = open_npy(path)?;
+            let mut visit = make_visit(&layout);
             let bad = |e: std::io::Error| Error::Invalid {
                 path: path.to_owned(),
                 kind: "npy",
@@ -177,6 +190,7 @@ pub fn read_values<E>(
         Container::Safetensors => {
             let bytes = read_all(path)?;
             let layout = safetensors_layout(path, &bytes)?;
+            let mut visit = make_visit(&layout);
             let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| st_err(path, e))?;
             for spec in &layout.tensors {
                 let view = st.tensor(&spec.name).map_err(|e| st_err(path, e))?;
