@@ -8,7 +8,7 @@
 //! - "Not found" is an `Option`, not an error.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
@@ -16,6 +16,9 @@ use crate::certificate::Fingerprint;
 use crate::identity::{Host, PartyId, Role};
 
 /// Schema steps. Append only: never edit or reorder a released step.
+/// How long a process waits for another one holding the registry.
+const BUSY_WAIT: Duration = Duration::from_secs(30);
+
 const MIGRATIONS: &[&str] = &[
     // 1: peers
     "CREATE TABLE peers (
@@ -197,7 +200,16 @@ pub struct Registry {
 
 impl Registry {
     /// Opens (creating if needed) the registry at `path` and brings its schema up to date.
+    ///
+    /// While a new file switches to WAL mode, SQLite can answer "database is locked"
+    /// without calling the busy handler (it would otherwise risk a deadlock). Opening
+    /// therefore retries the whole open-and-migrate step, with backoff, for up to
+    /// [`BUSY_WAIT`].
     pub fn open(path: &Path) -> Result<Registry> {
+        retry_busy(|| Self::open_once(path))
+    }
+
+    fn open_once(path: &Path) -> Result<Registry> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -211,10 +223,12 @@ impl Registry {
         if !path.exists() {
             return Ok(None);
         }
-        let reg = Self::open_with(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        let reg = retry_busy(|| {
+            Self::open_with(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+        })?;
         let version = reg.user_version()?;
         if version > MIGRATIONS.len() as i64 {
             return Err(Error::TooNew {
@@ -237,15 +251,19 @@ impl Registry {
             conn,
             path: path.to_owned(),
         };
-        reg.conn
-            .busy_timeout(Duration::from_secs(30))
-            .map_err(|e| reg.err(e))?;
+        reg.conn.busy_timeout(BUSY_WAIT).map_err(|e| reg.err(e))?;
         // Reading the schema first tells a corrupt file apart before any write.
         reg.user_version()?;
-        let mode: String = reg
+        let mut mode: String = reg
             .conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .map_err(|e| reg.err(e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            mode = reg
+                .conn
+                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                .map_err(|e| reg.err(e))?;
+        }
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::ReadOnly {
                 path: path.to_owned(),
@@ -566,6 +584,34 @@ impl RawRow {
             not_after: self.not_after,
             registered_at: self.registered_at,
         })
+    }
+}
+
+/// Runs `step` again, with backoff, while it fails with a lock SQLite would not wait for.
+fn retry_busy<T>(mut step: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + BUSY_WAIT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match step() {
+            Err(e) if e.is_busy() && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Error {
+    /// Another connection held a lock SQLite would not wait for.
+    fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            Error::Sqlite {
+                source: rusqlite::Error::SqliteFailure(f, _),
+                ..
+            } if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+        )
     }
 }
 
