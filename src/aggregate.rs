@@ -103,6 +103,13 @@ impl<W: Word> Accumulator<W> {
         }
     }
 
+    /// The running sum as little-endian words (to send it on).
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.acc.len() * W::BYTES);
+        self.acc.iter().for_each(|w| w.put_le(&mut out));
+        out
+    }
+
     /// Decodes the weighted mean. The last word is the total weight.
     pub fn finish(self, plan: &Plan) -> Result<Mean> {
         let (weight, sums) = self.acc.split_last().ok_or(Error::NoInputs)?;
@@ -154,6 +161,14 @@ impl AnyAccumulator {
         match self {
             AnyAccumulator::M32(a) => a.absorb(offset, bytes),
             AnyAccumulator::M64(a) => a.absorb(offset, bytes),
+        }
+    }
+
+    /// See [`Accumulator::to_le_bytes`].
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            AnyAccumulator::M32(a) => a.to_le_bytes(),
+            AnyAccumulator::M64(a) => a.to_le_bytes(),
         }
     }
 

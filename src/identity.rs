@@ -87,6 +87,9 @@ pub enum Error {
     /// The operating system's random generator failed.
     #[error("the system random number generator failed")]
     Rng,
+    /// Encoding our key for the TLS stack failed.
+    #[error("cannot encode the private key as PKCS#8")]
+    KeyEncoding,
     /// Building the certificate failed.
     #[error(transparent)]
     Certificate(#[from] certificate::Error),
@@ -105,7 +108,7 @@ impl Error {
             Error::Io { .. } => "check that the directory exists and is writable by you".into(),
             Error::BadConfig { .. } => "fix the file by hand (see etc/config.example.toml) or regenerate with 'secagg certificate generate --force'".into(),
             Error::BadKey { .. } | Error::BadOwnCertificate { .. } => "regenerate the identity with 'secagg certificate generate --force' and re-run the exchange with your peers".into(),
-            Error::Rng => return None,
+            Error::Rng | Error::KeyEncoding => return None,
             Error::Certificate(e) => return e.hint(),
         })
     }
@@ -423,6 +426,14 @@ impl PartyKey {
     /// The ECDSA signing key.
     pub fn signing_key(&self) -> &SigningKey {
         &self.0
+    }
+
+    /// PKCS#8 DER, for the TLS stack. Zeroized when dropped.
+    pub fn to_pkcs8_der(&self) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        self.0
+            .to_pkcs8_der()
+            .map(|doc| zeroize::Zeroizing::new(doc.as_bytes().to_vec()))
+            .map_err(|_| Error::KeyEncoding)
     }
 
     /// The ECDH secret scalar, for pairwise secrets.

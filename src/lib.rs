@@ -21,4 +21,7 @@ pub mod mask;
 pub mod masked;
 pub mod quantize;
 pub mod registry;
+pub mod round;
 pub mod tensor;
+pub mod transport;
+pub mod wire;

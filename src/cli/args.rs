@@ -36,6 +36,9 @@ pub enum Command {
     Mask(MaskArgs),
     /// Researcher: verify and sum masked files into the weighted mean (file mode).
     Aggregate(AggregateArgs),
+    /// Run a secure round over mutual TLS: the researcher serves, nodes join.
+    #[command(subcommand)]
+    Round(RoundCmd),
     /// Measure what a round costs on this machine, like `openssl speed`.
     Bench(BenchArgs),
     /// Print shell completions, e.g. `secagg completions bash > /etc/bash_completion.d/secagg`.
@@ -200,6 +203,91 @@ pub struct MaskArgs {
     /// Where to write the masked, signed file.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+}
+
+/// `secagg round ...`
+#[derive(Debug, Subcommand)]
+pub enum RoundCmd {
+    /// Researcher: accept the named nodes over mutual TLS, aggregate their masked
+    /// updates as they stream in, write the weighted mean and send it back.
+    ///
+    /// Only certificates registered here with role node and named in --nodes get a
+    /// connection. If a node is lost before its update is complete, the survivors re-mask
+    /// under the next attempt, as long as --min-nodes remain.
+    Serve(ServeArgs),
+    /// Node: connect to the registered researcher, mask this update for the announced
+    /// participants, stream it, and receive the weighted mean.
+    ///
+    /// Only the researcher's registered certificate is accepted. Every announced
+    /// participant must be registered here as a node.
+    Join(JoinArgs),
+}
+
+/// `round serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Federation id (any name both sides agree on, e.g. the study name).
+    #[arg(long, value_name = "ID")]
+    pub federation: String,
+    /// Round number. Use a new number for every round: nodes refuse to mask twice.
+    #[arg(long, value_name = "N")]
+    pub round: u64,
+    /// The nodes invited, comma separated; each must be registered here as a node.
+    #[arg(long, value_name = "ID,ID,...", value_delimiter = ',', required = true)]
+    pub nodes: Vec<String>,
+    /// Address to listen on. Default: this party's advertised ip and port.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Fewest nodes an attempt may have (at least 2). Default: all named, up to 3.
+    #[arg(long, value_name = "M")]
+    pub min_nodes: Option<usize>,
+    /// Most attempts before the round fails.
+    #[arg(long, value_name = "K", default_value_t = 2)]
+    pub max_attempts: u32,
+    /// Seconds the nodes have to connect and join.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub join_timeout: u64,
+    /// Seconds each attempt may take before silent nodes are dropped (also the limit
+    /// on handshakes and sends).
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub quant: QuantArgs,
+    /// Where to write the weighted mean (.npy or .safetensors, as the nodes' updates).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `round join`
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The update: a .npy (f32/f64) or .safetensors file.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// This node's weight: the number of samples it trained on.
+    #[arg(long, value_name = "W", default_value_t = 1)]
+    pub weight: u64,
+    /// The researcher to join. Default: the only researcher registered here.
+    #[arg(long, value_name = "ID")]
+    pub researcher: Option<String>,
+    /// Where to write the weighted mean that comes back (same format as --input).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Refuse attempts with fewer participants than this (at least 2).
+    #[arg(long, value_name = "M", default_value_t = 3)]
+    pub min_nodes: usize,
+    /// Most attempts of one round this node masks for.
+    #[arg(long, value_name = "K", default_value_t = 2)]
+    pub max_attempts: u32,
+    /// Seconds to wait for the researcher: to connect, and for each message.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub timeout: u64,
+    /// Test only: pause after sending this many bytes of the masked update.
+    #[arg(long, value_name = "BYTES", hide = true)]
+    pub insecure_test_stall_after_bytes: Option<u64>,
+    /// Test only: how long that pause lasts.
+    #[arg(long, value_name = "SECS", hide = true, default_value_t = 3600)]
+    pub insecure_test_stall_secs: u64,
 }
 
 /// `secagg aggregate`

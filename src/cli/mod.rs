@@ -4,6 +4,7 @@
 pub mod args;
 mod certificate;
 mod prompt;
+mod round;
 mod secure;
 
 use std::fmt;
@@ -50,7 +51,8 @@ failure_from!(
     crate::registry::Error,
     crate::masked::Error,
     crate::aggregate::Error,
-    crate::tensor::Error
+    crate::tensor::Error,
+    crate::round::Error
 );
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code:
@@ -85,6 +87,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Certificate(cmd) => certificate::run(&home()?, cmd),
         Command::Mask(a) => secure::mask(&home()?, a),
         Command::Aggregate(a) => secure::aggregate(&home()?, a),
+        Command::Round(cmd) => round::run(&home()?, cmd, cli.verbose),
         Command::Bench(a) => secure::bench(a),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "secagg", &mut std::io::stdout());

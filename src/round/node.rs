@@ -1,0 +1,492 @@
+//! The node's side: connect to the pinned researcher, check each attempt against our
+//! own policy, mask, stream, and decode the mean that comes back.
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{Error, LABEL, MAX_ELEMENTS, Result};
+use crate::aggregate::{AnyAccumulator, Mean};
+use crate::certificate::{PeerCertificate, unix_secs};
+use crate::identity::{Identity, PartyId, Role};
+use crate::masked::{self, AnyMasked, RoundSpec};
+use crate::quantize::Plan;
+use crate::registry::Registry;
+use crate::tensor::{self, Layout};
+use crate::transport::{self, Channel, Pins};
+use crate::wire::{Abort, Join, Message, Outcome, RoundId, Start};
+
+/// What `round join` needs.
+#[derive(Clone, Debug)]
+pub struct JoinParams {
+    /// The researcher to join; the only registered one if `None`.
+    pub researcher: Option<PartyId>,
+    /// The update.
+    pub input: PathBuf,
+    /// Its weight (sample count).
+    pub weight: u64,
+    /// Fewest participants this node accepts.
+    pub min_nodes: usize,
+    /// Most attempts this node joins per round.
+    pub max_attempts: u32,
+    /// Longest wait for the researcher (connecting, and each message).
+    pub timeout: Duration,
+    /// Masking threads.
+    pub threads: usize,
+    /// Fault injection for tests: pause after sending this many bytes of an update.
+    pub stall: Option<Stall>,
+}
+
+/// A deliberate pause in the middle of sending (tests of slow and dying nodes).
+#[derive(Clone, Copy, Debug)]
+pub struct Stall {
+    /// Bytes of the update to send first.
+    pub after_bytes: u64,
+    /// How long to pause.
+    pub secs: u64,
+}
+
+/// What the node sees happen.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Trying to reach the researcher.
+    Connecting {
+        /// Who.
+        researcher: &'a PartyId,
+        /// Where.
+        addr: &'a str,
+    },
+    /// Connected and greeted.
+    Connected {
+        /// Federation.
+        federation: &'a str,
+        /// Round.
+        round: u64,
+    },
+    /// An attempt was announced and accepted.
+    Attempt {
+        /// Its number.
+        attempt: u32,
+        /// Participants.
+        participants: &'a [PartyId],
+    },
+    /// Masked, about to send.
+    Masked {
+        /// Values.
+        values: u64,
+        /// Clipped values.
+        clipped: u64,
+        /// The clip bound.
+        clip: f64,
+        /// Seconds spent.
+        secs: f64,
+    },
+    /// Bytes of the masked update sent.
+    Sending {
+        /// So far.
+        sent: u64,
+        /// All.
+        total: u64,
+    },
+    /// Pausing on purpose (fault injection).
+    Stalling(u64),
+    /// Receiving the sum.
+    Receiving {
+        /// Words so far.
+        words: u64,
+        /// All.
+        total: u64,
+    },
+}
+
+/// The outcome for this node.
+#[derive(Debug)]
+pub struct Joined {
+    /// Federation.
+    pub federation: String,
+    /// Round.
+    pub round: u64,
+    /// The attempt that completed.
+    pub attempt: u32,
+    /// Its participants.
+    pub participants: Vec<PartyId>,
+    /// Our update's layout (the mean has the same).
+    pub layout: Layout,
+    /// The weighted mean.
+    pub mean: Mean,
+}
+
+/// The researcher to join, with its pinned certificate.
+fn researcher(
+    reg: &Registry,
+    chosen: Option<&PartyId>,
+) -> Result<(PartyId, String, PeerCertificate)> {
+    let peer = match chosen {
+        Some(id) => match reg.get(id)? {
+            Some((p, _)) if p.role == Role::Researcher => p,
+            _ => return Err(Error::UnknownResearcher(id.clone())),
+        },
+        None => {
+            let mut all: Vec<_> = reg
+                .list()?
+                .into_iter()
+                .filter(|p| p.role == Role::Researcher)
+                .collect();
+            match all.len() {
+                0 => return Err(Error::NoResearcher),
+                1 => all.remove(0),
+                n => {
+                    let ids: Vec<&str> = all.iter().map(|p| p.party_id.as_str()).collect();
+                    return Err(Error::ManyResearchers(n, ids.join(", ")));
+                }
+            }
+        }
+    };
+    let Some((_, der)) = reg.get(&peer.party_id)? else {
+        return Err(Error::UnknownResearcher(peer.party_id));
+    };
+    let cert = PeerCertificate::from_der(&der).map_err(|e| Error::Protocol {
+        peer: peer.party_id.to_string(),
+        what: format!("registered certificate is unusable: {e}"),
+    })?;
+    let addr = match peer.ip.ip() {
+        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{}", peer.port),
+        _ => format!("{}:{}", peer.ip.as_str(), peer.port),
+    };
+    Ok((peer.party_id, addr, cert))
+}
+
+/// Connects, retrying while the researcher is not listening yet.
+fn connect(id: &PartyId, addr: &str, deadline: Instant) -> Result<TcpStream> {
+    let unreachable = |reason: String| Error::Unreachable {
+        id: id.clone(),
+        addr: addr.to_string(),
+        reason,
+    };
+    loop {
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| unreachable(e.to_string()))?
+            .collect();
+        let mut last = String::from("no address");
+        for a in &addrs {
+            match TcpStream::connect_timeout(a, Duration::from_secs(10)) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        if Instant::now() + Duration::from_secs(1) >= deadline {
+            return Err(unreachable(last));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Takes part in one round.
+pub fn join(
+    me: &Identity,
+    reg: &mut Registry,
+    p: &JoinParams,
+    mut events: impl FnMut(Event<'_>),
+) -> Result<Joined> {
+    if me.config.role != Role::Node {
+        return Err(Error::WrongRole(
+            me.config.role,
+            "'round join' is for nodes",
+        ));
+    }
+    let (rid, addr, cert) = researcher(reg, p.researcher.as_ref())?;
+    let layout = tensor::read_layout(&p.input)?;
+    if layout.elements() == 0 || layout.elements() > MAX_ELEMENTS {
+        return Err(Error::Protocol {
+            peer: "this node".into(),
+            what: format!(
+                "the update has {} values (limit {MAX_ELEMENTS})",
+                layout.elements()
+            ),
+        });
+    }
+    let mut pins = Pins::default();
+    pins.insert(rid.clone(), &cert);
+    let config = transport::client_config(me, pins)?;
+    events(Event::Connecting {
+        researcher: &rid,
+        addr: &addr,
+    });
+    let sock = connect(&rid, &addr, Instant::now() + p.timeout)?;
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr.as_str(), |(h, _)| h)
+        .trim_matches(['[', ']']);
+    let mut ch = Channel::connect(sock, config, host, p.timeout)?;
+    ch.set_peer(format!("researcher {rid}"));
+    let hello = match ch.expect(p.timeout) {
+        Ok(Message::Hello(h)) => h,
+        Ok(other) => return Err(protocol(&rid, format!("opened with {}", other.name()))),
+        Err(e) => return Err(refused_or(e, &rid)),
+    };
+    if hello.researcher != rid || ch.round() != Some(RoundId::new(&hello.federation, hello.round)) {
+        return Err(protocol(
+            &rid,
+            "sent a hello that does not match its identity or round".into(),
+        ));
+    }
+    events(Event::Connected {
+        federation: &hello.federation,
+        round: hello.round,
+    });
+    ch.send(&Message::Join(Join {
+        layout: layout.clone(),
+    }))?;
+    let mut session = Session {
+        me,
+        p,
+        rid,
+        federation: hello.federation,
+        round: hello.round,
+        layout,
+        last: None,
+    };
+    loop {
+        match ch.expect(p.timeout)? {
+            Message::Start(s) => {
+                if let Err(e) = session.attempt(reg, &mut ch, s, &mut events) {
+                    if let Error::Refused { reason, .. } = &e {
+                        let _ = ch.send(&Message::Abort(Abort {
+                            reason: reason.clone(),
+                        }));
+                    }
+                    return Err(e);
+                }
+            }
+            Message::Outcome(o) => {
+                let mean = session.outcome(&mut ch, &o, &mut events)?;
+                ch.close();
+                return Ok(Joined {
+                    federation: session.federation,
+                    round: session.round,
+                    attempt: o.attempt,
+                    participants: o.participants,
+                    layout: session.layout,
+                    mean,
+                });
+            }
+            Message::Abort(a) => return Err(Error::Aborted(a.reason)),
+            other => {
+                return Err(protocol(
+                    &session.rid,
+                    format!("sent an unexpected {}", other.name()),
+                ));
+            }
+        }
+    }
+}
+
+fn protocol(rid: &PartyId, what: String) -> Error {
+    Error::Protocol {
+        peer: format!("researcher {rid}"),
+        what,
+    }
+}
+
+/// A TLS alert right after the handshake means the researcher refused our certificate.
+fn refused_or(e: transport::Error, rid: &PartyId) -> Error {
+    match e.tls() {
+        Some(rustls::Error::AlertReceived(alert)) => Error::CertificateRefused {
+            id: rid.clone(),
+            alert: format!("{alert:?}"),
+        },
+        _ => e.into(),
+    }
+}
+
+struct Session<'a> {
+    me: &'a Identity,
+    p: &'a JoinParams,
+    rid: PartyId,
+    federation: String,
+    round: u64,
+    layout: Layout,
+    /// The attempt we last masked for, and its participants.
+    last: Option<(u32, Vec<PartyId>, Plan)>,
+}
+
+impl Session<'_> {
+    /// Checks an announced attempt against this node's policy; the reason if refused.
+    fn check(&self, reg: &Registry, s: &Start) -> std::result::Result<Plan, String> {
+        if let Some((prev, ..)) = &self.last {
+            if s.attempt <= *prev {
+                return Err(format!(
+                    "attempt {} does not follow attempt {prev}",
+                    s.attempt
+                ));
+            }
+        }
+        if !s.participants.contains(&self.me.config.party_id) {
+            return Err("this node is not among the participants".into());
+        }
+        if s.participants.len() < self.p.min_nodes {
+            return Err(format!(
+                "{} participant(s), fewer than this node's --min-nodes {}",
+                s.participants.len(),
+                self.p.min_nodes
+            ));
+        }
+        let joined = reg
+            .journal_attempts(&self.federation, self.round)
+            .map_err(|e| e.to_string())?;
+        if joined >= self.p.max_attempts {
+            return Err(format!(
+                "this node already masked {joined} attempt(s) of this round (--max-attempts {})",
+                self.p.max_attempts
+            ));
+        }
+        if s.layout != self.layout || s.label != LABEL {
+            return Err("the announced update layout differs from this node's update".into());
+        }
+        let plan = Plan::new(s.quant, s.participants.len()).map_err(|e| e.to_string())?;
+        if plan.modulus != s.modulus {
+            return Err("the announced modulus does not fit the announced parameters".into());
+        }
+        Ok(plan)
+    }
+
+    fn attempt(
+        &mut self,
+        reg: &mut Registry,
+        ch: &mut Channel,
+        s: Start,
+        events: &mut impl FnMut(Event<'_>),
+    ) -> Result<()> {
+        let refused = |reason: String| Error::Refused {
+            round: self.round,
+            attempt: s.attempt,
+            reason,
+        };
+        let plan = self.check(reg, &s).map_err(refused)?;
+        events(Event::Attempt {
+            attempt: s.attempt,
+            participants: &s.participants,
+        });
+        let spec = RoundSpec {
+            federation: self.federation.clone(),
+            round: self.round,
+            attempt: s.attempt,
+            label: s.label.clone(),
+            participants: s.participants.clone(),
+            quant: s.quant,
+        };
+        let t = Instant::now();
+        let now = unix_secs(SystemTime::now());
+        // Checks registrations and the journal, and journals before returning.
+        let masked = masked::mask_update(
+            self.me,
+            reg,
+            &spec,
+            &self.p.input,
+            self.p.weight,
+            self.p.threads,
+            now,
+        )
+        .map_err(|e| match e {
+            masked::Error::Registry(_) | masked::Error::UnknownParticipant { .. } => {
+                refused(e.to_string())
+            }
+            other => other.into(),
+        })?;
+        events(Event::Masked {
+            values: self.layout.elements(),
+            clipped: masked.clipped(),
+            clip: s.quant.clip,
+            secs: t.elapsed().as_secs_f64(),
+        });
+        let stall = self.p.stall;
+        let mut stalled = false;
+        let mut progress = |sent: u64, total: u64| {
+            events(Event::Sending { sent, total });
+            if let Some(st) = stall.filter(|st| !stalled && sent >= st.after_bytes) {
+                stalled = true;
+                events(Event::Stalling(st.secs));
+                std::thread::sleep(Duration::from_secs(st.secs));
+            }
+            true
+        };
+        match &masked {
+            AnyMasked::M32(m) => {
+                let total = (m.words.len() * 4) as u64;
+                ch.send_words(s.attempt, &m.words, |sent| progress(sent, total))?
+            }
+            AnyMasked::M64(m) => {
+                let total = (m.words.len() * 8) as u64;
+                ch.send_words(s.attempt, &m.words, |sent| progress(sent, total))?
+            }
+        };
+        self.last = Some((s.attempt, s.participants, plan));
+        Ok(())
+    }
+
+    fn outcome(
+        &self,
+        ch: &mut Channel,
+        o: &Outcome,
+        events: &mut impl FnMut(Event<'_>),
+    ) -> Result<Mean> {
+        let Some((attempt, participants, plan)) = &self.last else {
+            return Err(protocol(
+                &self.rid,
+                "sent a result before any attempt".into(),
+            ));
+        };
+        if o.attempt != *attempt || o.participants != *participants {
+            return Err(protocol(
+                &self.rid,
+                format!(
+                    "sent the result of attempt {} but this node masked for attempt {attempt}",
+                    o.attempt
+                ),
+            ));
+        }
+        let words = self.layout.elements() + 1;
+        if o.words != words {
+            return Err(protocol(
+                &self.rid,
+                format!("announced {} result words, not {words}", o.words),
+            ));
+        }
+        let word_bytes = plan.modulus.word_bytes();
+        let mut acc = AnyAccumulator::new(plan.modulus, words as usize);
+        let mut got = 0u64;
+        loop {
+            match ch.expect(self.p.timeout)? {
+                Message::Chunk(c) if c.attempt == o.attempt && c.offset == got => {
+                    let n = (c.data.len() / word_bytes) as u64;
+                    if c.data.len() % word_bytes != 0 || got + n > words {
+                        return Err(protocol(&self.rid, "sent a malformed result chunk".into()));
+                    }
+                    acc.absorb(c.offset, &c.data);
+                    got += n;
+                    events(Event::Receiving {
+                        words: got,
+                        total: words,
+                    });
+                }
+                Message::Done { attempt } if attempt == o.attempt && got == words => break,
+                Message::Abort(a) => return Err(Error::Aborted(a.reason)),
+                other => {
+                    return Err(protocol(
+                        &self.rid,
+                        format!("sent an unexpected {} in the result", other.name()),
+                    ));
+                }
+            }
+        }
+        let mean = acc.finish(plan)?;
+        if mean.total_weight != o.total_weight {
+            return Err(protocol(
+                &self.rid,
+                "announced a total weight that the sum does not carry".into(),
+            ));
+        }
+        Ok(mean)
+    }
+}

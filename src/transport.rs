@@ -1,0 +1,632 @@
+//! Mutual TLS 1.3 pinned to the registry, and framed channels over it.
+//!
+//! - There is no CA and there are no webpki roots. Each side accepts exactly the
+//!   certificates it was given from its own registry, compared by SHA-256 fingerprint,
+//!   and maps the certificate to a party id.
+//! - The verifiers still check the handshake signatures with the crypto provider, so a
+//!   peer must hold the private key of the pinned certificate.
+//! - Only TLS 1.3 with ECDSA P-256/SHA-256 handshake signatures is offered.
+//! - A [`Channel`] carries [`wire`](crate::wire) frames, with deadlines on every read.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, ClientConnection, Connection, DigitallySignedStruct,
+    DistinguishedName, ServerConfig, ServerConnection, SignatureScheme,
+};
+
+use crate::certificate::{Fingerprint, PeerCertificate};
+use crate::identity::{self, Identity, PartyId};
+use crate::mask::Word;
+use crate::wire::{self, Decoder, Message, RoundId, WireError};
+
+/// Transport failures, each saying whose fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Our own key or certificate could not be loaded into TLS (our side).
+    #[error("cannot use our key or certificate for TLS: {0}")]
+    OwnIdentity(String),
+    /// The handshake failed (usually the peer's certificate is not pinned here, or ours
+    /// is not pinned there).
+    #[error("TLS handshake with {peer} failed: {source}")]
+    Handshake {
+        /// Who we talked to.
+        peer: String,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// The peer sent a TLS alert or broken TLS records after the handshake.
+    #[error("TLS error from {peer}: {source}")]
+    Tls {
+        /// Who.
+        peer: String,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// The peer broke the framing rules (the peer's fault).
+    #[error("{peer} sent a bad frame: {source}")]
+    Wire {
+        /// Who.
+        peer: String,
+        /// What was wrong.
+        source: WireError,
+    },
+    /// The peer closed the connection.
+    #[error("{peer} closed the connection")]
+    Closed {
+        /// Who.
+        peer: String,
+    },
+    /// Socket failure.
+    #[error("network error with {peer} while {action}: {source}")]
+    Io {
+        /// Who.
+        peer: String,
+        /// What we were doing.
+        action: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// No answer in time.
+    #[error("{peer} did not answer within {secs} s")]
+    Timeout {
+        /// Who.
+        peer: String,
+        /// The limit.
+        secs: u64,
+    },
+}
+
+impl Error {
+    /// The rustls error behind a handshake or TLS failure, if any.
+    pub fn tls(&self) -> Option<&rustls::Error> {
+        match self {
+            Error::Handshake { source, .. } | Error::Tls { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+const SCHEMES: [SignatureScheme; 1] = [SignatureScheme::ECDSA_NISTP256_SHA256];
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates one side accepts, by fingerprint, with the party each belongs to.
+#[derive(Clone, Debug, Default)]
+pub struct Pins {
+    by_fp: HashMap<Fingerprint, PartyId>,
+}
+
+impl Pins {
+    /// Pins a registered certificate to its party id.
+    pub fn insert(&mut self, id: PartyId, cert: &PeerCertificate) {
+        self.by_fp.insert(cert.fingerprint(), id);
+    }
+
+    /// The party a presented certificate belongs to.
+    pub fn party_of(&self, der: &[u8]) -> Option<&PartyId> {
+        self.by_fp.get(&Fingerprint::of_der(der))
+    }
+}
+
+fn check_pinned<'a>(pins: &'a Pins, der: &[u8]) -> std::result::Result<&'a PartyId, rustls::Error> {
+    let id = pins.party_of(der).ok_or(rustls::Error::InvalidCertificate(
+        CertificateError::ApplicationVerificationFailure,
+    ))?;
+    // Registered certificates were checked at registration; time can have passed since.
+    let cert = PeerCertificate::from_der(der)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    cert.check_validity(std::time::SystemTime::now())
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::Expired))?;
+    Ok(id)
+}
+
+/// Server side: accepts client certificates in `pins` only.
+#[derive(Debug)]
+struct PinnedClients {
+    pins: Arc<Pins>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for PinnedClients {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        check_pinned(&self.pins, end_entity).map(|_| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        SCHEMES.to_vec()
+    }
+}
+
+/// Client side: accepts the one pinned server certificate.
+#[derive(Debug)]
+struct PinnedServer {
+    pins: Pins,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        // The name is not checked: the certificate itself is pinned.
+        check_pinned(&self.pins, end_entity).map(|_| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        SCHEMES.to_vec()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
+        Some(&[])
+    }
+}
+
+fn own_chain(me: &Identity) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let key = me
+        .key
+        .to_pkcs8_der()
+        .map_err(|e: identity::Error| Error::OwnIdentity(e.to_string()))?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec()));
+    Ok((
+        vec![CertificateDer::from(me.certificate.der().to_vec())],
+        key,
+    ))
+}
+
+/// TLS 1.3 server config that requires a client certificate from `pins`.
+pub fn server_config(me: &Identity, pins: Pins) -> Result<Arc<ServerConfig>> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedClients {
+        pins: Arc::new(pins),
+        algs: provider.signature_verification_algorithms,
+    });
+    let (chain, key) = own_chain(me)?;
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::OwnIdentity(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::OwnIdentity(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// TLS 1.3 client config that accepts only the server certificate in `pins`.
+pub fn client_config(me: &Identity, pins: Pins) -> Result<Arc<ClientConfig>> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedServer {
+        pins,
+        algs: provider.signature_verification_algorithms,
+    });
+    let (chain, key) = own_chain(me)?;
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::OwnIdentity(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| Error::OwnIdentity(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// A framed, authenticated connection to one peer.
+pub struct Channel {
+    conn: Connection,
+    sock: TcpStream,
+    dec: Decoder,
+    round: Option<RoundId>,
+    peer: String,
+    out: Vec<u8>,
+    read_buf: Box<[u8]>,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Channel({})", self.peer)
+    }
+}
+
+fn unwrap_tls(e: io::Error) -> std::result::Result<rustls::Error, io::Error> {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => Ok(tls.clone()),
+        None => Err(e),
+    }
+}
+
+impl Channel {
+    fn new(conn: Connection, sock: TcpStream, peer: String, round: Option<RoundId>) -> Channel {
+        Channel {
+            conn,
+            sock,
+            dec: match round {
+                Some(r) => Decoder::new(r),
+                None => Decoder::unbound(),
+            },
+            round,
+            peer,
+            out: Vec::with_capacity(wire::HEADER_LEN + wire::CHUNK_BYTES + 64),
+            read_buf: vec![0u8; 1 << 16].into_boxed_slice(),
+        }
+    }
+
+    /// Completes the server side of a handshake; returns the channel and the peer's
+    /// certificate DER (already checked against the pins by the verifier).
+    pub fn accept(
+        sock: TcpStream,
+        config: Arc<ServerConfig>,
+        round: RoundId,
+        timeout: Duration,
+    ) -> Result<(Channel, Vec<u8>)> {
+        let peer = sock
+            .peer_addr()
+            .map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
+        let conn = ServerConnection::new(config).map_err(|source| Error::Handshake {
+            peer: peer.clone(),
+            source,
+        })?;
+        let mut ch = Channel::new(Connection::Server(conn), sock, peer, Some(round));
+        ch.handshake(timeout)?;
+        let der = ch
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+            .ok_or_else(|| Error::Handshake {
+                peer: ch.peer.clone(),
+                source: rustls::Error::NoCertificatesPresented,
+            })?;
+        Ok((ch, der))
+    }
+
+    /// Completes the client side of a handshake. The round is learned from the first
+    /// frame received; see [`Channel::round`].
+    pub fn connect(
+        sock: TcpStream,
+        config: Arc<ClientConfig>,
+        server_name: &str,
+        timeout: Duration,
+    ) -> Result<Channel> {
+        let peer = server_name.to_string();
+        let name = ServerName::try_from(server_name.to_string()).map_err(|_| Error::Handshake {
+            peer: peer.clone(),
+            source: rustls::Error::General(format!("'{server_name}' is not a valid server name")),
+        })?;
+        let conn = ClientConnection::new(config, name).map_err(|source| Error::Handshake {
+            peer: peer.clone(),
+            source,
+        })?;
+        let mut ch = Channel::new(Connection::Client(conn), sock, peer, None);
+        ch.handshake(timeout)?;
+        Ok(ch)
+    }
+
+    fn handshake(&mut self, timeout: Duration) -> Result<()> {
+        self.conn.set_buffer_limit(None);
+        let _ = self.sock.set_nodelay(true);
+        self.set_timeouts(timeout)?;
+        while self.conn.is_handshaking() {
+            if let Err(e) = self.conn.complete_io(&mut self.sock) {
+                return Err(match unwrap_tls(e) {
+                    Ok(source) => Error::Handshake {
+                        peer: self.peer.clone(),
+                        source,
+                    },
+                    Err(e) if is_timeout(&e) => Error::Timeout {
+                        peer: self.peer.clone(),
+                        secs: timeout.as_secs(),
+                    },
+                    Err(source) => Error::Io {
+                        peer: self.peer.clone(),
+                        action: "handshaking",
+                        source,
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn set_timeouts(&self, t: Duration) -> Result<()> {
+        let t = Some(t.max(Duration::from_millis(1)));
+        self.sock
+            .set_read_timeout(t)
+            .and_then(|()| self.sock.set_write_timeout(t))
+            .map_err(|source| self.io("setting timeouts", source))
+    }
+
+    fn io(&self, action: &'static str, source: io::Error) -> Error {
+        Error::Io {
+            peer: self.peer.clone(),
+            action,
+            source,
+        }
+    }
+
+    /// Who is at the other end (address or name), for messages.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Renames the peer for messages once it is identified.
+    pub fn set_peer(&mut self, name: String) {
+        self.peer = name;
+    }
+
+    /// The round of the frames received so far (set by the first frame).
+    pub fn round(&self) -> Option<RoundId> {
+        self.dec.round()
+    }
+
+    /// Sends one message.
+    pub fn send(&mut self, msg: &Message) -> Result<()> {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        wire::encode(self.round_id(), msg, &mut out);
+        let r = self.write_plain(&out);
+        self.out = out;
+        r
+    }
+
+    fn round_id(&self) -> RoundId {
+        // A client sends only after the server's first frame bound the decoder.
+        self.round
+            .or(self.dec.round())
+            .unwrap_or_else(|| RoundId::new("", 0))
+    }
+
+    /// Sends `words` as chunk frames of `attempt`, then `Done`. `progress` sees the bytes
+    /// sent so far; returning `false` from it stops early (for fault-injection tests) and
+    /// makes this return `Ok(false)`.
+    pub fn send_words<W: Word>(
+        &mut self,
+        attempt: u32,
+        words: &[W],
+        mut progress: impl FnMut(u64) -> bool,
+    ) -> Result<bool> {
+        let per = wire::CHUNK_BYTES / W::BYTES;
+        let round = self.round_id();
+        let mut out = std::mem::take(&mut self.out);
+        let mut sent = 0u64;
+        for (i, chunk) in words.chunks(per).enumerate() {
+            if !progress(sent) {
+                self.out = out;
+                return Ok(false);
+            }
+            out.clear();
+            wire::encode_chunk_head(
+                round,
+                attempt,
+                (i * per) as u64,
+                chunk.len() * W::BYTES,
+                &mut out,
+            );
+            chunk.iter().for_each(|w| w.put_le(&mut out));
+            if let Err(e) = self.write_plain(&out) {
+                self.out = out;
+                return Err(e);
+            }
+            sent += (chunk.len() * W::BYTES) as u64;
+        }
+        self.out = out;
+        progress(sent);
+        self.send(&Message::Done { attempt })?;
+        Ok(true)
+    }
+
+    /// Sends already little-endian bytes as chunk frames of `attempt`, then `Done`.
+    pub fn send_bytes(&mut self, attempt: u32, word_bytes: usize, bytes: &[u8]) -> Result<()> {
+        let per = wire::CHUNK_BYTES / word_bytes * word_bytes;
+        let round = self.round_id();
+        let mut out = std::mem::take(&mut self.out);
+        for (i, chunk) in bytes.chunks(per.max(word_bytes)).enumerate() {
+            out.clear();
+            let offset = (i * per / word_bytes) as u64;
+            wire::encode_chunk_head(round, attempt, offset, chunk.len(), &mut out);
+            out.extend_from_slice(chunk);
+            if let Err(e) = self.write_plain(&out) {
+                self.out = out;
+                return Err(e);
+            }
+        }
+        self.out = out;
+        self.send(&Message::Done { attempt })
+    }
+
+    /// Sends raw bytes inside TLS, bypassing the encoder (tests of hostile peers).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.write_plain(bytes)
+    }
+
+    fn write_plain(&mut self, bytes: &[u8]) -> Result<()> {
+        self.conn
+            .writer()
+            .write_all(bytes)
+            .map_err(|e| self.io("sending", e))?;
+        self.flush()
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut self.sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => {
+                    return Err(Error::Timeout {
+                        peer: self.peer.clone(),
+                        secs: self
+                            .sock
+                            .write_timeout()
+                            .ok()
+                            .flatten()
+                            .map_or(0, |d| d.as_secs()),
+                    });
+                }
+                Err(e) => return Err(self.io("sending", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next message, or `None` if none arrived within `wait`.
+    pub fn recv(&mut self, wait: Duration) -> Result<Option<Message>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.dec.next_message() {
+                Ok(Some(m)) => return Ok(Some(m)),
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(Error::Wire {
+                        peer: self.peer.clone(),
+                        source,
+                    });
+                }
+            }
+            if !self.fill(deadline)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The next message within `wait`, or a timeout error.
+    pub fn expect(&mut self, wait: Duration) -> Result<Message> {
+        self.recv(wait)?.ok_or_else(|| Error::Timeout {
+            peer: self.peer.clone(),
+            secs: wait.as_secs(),
+        })
+    }
+
+    /// Reads more plaintext into the decoder; `false` when the deadline passed first.
+    fn fill(&mut self, deadline: Instant) -> Result<bool> {
+        loop {
+            match self.conn.reader().read(&mut self.read_buf) {
+                Ok(0) => {
+                    return Err(Error::Closed {
+                        peer: self.peer.clone(),
+                    });
+                }
+                Ok(n) => {
+                    self.dec.push(&self.read_buf[..n]);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(Error::Closed {
+                        peer: self.peer.clone(),
+                    });
+                }
+                Err(e) => return Err(self.io("receiving", e)),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            self.sock
+                .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
+                .map_err(|e| self.io("setting timeouts", e))?;
+            match self.conn.read_tls(&mut self.sock) {
+                Ok(0) => {
+                    return Err(Error::Closed {
+                        peer: self.peer.clone(),
+                    });
+                }
+                Ok(_) => {
+                    if let Err(source) = self.conn.process_new_packets() {
+                        // Tell the peer why before giving up, as far as we can.
+                        let _ = self.flush();
+                        return Err(Error::Tls {
+                            peer: self.peer.clone(),
+                            source,
+                        });
+                    }
+                    self.flush()?;
+                }
+                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(Error::Closed {
+                        peer: self.peer.clone(),
+                    });
+                }
+                Err(e) => return Err(self.io("receiving", e)),
+            }
+        }
+    }
+
+    /// Sends close_notify and shuts the socket down.
+    pub fn close(mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush();
+        let _ = self.sock.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
