@@ -97,6 +97,9 @@ impl Error {
 
 type Result<T> = std::result::Result<T, Error>;
 
+/// How long [`Channel::close`] keeps reading after our last message.
+const LINGER: Duration = Duration::from_secs(1);
+
 const SCHEMES: [SignatureScheme; 1] = [SignatureScheme::ECDSA_NISTP256_SHA256];
 
 fn provider() -> Arc<CryptoProvider> {
@@ -349,9 +352,9 @@ impl Channel {
         sock: TcpStream,
         config: Arc<ClientConfig>,
         server_name: &str,
+        peer: String,
         timeout: Duration,
     ) -> Result<Channel> {
-        let peer = server_name.to_string();
         let name = ServerName::try_from(server_name.to_string()).map_err(|_| Error::Handshake {
             peer: peer.clone(),
             source: rustls::Error::General(format!("'{server_name}' is not a valid server name")),
@@ -616,11 +619,24 @@ impl Channel {
         }
     }
 
-    /// Sends close_notify and shuts the socket down.
+    /// Sends close_notify, shuts our direction down, and drains what the peer still
+    /// sends for up to a second. Closing a socket with unread input makes the kernel
+    /// send a reset, which can destroy our last message (an abort, say) before the
+    /// peer reads it.
     pub fn close(mut self) {
         self.conn.send_close_notify();
         let _ = self.flush();
         let _ = self.sock.shutdown(std::net::Shutdown::Write);
+        let deadline = Instant::now() + LINGER;
+        let _ = self.sock.set_read_timeout(Some(Duration::from_millis(50)));
+        while Instant::now() < deadline {
+            match self.sock.read(&mut self.read_buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
     }
 }
 

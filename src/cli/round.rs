@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use super::Failure;
@@ -131,24 +130,18 @@ fn serve(home: &Home, a: ServeArgs, verbose: u8) -> Result<(), Failure> {
         container: Some(container),
     };
     let addr = listen_addr(home, &a)?;
-    let listener = TcpListener::bind(&addr).map_err(|source| {
-        Failure::from(crate::round::Error::Listen {
-            addr: addr.clone(),
-            source,
-        })
-    })?;
     let t = Instant::now();
     let mut board = Board::new(verbose);
-    board.say(&format!(
-        "round {} of federation '{}': listening on {addr}, waiting for {} node(s) (min {})",
-        a.round,
-        a.federation,
-        params.nodes.len(),
-        params.min_nodes
-    ));
-    let result = server::serve(&me, &reg, &params, listener, |ev| {
+    let result = server::serve(&me, &reg, &params, &addr, |ev| {
         use server::Event as E;
         match ev {
+            E::Listening(addr) => board.say(&format!(
+                "round {} of federation '{}': listening on {addr}, waiting for {} node(s) (min {})",
+                a.round,
+                a.federation,
+                params.nodes.len(),
+                params.min_nodes
+            )),
             E::Refused { addr, reason } => board.say(&format!("refused {addr}: {reason}")),
             E::Connected(p) => board.detail(&format!("{p} connected")),
             E::Joined {

@@ -218,8 +218,7 @@ pub fn join(
         .rsplit_once(':')
         .map_or(addr.as_str(), |(h, _)| h)
         .trim_matches(['[', ']']);
-    let mut ch = Channel::connect(sock, config, host, p.timeout)?;
-    ch.set_peer(format!("researcher {rid}"));
+    let mut ch = Channel::connect(sock, config, host, format!("researcher {rid}"), p.timeout)?;
     let hello = match ch.expect(p.timeout) {
         Ok(Message::Hello(h)) => h,
         Ok(other) => return Err(protocol(&rid, format!("opened with {}", other.name()))),
@@ -411,16 +410,24 @@ impl Session<'_> {
             }
             true
         };
-        match &masked {
+        let sent = match &masked {
             AnyMasked::M32(m) => {
                 let total = (m.words.len() * 4) as u64;
-                ch.send_words(s.attempt, &m.words, |sent| progress(sent, total))?
+                ch.send_words(s.attempt, &m.words, |sent| progress(sent, total))
             }
             AnyMasked::M64(m) => {
                 let total = (m.words.len() * 8) as u64;
-                ch.send_words(s.attempt, &m.words, |sent| progress(sent, total))?
+                ch.send_words(s.attempt, &m.words, |sent| progress(sent, total))
             }
         };
+        if let Err(e) = sent {
+            // The researcher may have ended the round while we were sending: its abort,
+            // if it arrived, says why better than the broken connection does.
+            return Err(match ch.recv(Duration::from_millis(500)) {
+                Ok(Some(Message::Abort(a))) => Error::Aborted(a.reason),
+                _ => e.into(),
+            });
+        }
         self.last = Some((s.attempt, s.participants, plan));
         Ok(())
     }

@@ -54,6 +54,8 @@ pub struct ServeParams {
 /// What the researcher sees happen, for the progress display and the log.
 #[derive(Debug)]
 pub enum Event<'a> {
+    /// Listening.
+    Listening(&'a str),
     /// A connection failed before it was identified (handshake refused, timeout).
     Refused {
         /// Remote address.
@@ -258,6 +260,7 @@ impl Collecting {
 
 struct Coordinator<'p, F> {
     params: &'p ServeParams,
+    invited: Vec<PartyId>,
     members: BTreeMap<PartyId, Member>,
     owners: HashMap<u64, PartyId>,
     dropped: Vec<(PartyId, String)>,
@@ -270,8 +273,8 @@ pub fn serve(
     me: &Identity,
     reg: &Registry,
     params: &ServeParams,
-    listener: TcpListener,
-    events: impl FnMut(Event<'_>),
+    listen: &str,
+    mut events: impl FnMut(Event<'_>),
 ) -> Result<Served> {
     if me.config.role != Role::Researcher {
         return Err(Error::WrongRole(
@@ -293,6 +296,14 @@ pub fn serve(
     }
     let pins = Arc::new(pins);
     let config = transport::server_config(me, (*pins).clone())?;
+    let listener = TcpListener::bind(listen).map_err(|source| Error::Listen {
+        addr: listen.to_string(),
+        source,
+    })?;
+    let bound = listener
+        .local_addr()
+        .map_or_else(|_| listen.to_string(), |a| a.to_string());
+    events(Event::Listening(&bound));
     let round_id = RoundId::new(&params.federation, params.round);
     let hello = Hello {
         researcher: me.config.party_id.clone(),
@@ -314,6 +325,7 @@ pub fn serve(
     };
     let mut c = Coordinator {
         params,
+        invited: nodes.clone(),
         members: BTreeMap::new(),
         owners: HashMap::new(),
         dropped: Vec::new(),
@@ -369,6 +381,8 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
             Inbound::Connected { conn, party, tx } => {
                 let refuse = if self.members.contains_key(&party) {
                     Some("this node is already connected")
+                } else if self.dropped.iter().any(|(id, _)| *id == party) {
+                    Some("this node was dropped from this round")
                 } else if !matches!(phase, Phase::Gathering(_)) {
                     Some("the round has already started")
                 } else {
@@ -500,11 +514,22 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
             joined,
             expected: nodes.len(),
         });
-        if joined == nodes.len() {
-            let ids = self.joined();
-            return self.start(1, ids).map(Phase::Collecting);
+        self.start_if_settled(phase)
+    }
+
+    /// Starts attempt 1 once every invited node has joined or been dropped.
+    fn start_if_settled(&mut self, phase: Phase) -> Result<Phase> {
+        let joined = self.joined();
+        let gone = self
+            .invited
+            .iter()
+            .filter(|id| self.dropped.iter().any(|(d, _)| d == *id))
+            .count();
+        if joined.is_empty() || joined.len() + gone < self.invited.len() {
+            return Ok(phase);
         }
-        Ok(phase)
+        self.check_enough(joined.len())?;
+        self.start(1, joined).map(Phase::Collecting)
     }
 
     fn joined(&self) -> Vec<PartyId> {
@@ -567,6 +592,7 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
             {
                 self.restart(c)
             }
+            Phase::Gathering(g) => self.start_if_settled(Phase::Gathering(g)),
             other => Ok(other),
         }
     }
@@ -871,6 +897,15 @@ impl Link {
             match ch.recv(POLL) {
                 Ok(Some(msg)) => {
                     if self.events.send(Inbound::Message { conn, msg }).is_err() {
+                        // The coordinator is gone; its last word may be queued for us.
+                        let reason = rx.try_iter().find_map(|o| match o {
+                            Outbound::Close(r) => r,
+                            _ => None,
+                        });
+                        if let Some(reason) = reason {
+                            let _ = ch.send(&Message::Abort(Abort { reason }));
+                        }
+                        ch.close();
                         return;
                     }
                 }
