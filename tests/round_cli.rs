@@ -504,8 +504,8 @@ fn rogue(home: &Path, port: u16, bytes: Vec<u8>) -> String {
 #[test]
 fn hostile_peers_are_dropped_and_the_round_completes() {
     let fed = federation(3);
-    // Three more registered nodes that will misbehave after the handshake.
-    let rogues: Vec<Party> = (1..=3)
+    // Four more registered nodes that will misbehave after the handshake.
+    let rogues: Vec<Party> = (1..=4)
         .map(|i| {
             let p = fed.lab.party(&format!("rogue_{i}"), "node", 21000 + i);
             fed.researcher.register(&p);
@@ -527,7 +527,7 @@ fn hostile_peers_are_dropped_and_the_round_completes() {
             "--round",
             "1",
             "--nodes",
-            "node_1,node_2,node_3,rogue_1,rogue_2,rogue_3",
+            "node_1,node_2,node_3,rogue_1,rogue_2,rogue_3,rogue_4",
             "--min-nodes",
             "3",
             "--join-timeout",
@@ -548,10 +548,21 @@ fn hostile_peers_are_dropped_and_the_round_completes() {
         &Message::Done { attempt: 1 },
         &mut other_round,
     );
+    // A well-formed frame of this round, but a message only the researcher may send.
+    let mut unexpected = Vec::new();
+    wire::encode(
+        round,
+        &Message::Hello(wire::Hello {
+            researcher: "rogue_4".parse().expect("id"),
+            federation: "fed".into(),
+            round: 1,
+        }),
+        &mut unexpected,
+    );
     let port = fed.port;
     let handles: Vec<_> = rogues
         .iter()
-        .zip([garbage, oversized, other_round])
+        .zip([garbage, oversized, other_round, unexpected])
         .map(|(r, bytes)| {
             let home = r.home.clone();
             std::thread::spawn(move || rogue(&home, port, bytes))
