@@ -279,7 +279,6 @@ pub struct Channel {
     conn: Connection,
     sock: TcpStream,
     dec: Decoder,
-    round: Option<RoundId>,
     peer: String,
     out: Vec<u8>,
     read_buf: Box<[u8]>,
@@ -310,7 +309,6 @@ impl Channel {
                 Some(r) => Decoder::new(r),
                 None => Decoder::unbound(),
             },
-            round,
             peer,
             out: Vec::with_capacity(wire::HEADER_LEN + wire::CHUNK_BYTES + 64),
             read_buf: vec![0u8; 1 << 16].into_boxed_slice(),
@@ -437,9 +435,7 @@ impl Channel {
 
     fn round_id(&self) -> RoundId {
         // A client sends only after the server's first frame bound the decoder.
-        self.round
-            .or(self.dec.round())
-            .unwrap_or_else(|| RoundId::new("", 0))
+        self.dec.round().unwrap_or_else(|| RoundId::new("", 0))
     }
 
     /// Sends `words` as chunk frames of `attempt`, then `Done`. `progress` sees the bytes

@@ -328,11 +328,6 @@ impl Decoder {
         }
     }
 
-    /// Accepts only frames of `round` from now on.
-    pub fn bind(&mut self, round: RoundId) {
-        self.round = Some(round);
-    }
-
     /// The round this decoder is bound to.
     pub fn round(&self) -> Option<RoundId> {
         self.round

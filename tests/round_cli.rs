@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Lab, Party};
+use common::{Lab, Party, read_all, values};
 use secagg::identity::Home;
 use secagg::tensor::{self, Container, DType, Layout, TensorSpec};
 use secagg::transport::{self, Channel, Pins};
@@ -56,30 +56,6 @@ fn federation(n: usize) -> Fed {
         researcher,
         nodes,
     }
-}
-
-/// Deterministic values in [-1.2, 1.2] (some beyond the default clip).
-fn values(seed: u64, n: usize) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 11) as f64 / (1u64 << 53) as f64 * 2.4 - 1.2
-        })
-        .collect()
-}
-
-fn read_all(path: &Path) -> Vec<f64> {
-    let mut out = Vec::new();
-    tensor::read_values(path, |v| {
-        out.push(v);
-        Ok::<(), ()>(())
-    })
-    .expect("read")
-    .expect("visit");
-    out
 }
 
 fn npy(n: u64) -> Layout {

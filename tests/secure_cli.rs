@@ -4,7 +4,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Lab, Party};
+use common::{Lab, Party, read_all, values};
 use secagg::tensor::{self, Container, DType, Layout, TensorSpec};
 
 struct Fed {
@@ -31,30 +31,6 @@ fn federation(n: usize) -> Fed {
         researcher,
         nodes,
     }
-}
-
-/// Deterministic pseudo-random values in [-1.2, 1.2] (some beyond the default clip of 1).
-fn values(seed: u64, n: usize) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 11) as f64 / (1u64 << 53) as f64 * 2.4 - 1.2
-        })
-        .collect()
-}
-
-fn read_all(path: &Path) -> Vec<f64> {
-    let mut out = Vec::new();
-    tensor::read_values(path, |v| {
-        out.push(v);
-        Ok::<(), ()>(())
-    })
-    .expect("read")
-    .expect("visit");
-    out
 }
 
 fn mask_args<'a>(

@@ -332,7 +332,7 @@ pub fn serve(
         layout: None,
         events,
     };
-    let result = c.run(&nodes, &rx);
+    let result = c.run(&rx);
     stop.store(true, Ordering::Relaxed);
     c.close_all(result.as_ref().err().map(|e| e.to_string()));
     drop(rx);
@@ -341,7 +341,7 @@ pub fn serve(
 }
 
 impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
-    fn run(&mut self, nodes: &[PartyId], rx: &Receiver<Inbound>) -> Result<Served> {
+    fn run(&mut self, rx: &Receiver<Inbound>) -> Result<Served> {
         let mut phase = Phase::Gathering(Gathering {
             deadline: Instant::now() + self.params.join_timeout,
         });
@@ -353,7 +353,7 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
             };
             let wait = deadline.saturating_duration_since(Instant::now());
             phase = match rx.recv_timeout(wait) {
-                Ok(ev) => self.handle(phase, ev, nodes)?,
+                Ok(ev) => self.handle(phase, ev)?,
                 Err(RecvTimeoutError::Timeout) => self.on_deadline(phase)?,
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(Error::Protocol {
@@ -369,7 +369,7 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
         self.finish(done, rx)
     }
 
-    fn handle(&mut self, phase: Phase, ev: Inbound, nodes: &[PartyId]) -> Result<Phase> {
+    fn handle(&mut self, phase: Phase, ev: Inbound) -> Result<Phase> {
         match ev {
             Inbound::Refused { addr, reason } => {
                 (self.events)(Event::Refused {
@@ -412,27 +412,21 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
                 let Some(party) = self.owners.get(&conn).cloned() else {
                     return Ok(phase); // a connection we already dropped
                 };
-                self.on_message(phase, party, msg, nodes)
+                self.on_message(phase, party, msg)
             }
             Inbound::Lost { conn, reason } => {
                 let Some(party) = self.owners.remove(&conn) else {
                     return Ok(phase);
                 };
-                self.lose(phase, &party, &reason)
+                self.drop_member(phase, &party, &reason)
             }
             Inbound::ResultSent { .. } => Ok(phase),
         }
     }
 
-    fn on_message(
-        &mut self,
-        phase: Phase,
-        party: PartyId,
-        msg: Message,
-        nodes: &[PartyId],
-    ) -> Result<Phase> {
+    fn on_message(&mut self, phase: Phase, party: PartyId, msg: Message) -> Result<Phase> {
         match (phase, msg) {
-            (Phase::Gathering(g), Message::Join(j)) => self.on_join(g, party, j.layout, nodes),
+            (Phase::Gathering(g), Message::Join(j)) => self.on_join(g, party, j.layout),
             (Phase::Collecting(mut c), Message::Chunk(chunk)) => {
                 if chunk.attempt < c.attempt {
                     return Ok(Phase::Collecting(c)); // in flight before the restart
@@ -473,13 +467,7 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
         }
     }
 
-    fn on_join(
-        &mut self,
-        g: Gathering,
-        party: PartyId,
-        layout: Layout,
-        nodes: &[PartyId],
-    ) -> Result<Phase> {
+    fn on_join(&mut self, g: Gathering, party: PartyId, layout: Layout) -> Result<Phase> {
         let phase = Phase::Gathering(g);
         if layout.elements() == 0 || layout.elements() > MAX_ELEMENTS {
             let what = format!(
@@ -512,7 +500,7 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
         (self.events)(Event::Joined {
             party: &party,
             joined,
-            expected: nodes.len(),
+            expected: self.invited.len(),
         });
         self.start_if_settled(phase)
     }
@@ -573,19 +561,9 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
         }
     }
 
-    /// Drops a node for cause and moves the round on.
+    /// Drops a node (for cause, or because its connection ended) and moves the round on.
     fn drop_member(&mut self, phase: Phase, party: &PartyId, reason: &str) -> Result<Phase> {
         self.remove(party, reason);
-        self.after_loss(phase, party)
-    }
-
-    /// A node's connection ended.
-    fn lose(&mut self, phase: Phase, party: &PartyId, reason: &str) -> Result<Phase> {
-        self.remove(party, reason);
-        self.after_loss(phase, party)
-    }
-
-    fn after_loss(&mut self, phase: Phase, party: &PartyId) -> Result<Phase> {
         match phase {
             Phase::Collecting(c)
                 if c.participants.contains(party) && !c.delivered.contains(party) =>

@@ -177,3 +177,28 @@ pub fn openssl(args: &[&str], cwd: &Path) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Deterministic pseudo-random values in [-1.2, 1.2] (some beyond the default clip of 1).
+pub fn values(seed: u64, n: usize) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64 * 2.4 - 1.2
+        })
+        .collect()
+}
+
+/// Every value of an update file, in layout order.
+pub fn read_all(path: &Path) -> Vec<f64> {
+    let mut out = Vec::new();
+    secagg::tensor::read_values(path, |v| {
+        out.push(v);
+        Ok::<(), ()>(())
+    })
+    .expect("read")
+    .expect("visit");
+    out
+}
