@@ -277,11 +277,69 @@ pub fn client_config(me: &Identity, pins: Pins) -> Result<Arc<ClientConfig>> {
 /// A framed, authenticated connection to one peer.
 pub struct Channel {
     conn: Connection,
-    sock: TcpStream,
+    sock: Sock,
     dec: Decoder,
     peer: String,
     out: Vec<u8>,
-    read_buf: Box<[u8]>,
+}
+
+/// The socket under TLS, with reads buffered: rustls asks for at most one record
+/// (about 16 KiB) per read, and one system call per record costs more than the
+/// decryption on loopback. Writes go straight through (rustls already batches them).
+struct Sock {
+    stream: TcpStream,
+    buf: Box<[u8]>,
+    pos: usize,
+    end: usize,
+}
+
+/// Size of [`Sock`]'s read buffer.
+const SOCK_BUF: usize = 256 * 1024;
+
+impl Sock {
+    fn new(stream: TcpStream) -> Sock {
+        Sock {
+            stream,
+            buf: vec![0u8; SOCK_BUF].into_boxed_slice(),
+            pos: 0,
+            end: 0,
+        }
+    }
+
+    /// Whether the next read is served from the buffer (no system call, no wait).
+    fn buffered(&self) -> bool {
+        self.pos < self.end
+    }
+}
+
+impl Read for Sock {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if !self.buffered() {
+            if out.len() >= self.buf.len() {
+                return self.stream.read(out);
+            }
+            self.end = self.stream.read(&mut self.buf)?;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.end - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.stream.write(bytes)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.stream.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
 }
 
 impl std::fmt::Debug for Channel {
@@ -304,14 +362,13 @@ impl Channel {
     fn new(conn: Connection, sock: TcpStream, peer: String, round: Option<RoundId>) -> Channel {
         Channel {
             conn,
-            sock,
+            sock: Sock::new(sock),
             dec: match round {
                 Some(r) => Decoder::new(r),
                 None => Decoder::unbound(),
             },
             peer,
             out: Vec::with_capacity(wire::HEADER_LEN + wire::CHUNK_BYTES + 64),
-            read_buf: vec![0u8; 1 << 16].into_boxed_slice(),
         }
     }
 
@@ -368,7 +425,7 @@ impl Channel {
 
     fn handshake(&mut self, timeout: Duration) -> Result<()> {
         self.conn.set_buffer_limit(None);
-        let _ = self.sock.set_nodelay(true);
+        let _ = self.sock.stream.set_nodelay(true);
         self.set_timeouts(timeout)?;
         while self.conn.is_handshaking() {
             if let Err(e) = self.conn.complete_io(&mut self.sock) {
@@ -395,8 +452,9 @@ impl Channel {
     fn set_timeouts(&self, t: Duration) -> Result<()> {
         let t = Some(t.max(Duration::from_millis(1)));
         self.sock
+            .stream
             .set_read_timeout(t)
-            .and_then(|()| self.sock.set_write_timeout(t))
+            .and_then(|()| self.sock.stream.set_write_timeout(t))
             .map_err(|source| self.io("setting timeouts", source))
     }
 
@@ -519,6 +577,7 @@ impl Channel {
                         peer: self.peer.clone(),
                         secs: self
                             .sock
+                            .stream
                             .write_timeout()
                             .ok()
                             .flatten()
@@ -562,16 +621,13 @@ impl Channel {
     /// Reads more plaintext into the decoder; `false` when the deadline passed first.
     fn fill(&mut self, deadline: Instant) -> Result<bool> {
         loop {
-            match self.conn.reader().read(&mut self.read_buf) {
+            match self.dec.fill_from(&mut self.conn.reader()) {
                 Ok(0) => {
                     return Err(Error::Closed {
                         peer: self.peer.clone(),
                     });
                 }
-                Ok(n) => {
-                    self.dec.push(&self.read_buf[..n]);
-                    return Ok(true);
-                }
+                Ok(_) => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     return Err(Error::Closed {
@@ -580,13 +636,16 @@ impl Channel {
                 }
                 Err(e) => return Err(self.io("receiving", e)),
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(false);
+            if !self.sock.buffered() {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(false);
+                }
+                self.sock
+                    .stream
+                    .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
+                    .map_err(|e| self.io("setting timeouts", e))?;
             }
-            self.sock
-                .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
-                .map_err(|e| self.io("setting timeouts", e))?;
             match self.conn.read_tls(&mut self.sock) {
                 Ok(0) => {
                     return Err(Error::Closed {
@@ -622,11 +681,15 @@ impl Channel {
     pub fn close(mut self) {
         self.conn.send_close_notify();
         let _ = self.flush();
-        let _ = self.sock.shutdown(std::net::Shutdown::Write);
+        let _ = self.sock.stream.shutdown(std::net::Shutdown::Write);
         let deadline = Instant::now() + LINGER;
-        let _ = self.sock.set_read_timeout(Some(Duration::from_millis(50)));
+        let _ = self
+            .sock
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(50)));
+        let mut scratch = [0u8; 4096];
         while Instant::now() < deadline {
-            match self.sock.read(&mut self.read_buf) {
+            match self.sock.read(&mut scratch) {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}

@@ -302,11 +302,19 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message, WireError> {
 }
 
 /// Reassembles frames from a byte stream for one round.
+///
+/// Bytes live in `buf[start..end]`; `buf[end..]` is initialized spare room that
+/// [`Decoder::fill_from`] reads into directly, so a received byte is copied once on its
+/// way from the TLS layer to a frame.
 pub struct Decoder {
     round: Option<RoundId>,
     buf: Vec<u8>,
     start: usize,
+    end: usize,
 }
+
+/// The smallest read [`Decoder::fill_from`] offers its reader.
+const MIN_READ: usize = 64 * 1024;
 
 impl Decoder {
     /// Accepts only frames of `round`.
@@ -315,6 +323,7 @@ impl Decoder {
             round: Some(round),
             buf: Vec::new(),
             start: 0,
+            end: 0,
         }
     }
 
@@ -325,6 +334,7 @@ impl Decoder {
             round: None,
             buf: Vec::new(),
             start: 0,
+            end: 0,
         }
     }
 
@@ -333,24 +343,66 @@ impl Decoder {
         self.round
     }
 
-    /// Appends received bytes.
-    pub fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start * 2 >= self.buf.len() {
-            self.buf.drain(..self.start);
+    /// Makes room for at least `want` more bytes after `end`: first by moving the
+    /// undecoded bytes to the front, then by growing (only ever up to the largest
+    /// frame plus one read).
+    fn reserve(&mut self, want: usize) {
+        if self.buf.len() - self.end >= want {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        self.buf.extend_from_slice(bytes);
+        if self.buf.len() - self.end < want {
+            self.buf.resize(self.end + want, 0);
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.reserve(bytes.len());
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
+    /// Reads once from `r` straight into the buffer; returns what `r.read` returned.
+    /// Offers room for the rest of the frame being received, and at least 64 KiB.
+    pub fn fill_from(&mut self, r: &mut impl std::io::Read) -> std::io::Result<usize> {
+        let want = self.missing().max(MIN_READ);
+        self.reserve(want);
+        let n = r.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Bytes still missing from the frame at the front (0 if its header is incomplete
+    /// or its length is out of bounds, which `next_message` reports).
+    fn missing(&self) -> usize {
+        let avail = &self.buf[self.start..self.end];
+        match avail.get(..HEADER_LEN) {
+            Some(head) => {
+                let len = u32::from_le_bytes([head[20], head[21], head[22], head[23]]) as usize;
+                if len > MAX_PAYLOAD {
+                    0
+                } else {
+                    (HEADER_LEN + len).saturating_sub(avail.len())
+                }
+            }
+            None => 0,
+        }
     }
 
     /// Bytes received but not yet decoded.
     pub fn pending(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// The next complete frame, `None` if more bytes are needed. After an error the
     /// stream is unusable and the connection must be dropped.
     pub fn next_message(&mut self) -> Result<Option<Message>, WireError> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         let Some(head) = avail.get(..HEADER_LEN) else {
             return Ok(None);
         };
@@ -366,6 +418,10 @@ impl Decoder {
         };
         let msg = decode_payload(kind, payload)?;
         self.start += HEADER_LEN + len;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
         Ok(Some(msg))
     }
 }
@@ -544,6 +600,64 @@ mod tests {
         assert_ne!(a, RoundId::new("fed", 2));
         assert_ne!(a, RoundId::new("fed1", 1));
         assert_eq!(a.to_string().len(), 32);
+    }
+
+    /// A reader that hands out at most `step` bytes per read, like a socket would.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = out.len().min(self.step).min(self.data.len());
+            out[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn fill_from_reassembles_large_chunks_from_small_reads() {
+        let round = RoundId::new("fed", 9);
+        let sent: Vec<Message> = (0..5u64)
+            .map(|i| {
+                Message::Chunk(Chunk {
+                    attempt: 1,
+                    offset: i * 1000,
+                    data: (0..CHUNK_BYTES - i as usize)
+                        .map(|b| (b % 251) as u8)
+                        .collect(),
+                })
+            })
+            .chain(std::iter::once(Message::Done { attempt: 1 }))
+            .collect();
+        let mut bytes = Vec::new();
+        for m in &sent {
+            encode(round, m, &mut bytes);
+        }
+        for step in [1 << 10, 16 * 1024 + 5, 1 << 20] {
+            let mut src = Trickle { data: &bytes, step };
+            let mut dec = Decoder::new(round);
+            let mut got = Vec::new();
+            while got.len() < sent.len() {
+                match dec.next_message().expect("valid stream") {
+                    Some(m) => got.push(m),
+                    None => assert!(
+                        dec.fill_from(&mut src).expect("read") > 0,
+                        "stream ended early"
+                    ),
+                }
+            }
+            assert_eq!(got, sent, "read size {step}");
+            assert_eq!(dec.pending(), 0);
+            // The buffer holds at most one frame plus one read, not the stream.
+            assert!(
+                dec.buf.len() <= HEADER_LEN + MAX_PAYLOAD + MIN_READ,
+                "{}",
+                dec.buf.len()
+            );
+        }
     }
 
     proptest! {
