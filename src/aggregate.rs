@@ -13,6 +13,7 @@ use crate::mask::Word;
 use crate::masked::{self, Header, Reader};
 use crate::quantize::{Modulus, Plan};
 use crate::registry::Registry;
+use crate::tensor::{self, Layout};
 
 /// Aggregation errors.
 #[derive(Debug, thiserror::Error)]
@@ -78,56 +79,123 @@ impl Error {
 type Result<T> = std::result::Result<T, Error>;
 
 /// A running modular sum.
+///
+/// Words arrive either whole (`W::BYTES` each, files) or reduced to their low `width`
+/// bytes (network rounds, see [`Plan::wire_bytes`]). Either way the sum is kept in `W`
+/// and reduced modulo 2^(8·width) once, when decoded: 2^(8·width) divides 2^(8·W::BYTES),
+/// so the masks still cancel.
 pub struct Accumulator<W: Word> {
     acc: Vec<W>,
+    width: usize,
 }
 
 impl<W: Word> Accumulator<W> {
-    /// A zeroed accumulator of `elements` words.
+    /// A zeroed accumulator of `elements` whole words.
     pub fn new(elements: usize) -> Self {
+        Self::with_width(elements, W::BYTES)
+    }
+
+    /// A zeroed accumulator of `elements` words that arrive as their low `width` bytes
+    /// (clamped to 1..=`W::BYTES`).
+    pub fn with_width(elements: usize, width: usize) -> Self {
+        // Written, not calloc'ed: a calloc'ed page faults twice here (zero page on the
+        // first read, then copy-on-write on the first add).
+        let mut acc = Vec::with_capacity(elements);
+        acc.resize(elements, W::default());
         Accumulator {
-            acc: vec![W::default(); elements],
+            acc,
+            width: width.clamp(1, W::BYTES),
         }
     }
 
-    /// Adds little-endian words starting at word `offset`. Out-of-range words are ignored
-    /// (callers check lengths first).
+    /// Bytes per absorbed word.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Adds little-endian words of [`Accumulator::width`] bytes starting at word
+    /// `offset`. Out-of-range words are ignored (callers check lengths first).
     #[inline]
     pub fn absorb(&mut self, offset: u64, bytes: &[u8]) {
         let start = (offset as usize).min(self.acc.len());
-        for (a, c) in self.acc[start..]
-            .iter_mut()
-            .zip(bytes.chunks_exact(W::BYTES))
-        {
-            *a = a.add(W::from_le(c));
+        let acc = &mut self.acc[start..];
+        match self.width {
+            1 => absorb_narrow::<W, 1>(acc, bytes),
+            2 => absorb_narrow::<W, 2>(acc, bytes),
+            3 => absorb_narrow::<W, 3>(acc, bytes),
+            4 => absorb_narrow::<W, 4>(acc, bytes),
+            5 => absorb_narrow::<W, 5>(acc, bytes),
+            6 => absorb_narrow::<W, 6>(acc, bytes),
+            7 => absorb_narrow::<W, 7>(acc, bytes),
+            _ => absorb_narrow::<W, 8>(acc, bytes),
         }
     }
 
-    /// The running sum as little-endian words (to send it on).
-    pub fn to_le_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.acc.len() * W::BYTES);
-        self.acc.iter().for_each(|w| w.put_le(&mut out));
-        out
-    }
-
-    /// Decodes the weighted mean. The last word is the total weight.
-    pub fn finish(self, plan: &Plan) -> Result<Mean> {
+    /// The total weight (the last word) and each element's scale to the mean.
+    fn decoder(&self, plan: &Plan) -> Result<(u64, f64, &[W])> {
+        let bits = 8 * self.width as u32;
         let (weight, sums) = self.acc.split_last().ok_or(Error::NoInputs)?;
-        let total = weight.to_u64();
+        let total = low_bits(weight.to_u64(), bits);
         let max = plan.nodes as u128 * u128::from(plan.params.max_weight);
         if total == 0 || u128::from(total) > max {
             return Err(Error::BadWeight(total));
         }
-        let step = plan.step();
+        Ok((total, plan.step() / total as f64, sums))
+    }
+
+    /// Decodes the weighted mean. The last word is the total weight.
+    pub fn finish(self, plan: &Plan) -> Result<Mean> {
+        let bits = 8 * self.width as u32;
+        let (total, scale, sums) = self.decoder(plan)?;
         let values = sums
             .iter()
-            .map(|s| s.to_i64() as f64 * step / total as f64)
+            .map(|s| signed_low_bits(s.to_u64(), bits) as f64 * scale)
             .collect();
         Ok(Mean {
             total_weight: total,
             values,
         })
     }
+
+    /// Decodes the weighted mean straight into `layout`'s encoding (see
+    /// [`tensor::encode_values`]), without a vector of f64 in between. Returns the
+    /// total weight and the bytes.
+    pub fn finish_encoded(self, plan: &Plan, layout: &Layout) -> Result<(u64, Vec<u8>)> {
+        let bits = 8 * self.width as u32;
+        let (total, scale, sums) = self.decoder(plan)?;
+        let values = sums
+            .iter()
+            .map(|s| signed_low_bits(s.to_u64(), bits) as f64 * scale);
+        Ok((total, tensor::encode_values(layout, values)))
+    }
+}
+
+/// Adds words of `N` little-endian bytes (`N` ≤ `W::BYTES`) to `acc`. With `N` known
+/// at compile time each word is one fixed-size load.
+#[inline]
+fn absorb_narrow<W: Word, const N: usize>(acc: &mut [W], bytes: &[u8]) {
+    if N >= W::BYTES {
+        for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(W::BYTES)) {
+            *a = a.add(W::from_le(c));
+        }
+    } else {
+        for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(N)) {
+            let mut b = [0u8; N];
+            b.copy_from_slice(c);
+            *a = a.add(W::from_le_narrow(&b));
+        }
+    }
+}
+
+/// `x mod 2^bits`, for `bits` in 1..=64.
+fn low_bits(x: u64, bits: u32) -> u64 {
+    x & (u64::MAX >> (64 - bits))
+}
+
+/// `x mod 2^bits` read as a two's-complement integer of `bits` bits, for `bits` in
+/// 1..=64.
+fn signed_low_bits(x: u64, bits: u32) -> i64 {
+    ((x << (64 - bits)) as i64) >> (64 - bits)
 }
 
 /// The result: the weighted mean and the total weight (all the aggregator learns).
@@ -150,9 +218,14 @@ pub enum AnyAccumulator {
 impl AnyAccumulator {
     /// For a modulus.
     pub fn new(modulus: Modulus, elements: usize) -> Self {
+        Self::with_width(modulus, elements, modulus.word_bytes())
+    }
+
+    /// An accumulator for words that arrive as their low `width` bytes.
+    pub fn with_width(modulus: Modulus, elements: usize, width: usize) -> Self {
         match modulus {
-            Modulus::M32 => AnyAccumulator::M32(Accumulator::new(elements)),
-            Modulus::M64 => AnyAccumulator::M64(Accumulator::new(elements)),
+            Modulus::M32 => AnyAccumulator::M32(Accumulator::with_width(elements, width)),
+            Modulus::M64 => AnyAccumulator::M64(Accumulator::with_width(elements, width)),
         }
     }
 
@@ -164,19 +237,19 @@ impl AnyAccumulator {
         }
     }
 
-    /// See [`Accumulator::to_le_bytes`].
-    pub fn to_le_bytes(&self) -> Vec<u8> {
-        match self {
-            AnyAccumulator::M32(a) => a.to_le_bytes(),
-            AnyAccumulator::M64(a) => a.to_le_bytes(),
-        }
-    }
-
     /// See [`Accumulator::finish`].
     pub fn finish(self, plan: &Plan) -> Result<Mean> {
         match self {
             AnyAccumulator::M32(a) => a.finish(plan),
             AnyAccumulator::M64(a) => a.finish(plan),
+        }
+    }
+
+    /// See [`Accumulator::finish_encoded`].
+    pub fn finish_encoded(self, plan: &Plan, layout: &Layout) -> Result<(u64, Vec<u8>)> {
+        match self {
+            AnyAccumulator::M32(a) => a.finish_encoded(plan, layout),
+            AnyAccumulator::M64(a) => a.finish_encoded(plan, layout),
         }
     }
 }
@@ -317,6 +390,55 @@ mod tests {
                 let plain = rows.iter().map(|(v, w)| v[k].clamp(-1.0, 1.0) * *w as f64).sum::<f64>() / total as f64;
                 prop_assert!((mean.values[k] - plain).abs() <= plan.step() / 2.0 * (1.0 + 1e-9));
             }
+        }
+
+        /// Masked words reduced to the plan's wire width sum to the same mean as whole
+        /// words: 2^(8·width) divides the modulus, so the pairwise masks still cancel.
+        #[test]
+        fn narrow_wire_words_give_the_same_mean(
+            rows in prop::collection::vec((prop::collection::vec(-1.5f64..1.5, 8), 1u64..1_000_000), 2..7),
+            bits in 2u32..=32,
+            max_weight in 1_000_000u64..1 << 30,
+            seed: u64,
+        ) {
+            let Ok(plan) = Plan::new(QuantParams { clip: 1.0, bits, max_weight }, rows.len()) else {
+                return Ok(());
+            };
+            let n = rows.len();
+            // Row i adds r(i,j) for j > i and subtracts r(j,i) for j < i.
+            let mask = |i: usize, j: usize, k: usize| {
+                let (a, b) = if i < j { (i, j) } else { (j, i) };
+                let r = seed ^ ((a as u64) << 40 | (b as u64) << 20 | k as u64);
+                let r = r.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                if i < j { r } else { r.wrapping_neg() }
+            };
+            let width = plan.wire_bytes();
+            let mut whole = AnyAccumulator::new(plan.modulus, 9);
+            let mut narrow = AnyAccumulator::with_width(plan.modulus, 9, width);
+            for (i, (vals, w)) in rows.iter().enumerate() {
+                let mut words: Vec<u64> = vals.iter().map(|x| (plan.quantize(*x).0 * *w as i64) as u64).collect();
+                words.push(*w);
+                for (k, word) in words.iter_mut().enumerate() {
+                    for j in (0..n).filter(|j| *j != i) {
+                        *word = word.wrapping_add(mask(i, j, k));
+                    }
+                }
+                let (mut full, mut low) = (Vec::new(), Vec::new());
+                for word in &words {
+                    match plan.modulus {
+                        Modulus::M32 => (*word as u32).put_le(&mut full),
+                        Modulus::M64 => word.put_le(&mut full),
+                    }
+                    let mut b = vec![0u8; width];
+                    word.write_le_narrow(&mut b);
+                    low.extend_from_slice(&b);
+                }
+                whole.absorb(0, &full);
+                narrow.absorb(0, &low);
+            }
+            let (a, b) = (whole.finish(&plan).expect("whole"), narrow.finish(&plan).expect("narrow"));
+            prop_assert_eq!(a.total_weight, b.total_weight);
+            prop_assert_eq!(a.values, b.values);
         }
     }
 }

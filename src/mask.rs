@@ -29,6 +29,11 @@ pub trait Word: Copy + Default + Send + Sync + Eq + std::fmt::Debug + 'static {
     fn from_le(b: &[u8]) -> Self;
     /// Appends little-endian bytes.
     fn put_le(self, out: &mut Vec<u8>);
+    /// From the low `b.len()` (at most `BYTES`) little-endian bytes, zero-extended.
+    fn from_le_narrow(b: &[u8]) -> Self;
+    /// Writes the low `out.len()` (at most `BYTES`) little-endian bytes: the word
+    /// reduced modulo 2^(8·out.len()).
+    fn write_le_narrow(self, out: &mut [u8]);
     /// From a signed integer, reduced modulo 2^bits.
     fn from_i64(v: i64) -> Self;
     /// From an unsigned integer, reduced modulo 2^bits.
@@ -59,6 +64,17 @@ macro_rules! word {
             }
             fn put_le(self, out: &mut Vec<u8>) {
                 out.extend_from_slice(&self.to_le_bytes());
+            }
+            #[inline(always)]
+            fn from_le_narrow(b: &[u8]) -> Self {
+                let mut a = [0u8; std::mem::size_of::<$t>()];
+                a[..b.len()].copy_from_slice(b);
+                <$t>::from_le_bytes(a)
+            }
+            #[inline(always)]
+            fn write_le_narrow(self, out: &mut [u8]) {
+                let n = out.len();
+                out.copy_from_slice(&self.to_le_bytes()[..n]);
             }
             fn from_i64(v: i64) -> Self {
                 v as $t

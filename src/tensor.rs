@@ -3,7 +3,7 @@
 //! caller never needs a second full-size copy of the input.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use npyz::WriterBuilder;
@@ -49,7 +49,25 @@ pub struct Layout {
     pub tensors: Vec<TensorSpec>,
 }
 
+impl DType {
+    /// Bytes per value.
+    pub fn bytes(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F64 => 8,
+        }
+    }
+}
+
 impl Layout {
+    /// Bytes of the values alone, each in its tensor's type (see [`encode_values`]).
+    pub fn encoded_len(&self) -> u64 {
+        self.tensors
+            .iter()
+            .map(|t| t.shape.iter().product::<u64>() * t.dtype.bytes() as u64)
+            .sum()
+    }
+
     /// Total number of values.
     pub fn elements(&self) -> u64 {
         self.tensors
@@ -162,28 +180,31 @@ where
         Container::Npy => {
             let (file, layout) = open_npy(path)?;
             let mut visit = make_visit(&layout);
-            let bad = |e: std::io::Error| Error::Invalid {
-                path: path.to_owned(),
-                kind: "npy",
-                reason: e.to_string(),
-            };
-            macro_rules! stream {
-                ($t:ty) => {{
-                    let data = file.data::<$t>().map_err(|e| Error::Invalid {
+            let dtype = layout.tensors[0].dtype;
+            // The data section is the values, contiguous and little-endian: read it in
+            // blocks rather than value by value.
+            let mut left = layout.encoded_len();
+            let mut data = file.into_inner();
+            let mut block = vec![0u8; NPY_BLOCK.min(left as usize)];
+            while left > 0 {
+                let n = (left as usize).min(block.len());
+                data.read_exact(&mut block[..n])
+                    .map_err(|e| Error::Invalid {
                         path: path.to_owned(),
                         kind: "npy",
-                        reason: e.to_string(),
+                        reason: if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            "the data is shorter than its header says (truncated file?)".into()
+                        } else {
+                            e.to_string()
+                        },
                     })?;
-                    for v in data {
-                        if let Err(e) = visit(f64::from(v.map_err(bad)?)) {
-                            return Ok(Err(e));
-                        }
+                let values = decode_block(dtype, &block[..n]);
+                for v in values {
+                    if let Err(e) = visit(v) {
+                        return Ok(Err(e));
                     }
-                }};
-            }
-            match layout.tensors[0].dtype {
-                DType::F32 => stream!(f32),
-                DType::F64 => stream!(f64),
+                }
+                left -= n as u64;
             }
             Ok(Ok(layout))
         }
@@ -194,23 +215,9 @@ where
             let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| st_err(path, e))?;
             for spec in &layout.tensors {
                 let view = st.tensor(&spec.name).map_err(|e| st_err(path, e))?;
-                match spec.dtype {
-                    DType::F32 => {
-                        for c in view.data().chunks_exact(4) {
-                            let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                            if let Err(e) = visit(f64::from(v)) {
-                                return Ok(Err(e));
-                            }
-                        }
-                    }
-                    DType::F64 => {
-                        for c in view.data().chunks_exact(8) {
-                            let mut a = [0u8; 8];
-                            a.copy_from_slice(c);
-                            if let Err(e) = visit(f64::from_le_bytes(a)) {
-                                return Ok(Err(e));
-                            }
-                        }
+                for v in decode_block(spec.dtype, view.data()) {
+                    if let Err(e) = visit(v) {
+                        return Ok(Err(e));
                     }
                 }
             }
@@ -219,64 +226,125 @@ where
     }
 }
 
+/// Bytes of `.npy` data read at a time (a multiple of every value size).
+const NPY_BLOCK: usize = 1 << 20;
+
+/// The values of little-endian `bytes` of one type.
+fn decode_block(dtype: DType, bytes: &[u8]) -> impl Iterator<Item = f64> + '_ {
+    bytes.chunks_exact(dtype.bytes()).map(move |c| match dtype {
+        DType::F32 => f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        DType::F64 => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            f64::from_le_bytes(a)
+        }
+    })
+}
+
+/// Encodes values in `layout` order, each little-endian in its tensor's type: the bytes
+/// of the data sections of the file [`write_values`] would write. A missing value is
+/// written as 0 (callers pass exactly `layout.elements()` values).
+pub fn encode_values(layout: &Layout, values: impl Iterator<Item = f64>) -> Vec<u8> {
+    let mut out = vec![0u8; layout.encoded_len() as usize];
+    let mut values = values;
+    let mut at = 0;
+    for spec in &layout.tensors {
+        let n = spec.shape.iter().product::<u64>() as usize;
+        let size = n * spec.dtype.bytes();
+        let dst = &mut out[at..at + size];
+        match spec.dtype {
+            DType::F32 => dst
+                .chunks_exact_mut(4)
+                .zip(values.by_ref().take(n))
+                .for_each(|(d, v)| d.copy_from_slice(&(v as f32).to_le_bytes())),
+            DType::F64 => dst
+                .chunks_exact_mut(8)
+                .zip(values.by_ref().take(n))
+                .for_each(|(d, v)| d.copy_from_slice(&v.to_le_bytes())),
+        }
+        at += size;
+    }
+    out
+}
+
+/// The values of bytes from [`encode_values`], in layout order. `bytes` must be
+/// `layout.encoded_len()` long (a shorter one yields fewer values).
+pub fn decode_values<'a>(layout: &'a Layout, bytes: &'a [u8]) -> impl Iterator<Item = f64> + 'a {
+    let mut at = 0;
+    layout.tensors.iter().flat_map(move |spec| {
+        let size = spec.shape.iter().product::<u64>() as usize * spec.dtype.bytes();
+        let part = bytes.get(at..at + size).unwrap_or(&[]);
+        at += size;
+        decode_block(spec.dtype, part)
+    })
+}
+
 /// Writes values in `layout` to `path` (via a temporary file renamed into place).
 pub fn write_values(path: &Path, layout: &Layout, values: impl Iterator<Item = f64>) -> Result<()> {
+    write_encoded(path, layout, &encode_values(layout, values))
+}
+
+/// Writes `bytes` from [`encode_values`] as the file `layout` describes, via a temporary
+/// file renamed into place, so a failure never leaves a partial file at `path`.
+pub fn write_encoded(path: &Path, layout: &Layout, bytes: &[u8]) -> Result<()> {
     let tmp = PathBuf::from(format!("{}.partial", path.display()));
     let io = |action, source| Error::Io {
         action,
         path: tmp.clone(),
         source,
     };
-    let mut values = values;
+    if bytes.len() as u64 != layout.encoded_len() {
+        return Err(Error::Invalid {
+            path: path.to_owned(),
+            kind: "values",
+            reason: format!(
+                "{} bytes for a layout of {} bytes (our bug)",
+                bytes.len(),
+                layout.encoded_len()
+            ),
+        });
+    }
     match layout.container {
         Container::Npy => {
             let spec = &layout.tensors[0];
-            let file =
-                BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(|e| io("create", e))?);
-            macro_rules! write {
-                ($t:ty) => {{
-                    let mut w = npyz::WriteOptions::<$t>::new()
-                        .default_dtype()
-                        .shape(&spec.shape)
-                        .writer(file)
-                        .begin_nd()
-                        .map_err(|e| io("write", e))?;
-                    w.extend(values.by_ref().map(|v| v as $t))
-                        .map_err(|e| io("write", e))?;
-                    w.finish().map_err(|e| io("write", e))?;
-                }};
-            }
-            match spec.dtype {
-                DType::F32 => write!(f32),
-                DType::F64 => write!(f64),
-            }
+            let mut file =
+                BufWriter::with_capacity(1 << 16, File::create(&tmp).map_err(|e| io("create", e))?);
+            let header = match spec.dtype {
+                DType::F32 => npyz::WriteOptions::<f32>::new()
+                    .default_dtype()
+                    .shape(&spec.shape)
+                    .writer(&mut file)
+                    .write_header_only()
+                    .map(|_| ()),
+                DType::F64 => npyz::WriteOptions::<f64>::new()
+                    .default_dtype()
+                    .shape(&spec.shape)
+                    .writer(&mut file)
+                    .write_header_only()
+                    .map(|_| ()),
+            };
+            header.map_err(|e| io("write", e))?;
+            file.write_all(bytes).map_err(|e| io("write", e))?;
+            file.flush().map_err(|e| io("write", e))?;
         }
         Container::Safetensors => {
-            let mut buffers = Vec::with_capacity(layout.tensors.len());
-            for spec in &layout.tensors {
-                let n = spec.shape.iter().product::<u64>() as usize;
-                let mut buf = Vec::with_capacity(n * 8);
-                for v in values.by_ref().take(n) {
-                    match spec.dtype {
-                        DType::F32 => buf.extend_from_slice(&(v as f32).to_le_bytes()),
-                        DType::F64 => buf.extend_from_slice(&v.to_le_bytes()),
-                    }
-                }
-                buffers.push(buf);
-            }
+            let mut at = 0;
             let views = layout
                 .tensors
                 .iter()
-                .zip(&buffers)
-                .map(|(spec, buf)| {
+                .map(|spec| {
                     let dtype = match spec.dtype {
                         DType::F32 => safetensors::Dtype::F32,
                         DType::F64 => safetensors::Dtype::F64,
                     };
-                    let shape = spec.shape.iter().map(|d| *d as usize).collect();
-                    safetensors::tensor::TensorView::new(dtype, shape, buf)
-                        .map(|v| (spec.name.clone(), v))
-                        .map_err(|e| st_err(path, e))
+                    let shape: Vec<usize> = spec.shape.iter().map(|d| *d as usize).collect();
+                    let size = shape.iter().product::<usize>() * spec.dtype.bytes();
+                    let view =
+                        safetensors::tensor::TensorView::new(dtype, shape, &bytes[at..at + size])
+                            .map(|v| (spec.name.clone(), v))
+                            .map_err(|e| st_err(path, e));
+                    at += size;
+                    view
                 })
                 .collect::<Result<Vec<_>>>()?;
             safetensors::serialize_to_file(views, None, &tmp).map_err(|e| st_err(path, e))?;
@@ -388,6 +456,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_truncated_npy_is_refused_with_a_clear_reason() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("t.npy");
+        let layout = Layout {
+            container: Container::Npy,
+            tensors: vec![TensorSpec {
+                name: String::new(),
+                shape: vec![3_000_000],
+                dtype: DType::F32,
+            }],
+        };
+        write_values(&path, &layout, (0..3_000_000).map(f64::from)).expect("write");
+        let full = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &full[..full.len() - 10]).expect("truncate");
+        let mut seen = 0u64;
+        let err = read_values(&path, |_| {
+            seen += 1;
+            Ok::<(), ()>(())
+        })
+        .expect_err("truncated");
+        assert!(
+            err.to_string().contains("shorter than its header says"),
+            "{err}"
+        );
+        // The whole blocks before the short one were visited, nothing after.
+        assert_eq!(seen, 12_000_000 / NPY_BLOCK as u64 * (NPY_BLOCK as u64 / 4));
+    }
+
+    #[test]
     fn npy_and_safetensors_round_trip() {
         let dir = tempfile::tempdir().expect("tmp");
         for (name, layout) in [
@@ -446,6 +543,21 @@ mod tests {
             .expect("visit");
             assert_eq!(back, layout);
             assert_eq!(got, vals);
+            // The encoded form is the data section: it decodes to the same values, and
+            // writing it gives the same file byte for byte.
+            let bytes = encode_values(&layout, vals.iter().copied());
+            assert_eq!(bytes.len() as u64, layout.encoded_len());
+            assert_eq!(decode_values(&layout, &bytes).collect::<Vec<_>>(), vals);
+            let again = dir.path().join(format!("again-{name}"));
+            write_encoded(&again, &layout, &bytes).expect("write encoded");
+            assert_eq!(
+                std::fs::read(&again).expect("read"),
+                std::fs::read(&path).expect("read")
+            );
+            // A wrong length is refused and leaves nothing behind.
+            let bad = dir.path().join(format!("bad-{name}"));
+            assert!(write_encoded(&bad, &layout, &bytes[1..]).is_err());
+            assert!(!bad.exists());
         }
         assert!(matches!(
             container_of(Path::new("x.csv")),

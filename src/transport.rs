@@ -496,16 +496,19 @@ impl Channel {
         self.dec.round().unwrap_or_else(|| RoundId::new("", 0))
     }
 
-    /// Sends `words` as chunk frames of `attempt`, then `Done`. `progress` sees the bytes
-    /// sent so far; returning `false` from it stops early (for fault-injection tests) and
-    /// makes this return `Ok(false)`.
+    /// Sends `words`, each reduced to its low `width` bytes (1..=`W::BYTES`,
+    /// little-endian), as chunk frames of `attempt`, then `Done`. `progress` sees the
+    /// bytes sent so far; returning `false` from it stops early (for fault-injection
+    /// tests) and makes this return `Ok(false)`.
     pub fn send_words<W: Word>(
         &mut self,
         attempt: u32,
         words: &[W],
+        width: usize,
         mut progress: impl FnMut(u64) -> bool,
     ) -> Result<bool> {
-        let per = wire::CHUNK_BYTES / W::BYTES;
+        let width = width.clamp(1, W::BYTES);
+        let per = wire::CHUNK_BYTES / width;
         let round = self.round_id();
         let mut out = std::mem::take(&mut self.out);
         let mut sent = 0u64;
@@ -515,19 +518,24 @@ impl Channel {
                 return Ok(false);
             }
             out.clear();
-            wire::encode_chunk_head(
-                round,
-                attempt,
-                (i * per) as u64,
-                chunk.len() * W::BYTES,
-                &mut out,
-            );
-            chunk.iter().for_each(|w| w.put_le(&mut out));
+            let len = chunk.len() * width;
+            wire::encode_chunk_head(round, attempt, (i * per) as u64, len, &mut out);
+            let head = out.len();
+            out.resize(head + len, 0);
+            if width == W::BYTES {
+                for (dst, w) in out[head..].chunks_exact_mut(W::BYTES).zip(chunk) {
+                    w.write_le_narrow(dst);
+                }
+            } else {
+                for (dst, w) in out[head..].chunks_exact_mut(width).zip(chunk) {
+                    w.write_le_narrow(dst);
+                }
+            }
             if let Err(e) = self.write_plain(&out) {
                 self.out = out;
                 return Err(e);
             }
-            sent += (chunk.len() * W::BYTES) as u64;
+            sent += len as u64;
         }
         self.out = out;
         progress(sent);

@@ -96,11 +96,15 @@ pub struct Start {
     pub quant: QuantParams,
     /// The ring, as the researcher computed it (nodes recompute and compare).
     pub modulus: Modulus,
+    /// Bytes per element in update chunks: each masked word reduced modulo
+    /// 2^(8·word_bytes), the smallest width that holds the sum (nodes recompute and
+    /// compare).
+    pub word_bytes: usize,
     /// The layout every participant must have.
     pub layout: Layout,
 }
 
-/// Researcher → node: the sum follows as chunks, then `Done`.
+/// Researcher → node: the weighted mean follows as chunks, then `Done`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     /// The attempt that completed.
@@ -109,8 +113,9 @@ pub struct Outcome {
     pub participants: Vec<PartyId>,
     /// Sum of the weights.
     pub total_weight: u64,
-    /// Words that follow (weight word included).
-    pub words: u64,
+    /// Bytes of the mean that follow: every value in layout order, little-endian in its
+    /// tensor's type (f32 or f64). Chunk offsets count bytes.
+    pub bytes: u64,
 }
 
 /// Either side: the round is over for this connection, and why.
@@ -487,6 +492,7 @@ mod tests {
                 label: "update".into(),
                 quant: QuantParams::default(),
                 modulus: Modulus::M64,
+                word_bytes: 5,
                 layout: layout(),
             }),
             Message::Chunk(Chunk {
@@ -499,7 +505,7 @@ mod tests {
                 attempt: 1,
                 participants: vec![id("a")],
                 total_weight: 10,
-                words: 7,
+                bytes: 28,
             }),
             Message::Abort(Abort {
                 reason: "below min-nodes".into(),

@@ -333,9 +333,9 @@ fn five_nodes_one_killed(layout: Layout, stall_after: &str, expect_partial: bool
 
 #[test]
 fn node_killed_after_partial_send_safetensors_survivors_get_their_mean() {
-    // 5 nodes need modulus 2^64 with the defaults: 8 bytes a word, so 300_001 words is
-    // 2.4 MB, and the stall comes after the first 1 MiB chunk.
-    five_nodes_one_killed(safetensors(100_000, 50_000), "1", true);
+    // 5 nodes with the defaults send 5 bytes a word, so 600_001 words is 3 MB, and the
+    // stall comes after the first 1 MiB chunk (35%).
+    five_nodes_one_killed(safetensors(200_000, 100_000), "1", true);
 }
 
 #[test]

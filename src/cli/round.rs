@@ -179,13 +179,13 @@ fn serve(home: &Home, a: ServeArgs, verbose: u8) -> Result<(), Failure> {
             return Err(e.into());
         }
     };
-    tensor::write_values(&a.out, &served.layout, served.mean.values.iter().copied())?;
+    tensor::write_encoded(&a.out, &served.layout, &served.mean)?;
     board.say(&format!(
         "round {} complete at attempt {}: weighted mean of {} node(s) (total weight {}) written to {} in {:.2}s",
         a.round,
         served.attempt,
         served.participants.len(),
-        served.mean.total_weight,
+        served.total_weight,
         a.out.display(),
         t.elapsed().as_secs_f64()
     ));
@@ -253,7 +253,7 @@ fn join(home: &Home, a: JoinArgs, verbose: u8) -> Result<(), Failure> {
             }
             E::Sending { sent, total } => board.progress("sent", sent, total),
             E::Stalling(secs) => board.say(&format!("test stall: pausing {secs}s")),
-            E::Receiving { words, total } => board.progress("result", words, total),
+            E::Receiving { bytes, total } => board.progress("result", bytes, total),
         }
     });
     let joined = match joined {
@@ -264,14 +264,14 @@ fn join(home: &Home, a: JoinArgs, verbose: u8) -> Result<(), Failure> {
         }
     };
     if let Some(out) = &a.out {
-        tensor::write_values(out, &joined.layout, joined.mean.values.iter().copied())?;
+        tensor::write_encoded(out, &joined.layout, &joined.mean)?;
     }
     board.say(&format!(
         "round {} complete at attempt {}: weighted mean of {} node(s) (total weight {}){} in {:.2}s",
         joined.round,
         joined.attempt,
         joined.participants.len(),
-        joined.mean.total_weight,
+        joined.total_weight,
         a.out
             .as_ref()
             .map(|o| format!(" written to {}", o.display()))

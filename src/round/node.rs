@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{Error, LABEL, MAX_ELEMENTS, Result};
-use crate::aggregate::{AnyAccumulator, Mean};
 use crate::certificate::{PeerCertificate, unix_secs};
 use crate::identity::{Identity, PartyId, Role};
 use crate::masked::{self, AnyMasked, RoundSpec};
@@ -90,10 +89,10 @@ pub enum Event<'a> {
     },
     /// Pausing on purpose (fault injection).
     Stalling(u64),
-    /// Receiving the sum.
+    /// Receiving the mean.
     Receiving {
-        /// Words so far.
-        words: u64,
+        /// Bytes so far.
+        bytes: u64,
         /// All.
         total: u64,
     },
@@ -112,8 +111,18 @@ pub struct Joined {
     pub participants: Vec<PartyId>,
     /// Our update's layout (the mean has the same).
     pub layout: Layout,
-    /// The weighted mean.
-    pub mean: Mean,
+    /// The sum of the participants' weights.
+    pub total_weight: u64,
+    /// The weighted mean as the researcher sent it: every value in layout order,
+    /// little-endian in its tensor's type (see [`tensor::encode_values`]).
+    pub mean: Vec<u8>,
+}
+
+impl Joined {
+    /// The weighted mean's values, in layout order.
+    pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
+        tensor::decode_values(&self.layout, &self.mean)
+    }
 }
 
 /// The researcher to join, with its pinned certificate.
@@ -267,6 +276,7 @@ pub fn join(
                     attempt: o.attempt,
                     participants: o.participants,
                     layout: session.layout,
+                    total_weight: o.total_weight,
                     mean,
                 });
             }
@@ -344,7 +354,7 @@ impl Session<'_> {
             return Err("the announced update layout differs from this node's update".into());
         }
         let plan = Plan::new(s.quant, s.participants.len()).map_err(|e| e.to_string())?;
-        if plan.modulus != s.modulus {
+        if plan.modulus != s.modulus || plan.wire_bytes() != s.word_bytes {
             return Err("the announced modulus does not fit the announced parameters".into());
         }
         Ok(plan)
@@ -410,14 +420,15 @@ impl Session<'_> {
             }
             true
         };
+        let width = plan.wire_bytes();
         let sent = match &masked {
             AnyMasked::M32(m) => {
-                let total = (m.words.len() * 4) as u64;
-                ch.send_words(s.attempt, &m.words, |sent| progress(sent, total))
+                let total = (m.words.len() * width) as u64;
+                ch.send_words(s.attempt, &m.words, width, |sent| progress(sent, total))
             }
             AnyMasked::M64(m) => {
-                let total = (m.words.len() * 8) as u64;
-                ch.send_words(s.attempt, &m.words, |sent| progress(sent, total))
+                let total = (m.words.len() * width) as u64;
+                ch.send_words(s.attempt, &m.words, width, |sent| progress(sent, total))
             }
         };
         if let Err(e) = sent {
@@ -437,7 +448,7 @@ impl Session<'_> {
         ch: &mut Channel,
         o: &Outcome,
         events: &mut impl FnMut(Event<'_>),
-    ) -> Result<Mean> {
+    ) -> Result<Vec<u8>> {
         let Some((attempt, participants, plan)) = &self.last else {
             return Err(protocol(
                 &self.rid,
@@ -453,31 +464,36 @@ impl Session<'_> {
                 ),
             ));
         }
-        let words = self.layout.elements() + 1;
-        if o.words != words {
+        let total = self.layout.encoded_len();
+        if o.bytes != total {
             return Err(protocol(
                 &self.rid,
-                format!("announced {} result words, not {words}", o.words),
+                format!("announced a mean of {} bytes, not {total}", o.bytes),
             ));
         }
-        let word_bytes = plan.modulus.word_bytes();
-        let mut acc = AnyAccumulator::new(plan.modulus, words as usize);
-        let mut got = 0u64;
+        let max_weight = participants.len() as u128 * u128::from(plan.params.max_weight);
+        if o.total_weight < self.p.weight || u128::from(o.total_weight) > max_weight {
+            return Err(protocol(
+                &self.rid,
+                format!("announced an impossible total weight {}", o.total_weight),
+            ));
+        }
+        let mut mean = Vec::with_capacity(total as usize);
         loop {
             match ch.expect(self.p.timeout)? {
-                Message::Chunk(c) if c.attempt == o.attempt && c.offset == got => {
-                    let n = (c.data.len() / word_bytes) as u64;
-                    if c.data.len() % word_bytes != 0 || got + n > words {
+                Message::Chunk(c) if c.attempt == o.attempt && c.offset == mean.len() as u64 => {
+                    if c.data.is_empty() || (mean.len() + c.data.len()) as u64 > total {
                         return Err(protocol(&self.rid, "sent a malformed result chunk".into()));
                     }
-                    acc.absorb(c.offset, &c.data);
-                    got += n;
+                    mean.extend_from_slice(&c.data);
                     events(Event::Receiving {
-                        words: got,
-                        total: words,
+                        bytes: mean.len() as u64,
+                        total,
                     });
                 }
-                Message::Done { attempt } if attempt == o.attempt && got == words => break,
+                Message::Done { attempt } if attempt == o.attempt && mean.len() as u64 == total => {
+                    break;
+                }
                 Message::Abort(a) => return Err(Error::Aborted(a.reason)),
                 other => {
                     return Err(protocol(
@@ -487,11 +503,15 @@ impl Session<'_> {
                 }
             }
         }
-        let mean = acc.finish(plan)?;
-        if mean.total_weight != o.total_weight {
+        // A weighted mean of values clipped to [-c, c] lies in [-c, c] up to half a
+        // step of rounding; anything else is not the mean of this round.
+        let bound = plan.params.clip + plan.step();
+        if let Some(bad) =
+            tensor::decode_values(&self.layout, &mean).position(|v| v.is_nan() || v.abs() > bound)
+        {
             return Err(protocol(
                 &self.rid,
-                "announced a total weight that the sum does not carry".into(),
+                format!("sent a mean whose value #{bad} lies outside the clip range ±{bound}"),
             ));
         }
         Ok(mean)

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 use rustls::ServerConfig;
 
 use super::{Error, LABEL, MAX_ELEMENTS, POLL, Result};
-use crate::aggregate::{AnyAccumulator, Mean};
+use crate::aggregate::AnyAccumulator;
 use crate::identity::{Identity, PartyId, Role};
 use crate::masked;
 use crate::quantize::{Plan, QuantParams};
 use crate::registry::Registry;
-use crate::tensor::{Container, Layout};
+use crate::tensor::{self, Container, Layout};
 use crate::transport::{self, Channel, Pins};
 use crate::wire::{Abort, Chunk, Hello, Message, Outcome, RoundId, Start};
 
@@ -114,10 +114,20 @@ pub struct Served {
     pub participants: Vec<PartyId>,
     /// The update layout.
     pub layout: Layout,
-    /// The weighted mean.
-    pub mean: Mean,
+    /// The sum of the participants' weights.
+    pub total_weight: u64,
+    /// The weighted mean as sent to every participant: every value in layout order,
+    /// little-endian in its tensor's type (see [`tensor::encode_values`]).
+    pub mean: Vec<u8>,
     /// Nodes dropped along the way, and why.
     pub dropped: Vec<(PartyId, String)>,
+}
+
+impl Served {
+    /// The weighted mean's values, in layout order.
+    pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
+        tensor::decode_values(&self.layout, &self.mean)
+    }
 }
 
 /// Connection thread → coordinator.
@@ -151,10 +161,9 @@ enum Outbound {
     Close(Option<String>),
 }
 
-/// The final sum, encoded once and shared by every connection thread.
+/// The mean, encoded once and shared by every connection thread.
 struct Summed {
     outcome: Outcome,
-    word_bytes: usize,
     bytes: Vec<u8>,
 }
 
@@ -629,6 +638,7 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
             label: LABEL.into(),
             quant: self.params.quant,
             modulus: plan.modulus,
+            word_bytes: plan.wire_bytes(),
             layout,
         };
         for id in &participants {
@@ -643,8 +653,8 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
         });
         Ok(Collecting {
             attempt,
-            word_bytes: plan.modulus.word_bytes(),
-            acc: AnyAccumulator::new(plan.modulus, words as usize),
+            word_bytes: plan.wire_bytes(),
+            acc: AnyAccumulator::with_width(plan.modulus, words as usize, plan.wire_bytes()),
             plan,
             words,
             received: BTreeMap::new(),
@@ -654,19 +664,21 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
         })
     }
 
-    /// Decodes the mean, sends the sum to every participant, waits until it is out.
+    /// Decodes the mean, sends it to every participant, waits until it is out.
     fn finish(&mut self, done: Complete, rx: &Receiver<Inbound>) -> Result<Served> {
-        let bytes = done.acc.to_le_bytes();
-        let mean = done.acc.finish(&done.plan)?;
+        let layout = self.layout.clone().ok_or(Error::Protocol {
+            peer: "the researcher".into(),
+            what: "completed without a layout (our bug)".into(),
+        })?;
+        let (total_weight, encoded) = done.acc.finish_encoded(&done.plan, &layout)?;
         let summed = Arc::new(Summed {
             outcome: Outcome {
                 attempt: done.attempt,
                 participants: done.participants.clone(),
-                total_weight: mean.total_weight,
-                words: (bytes.len() / done.plan.modulus.word_bytes()) as u64,
+                total_weight,
+                bytes: encoded.len() as u64,
             },
-            word_bytes: done.plan.modulus.word_bytes(),
-            bytes,
+            bytes: encoded,
         });
         let mut waiting = BTreeSet::new();
         for id in &done.participants {
@@ -700,14 +712,15 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
                 Err(_) => break,
             }
         }
-        let layout = self.layout.clone().ok_or(Error::Protocol {
-            peer: "the researcher".into(),
-            what: "completed without a layout (our bug)".into(),
-        })?;
+        // The connection threads are done with the bytes once every result was sent
+        // or lost; a thread still lingering on close keeps a reference for up to a
+        // second, and then we copy rather than wait.
+        let mean = Arc::try_unwrap(summed).map_or_else(|s| s.bytes.clone(), |s| s.bytes);
         Ok(Served {
             attempt: done.attempt,
             participants: done.participants,
             layout,
+            total_weight,
             mean,
             dropped: std::mem::take(&mut self.dropped),
         })
@@ -846,9 +859,10 @@ impl Link {
                     Ok(Outbound::Result(s)) => {
                         let sent = ch
                             .send(&Message::Outcome(s.outcome.clone()))
-                            .and_then(|()| {
-                                ch.send_bytes(s.outcome.attempt, s.word_bytes, &s.bytes)
-                            });
+                            .and_then(|()| ch.send_bytes(s.outcome.attempt, 1, &s.bytes));
+                        // Let go of the shared bytes before saying so: the
+                        // coordinator takes them back once every result is out.
+                        drop(s);
                         match sent {
                             Ok(()) => {
                                 let _ = self.events.send(Inbound::ResultSent { conn });
