@@ -476,6 +476,11 @@ impl Channel {
         self.peer = name;
     }
 
+    /// Hands back a received chunk's data buffer for reuse (see [`Decoder::recycle`]).
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.dec.recycle(buf);
+    }
+
     /// The round of the frames received so far (set by the first frame).
     pub fn round(&self) -> Option<RoundId> {
         self.dec.round()

@@ -262,7 +262,12 @@ fn put_json<T: Serialize>(round: RoundId, kind: u8, m: &T, out: &mut Vec<u8>) {
 }
 
 /// Parses one payload.
-fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message, WireError> {
+/// Decodes one payload; a chunk's data goes into a buffer from `spare` when there is one.
+fn decode_payload(
+    kind: u8,
+    payload: &[u8],
+    spare: &mut Vec<Vec<u8>>,
+) -> Result<Message, WireError> {
     fn json<T: for<'a> Deserialize<'a>>(kind: &'static str, p: &[u8]) -> Result<T, WireError> {
         serde_json::from_slice(p).map_err(|e| WireError::Malformed {
             kind,
@@ -286,7 +291,12 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message, WireError> {
                 offset: u64::from_le_bytes([
                     head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11],
                 ]),
-                data: data.to_vec(),
+                data: {
+                    let mut buf = spare.pop().unwrap_or_default();
+                    buf.clear();
+                    buf.extend_from_slice(data);
+                    buf
+                },
             })
         }
         5 => match payload {
@@ -316,7 +326,12 @@ pub struct Decoder {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Chunk buffers handed back by [`Decoder::recycle`], reused for the next chunks.
+    spare: Vec<Vec<u8>>,
 }
+
+/// Most chunk buffers a decoder keeps for reuse.
+const SPARE_BUFFERS: usize = 4;
 
 /// The smallest read [`Decoder::fill_from`] offers its reader.
 const MIN_READ: usize = 64 * 1024;
@@ -329,6 +344,7 @@ impl Decoder {
             buf: Vec::new(),
             start: 0,
             end: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -340,6 +356,7 @@ impl Decoder {
             buf: Vec::new(),
             start: 0,
             end: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -399,6 +416,14 @@ impl Decoder {
         }
     }
 
+    /// Hands back a chunk's data buffer once its contents are used, so the next chunk
+    /// reuses it instead of a fresh 1 MiB allocation (whose pages the kernel must zero).
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && buf.capacity() <= CHUNK_BYTES {
+            self.spare.push(buf);
+        }
+    }
+
     /// Bytes received but not yet decoded.
     pub fn pending(&self) -> usize {
         self.end - self.start
@@ -421,7 +446,7 @@ impl Decoder {
         let Some(payload) = avail.get(HEADER_LEN..HEADER_LEN + len) else {
             return Ok(None);
         };
-        let msg = decode_payload(kind, payload)?;
+        let msg = decode_payload(kind, payload, &mut self.spare)?;
         self.start += HEADER_LEN + len;
         if self.start == self.end {
             self.start = 0;
@@ -664,6 +689,36 @@ mod tests {
                 dec.buf.len()
             );
         }
+    }
+
+    #[test]
+    fn recycled_chunk_buffers_are_reused() {
+        let round = RoundId::new("fed", 2);
+        let mut bytes = Vec::new();
+        for offset in [0u64, 10] {
+            let m = Message::Chunk(Chunk {
+                attempt: 1,
+                offset,
+                data: vec![offset as u8; 1000],
+            });
+            encode(round, &m, &mut bytes);
+        }
+        let mut dec = Decoder::new(round);
+        dec.push(&bytes);
+        let Ok(Some(Message::Chunk(first))) = dec.next_message() else {
+            panic!("a chunk")
+        };
+        let at = first.data.as_ptr();
+        dec.recycle(first.data);
+        let Ok(Some(Message::Chunk(second))) = dec.next_message() else {
+            panic!("a chunk")
+        };
+        assert_eq!(
+            second.data.as_ptr(),
+            at,
+            "the recycled buffer carries the next chunk"
+        );
+        assert_eq!((second.offset, second.data), (10, vec![10u8; 1000]));
     }
 
     proptest! {

@@ -486,6 +486,7 @@ impl Session<'_> {
                         return Err(protocol(&self.rid, "sent a malformed result chunk".into()));
                     }
                     mean.extend_from_slice(&c.data);
+                    ch.recycle(c.data);
                     events(Event::Receiving {
                         bytes: mean.len() as u64,
                         total,

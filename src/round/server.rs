@@ -157,6 +157,8 @@ enum Inbound {
 /// Coordinator → connection thread.
 enum Outbound {
     Send(Message),
+    /// A chunk's buffer, absorbed and handed back for reuse.
+    Recycle(Vec<u8>),
     Result(Arc<Summed>),
     Close(Option<String>),
 }
@@ -440,7 +442,11 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
                 if chunk.attempt < c.attempt {
                     return Ok(Phase::Collecting(c)); // in flight before the restart
                 }
-                match c.absorb(&party, &chunk) {
+                let absorbed = c.absorb(&party, &chunk);
+                if let Some(m) = self.members.get(&party) {
+                    let _ = m.tx.send(Outbound::Recycle(chunk.data));
+                }
+                match absorbed {
                     Ok(words) => {
                         (self.events)(Event::Progress {
                             party: &party,
@@ -856,6 +862,7 @@ impl Link {
                             return lost(e);
                         }
                     }
+                    Ok(Outbound::Recycle(buf)) => ch.recycle(buf),
                     Ok(Outbound::Result(s)) => {
                         let sent = ch
                             .send(&Message::Outcome(s.outcome.clone()))
