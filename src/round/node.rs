@@ -455,29 +455,9 @@ impl Session<'_> {
                 "sent a result before any attempt".into(),
             ));
         };
-        if o.attempt != *attempt || o.participants != *participants {
-            return Err(protocol(
-                &self.rid,
-                format!(
-                    "sent the result of attempt {} but this node masked for attempt {attempt}",
-                    o.attempt
-                ),
-            ));
-        }
-        let total = self.layout.encoded_len();
-        if o.bytes != total {
-            return Err(protocol(
-                &self.rid,
-                format!("announced a mean of {} bytes, not {total}", o.bytes),
-            ));
-        }
-        let max_weight = participants.len() as u128 * u128::from(plan.params.max_weight);
-        if o.total_weight < self.p.weight || u128::from(o.total_weight) > max_weight {
-            return Err(protocol(
-                &self.rid,
-                format!("announced an impossible total weight {}", o.total_weight),
-            ));
-        }
+        check_outcome(o, *attempt, participants, plan, &self.layout, self.p.weight)
+            .map_err(|what| protocol(&self.rid, what))?;
+        let total = o.bytes;
         let mut mean = Vec::with_capacity(total as usize);
         loop {
             match ch.expect(self.p.timeout)? {
@@ -504,17 +484,148 @@ impl Session<'_> {
                 }
             }
         }
-        // A weighted mean of values clipped to [-c, c] lies in [-c, c] up to half a
-        // step of rounding; anything else is not the mean of this round.
-        let bound = plan.params.clip + plan.step();
-        if let Some(bad) =
-            tensor::decode_values(&self.layout, &mean).position(|v| v.is_nan() || v.abs() > bound)
-        {
-            return Err(protocol(
-                &self.rid,
-                format!("sent a mean whose value #{bad} lies outside the clip range ±{bound}"),
-            ));
-        }
+        check_mean(&self.layout, plan, &mean).map_err(|what| protocol(&self.rid, what))?;
         Ok(mean)
+    }
+}
+
+/// Checks a result announcement against what this node masked for; the fault if any.
+fn check_outcome(
+    o: &Outcome,
+    attempt: u32,
+    participants: &[PartyId],
+    plan: &Plan,
+    layout: &Layout,
+    own_weight: u64,
+) -> std::result::Result<(), String> {
+    if o.attempt != attempt || o.participants != participants {
+        return Err(format!(
+            "sent the result of attempt {} but this node masked for attempt {attempt}",
+            o.attempt
+        ));
+    }
+    let total = layout.encoded_len();
+    if o.bytes != total {
+        return Err(format!(
+            "announced a mean of {} bytes, not {total}",
+            o.bytes
+        ));
+    }
+    let max_weight = participants.len() as u128 * u128::from(plan.params.max_weight);
+    if o.total_weight < own_weight || u128::from(o.total_weight) > max_weight {
+        return Err(format!(
+            "announced an impossible total weight {}",
+            o.total_weight
+        ));
+    }
+    Ok(())
+}
+
+/// A weighted mean of values clipped to [-c, c] lies in [-c, c] up to half a step of
+/// rounding; anything else (or NaN) is not the mean of this round.
+fn check_mean(layout: &Layout, plan: &Plan, mean: &[u8]) -> std::result::Result<(), String> {
+    let bound = plan.params.clip + plan.step();
+    match tensor::decode_values(layout, mean).position(|v| v.is_nan() || v.abs() > bound) {
+        Some(bad) => Err(format!(
+            "sent a mean whose value #{bad} lies outside the clip range ±{bound}"
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quantize::QuantParams;
+    use crate::tensor::{Container, DType, TensorSpec};
+
+    fn layout() -> Layout {
+        Layout {
+            container: Container::Safetensors,
+            tensors: vec![
+                TensorSpec {
+                    name: "a".into(),
+                    shape: vec![3],
+                    dtype: DType::F64,
+                },
+                TensorSpec {
+                    name: "b".into(),
+                    shape: vec![2, 2],
+                    dtype: DType::F32,
+                },
+            ],
+        }
+    }
+
+    fn ids(names: &[&str]) -> Vec<PartyId> {
+        names.iter().map(|n| n.parse().expect("id")).collect()
+    }
+
+    #[test]
+    fn result_announcements_are_checked() {
+        let plan = Plan::new(QuantParams::default(), 3).expect("plan");
+        let p = ids(&["a", "b", "c"]);
+        let good = Outcome {
+            attempt: 2,
+            participants: p.clone(),
+            total_weight: 30,
+            bytes: 3 * 8 + 4 * 4,
+        };
+        assert_eq!(check_outcome(&good, 2, &p, &plan, &layout(), 10), Ok(()));
+        let bad = |o: Outcome| check_outcome(&o, 2, &p, &plan, &layout(), 10).expect_err("bad");
+        assert!(
+            bad(Outcome {
+                attempt: 1,
+                ..good.clone()
+            })
+            .contains("attempt 1")
+        );
+        assert!(
+            bad(Outcome {
+                participants: ids(&["a", "b"]),
+                ..good.clone()
+            })
+            .contains("attempt")
+        );
+        assert!(
+            bad(Outcome {
+                bytes: 39,
+                ..good.clone()
+            })
+            .contains("39 bytes, not 40")
+        );
+        // Less than our own weight, or more than 3 nodes can carry.
+        assert!(
+            bad(Outcome {
+                total_weight: 9,
+                ..good.clone()
+            })
+            .contains("impossible total weight 9")
+        );
+        assert!(
+            bad(Outcome {
+                total_weight: 3_000_001,
+                ..good
+            })
+            .contains("impossible")
+        );
+    }
+
+    #[test]
+    fn a_mean_outside_the_clip_range_is_refused() {
+        let plan = Plan::new(QuantParams::default(), 3).expect("plan");
+        let edge = 1.0 + plan.step() / 2.0;
+        let ok = tensor::encode_values(
+            &layout(),
+            [0.0, -1.0, edge, 0.5, -edge, 1.0, 0.25].into_iter(),
+        );
+        assert_eq!(check_mean(&layout(), &plan, &ok), Ok(()));
+        for (at, v) in [(1, 1.5), (5, -7.0), (6, f64::NAN), (0, f64::INFINITY)] {
+            let mut vals = vec![0.0; 7];
+            vals[at] = v;
+            let bytes = tensor::encode_values(&layout(), vals.into_iter());
+            let err = check_mean(&layout(), &plan, &bytes).expect_err("out of range");
+            assert!(err.contains(&format!("value #{at} ")), "{err}");
+        }
     }
 }
