@@ -476,9 +476,14 @@ impl Channel {
         self.peer = name;
     }
 
-    /// Hands back a received chunk's data buffer for reuse (see [`Decoder::recycle`]).
-    pub fn recycle(&mut self, buf: Vec<u8>) {
+    /// Hands back a received chunk's data buffer for reuse (see [`wire::Spares`]).
+    pub fn recycle(&self, buf: Vec<u8>) {
         self.dec.recycle(buf);
+    }
+
+    /// Takes chunk buffers from `spares`, shared with other channels, from now on.
+    pub fn share_spares(&mut self, spares: wire::Spares) {
+        self.dec.share_spares(spares);
     }
 
     /// The round of the frames received so far (set by the first frame).

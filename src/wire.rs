@@ -15,6 +15,8 @@
 //!
 //! The encoder and decoder of each message sit side by side below, with round-trip tests.
 
+use std::sync::{Arc, Mutex};
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -262,12 +264,8 @@ fn put_json<T: Serialize>(round: RoundId, kind: u8, m: &T, out: &mut Vec<u8>) {
 }
 
 /// Parses one payload.
-/// Decodes one payload; a chunk's data goes into a buffer from `spare` when there is one.
-fn decode_payload(
-    kind: u8,
-    payload: &[u8],
-    spare: &mut Vec<Vec<u8>>,
-) -> Result<Message, WireError> {
+/// Decodes one payload; a chunk's data goes into a buffer from `spares` when there is one.
+fn decode_payload(kind: u8, payload: &[u8], spares: &Spares) -> Result<Message, WireError> {
     fn json<T: for<'a> Deserialize<'a>>(kind: &'static str, p: &[u8]) -> Result<T, WireError> {
         serde_json::from_slice(p).map_err(|e| WireError::Malformed {
             kind,
@@ -292,8 +290,7 @@ fn decode_payload(
                     head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11],
                 ]),
                 data: {
-                    let mut buf = spare.pop().unwrap_or_default();
-                    buf.clear();
+                    let mut buf = spares.take();
                     buf.extend_from_slice(data);
                     buf
                 },
@@ -326,12 +323,42 @@ pub struct Decoder {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    /// Chunk buffers handed back by [`Decoder::recycle`], reused for the next chunks.
-    spare: Vec<Vec<u8>>,
+    /// Chunk buffers to reuse for the next chunks.
+    spares: Spares,
 }
 
-/// Most chunk buffers a decoder keeps for reuse.
-const SPARE_BUFFERS: usize = 4;
+/// Most chunk buffers a [`Spares`] keeps.
+const SPARE_BUFFERS: usize = 8;
+
+/// Chunk data buffers handed back once used, shared by any number of decoders (the
+/// researcher's connections share one), so chunks reuse warm 1 MiB buffers instead of
+/// fresh allocations whose pages the kernel must zero. It keeps at most 8 buffers,
+/// whatever the number of connections.
+#[derive(Clone, Default)]
+pub struct Spares(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Spares {
+    /// An empty buffer, recycled if one is available.
+    fn take(&self) -> Vec<u8> {
+        let mut buf = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut s| s.pop())
+            .unwrap_or_default();
+        buf.clear();
+        buf
+    }
+
+    /// Hands back a chunk's data buffer once its contents are used.
+    pub fn give(&self, buf: Vec<u8>) {
+        if let Ok(mut s) = self.0.lock() {
+            if s.len() < SPARE_BUFFERS && buf.capacity() <= CHUNK_BYTES {
+                s.push(buf);
+            }
+        }
+    }
+}
 
 /// The smallest read [`Decoder::fill_from`] offers its reader.
 const MIN_READ: usize = 64 * 1024;
@@ -344,7 +371,7 @@ impl Decoder {
             buf: Vec::new(),
             start: 0,
             end: 0,
-            spare: Vec::new(),
+            spares: Spares::default(),
         }
     }
 
@@ -356,7 +383,7 @@ impl Decoder {
             buf: Vec::new(),
             start: 0,
             end: 0,
-            spare: Vec::new(),
+            spares: Spares::default(),
         }
     }
 
@@ -416,12 +443,14 @@ impl Decoder {
         }
     }
 
-    /// Hands back a chunk's data buffer once its contents are used, so the next chunk
-    /// reuses it instead of a fresh 1 MiB allocation (whose pages the kernel must zero).
-    pub fn recycle(&mut self, buf: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFFERS && buf.capacity() <= CHUNK_BYTES {
-            self.spare.push(buf);
-        }
+    /// Takes chunk buffers from `spares` (shared with other decoders) from now on.
+    pub fn share_spares(&mut self, spares: Spares) {
+        self.spares = spares;
+    }
+
+    /// Hands back a chunk's data buffer once its contents are used (see [`Spares`]).
+    pub fn recycle(&self, buf: Vec<u8>) {
+        self.spares.give(buf);
     }
 
     /// Bytes received but not yet decoded.
@@ -446,7 +475,7 @@ impl Decoder {
         let Some(payload) = avail.get(HEADER_LEN..HEADER_LEN + len) else {
             return Ok(None);
         };
-        let msg = decode_payload(kind, payload, &mut self.spare)?;
+        let msg = decode_payload(kind, payload, &self.spares)?;
         self.start += HEADER_LEN + len;
         if self.start == self.end {
             self.start = 0;
@@ -709,7 +738,12 @@ mod tests {
             panic!("a chunk")
         };
         let at = first.data.as_ptr();
-        dec.recycle(first.data);
+        // Another decoder sharing the spares hands the buffer back.
+        let spares = Spares::default();
+        dec.share_spares(spares.clone());
+        let mut other = Decoder::new(round);
+        other.share_spares(spares);
+        other.recycle(first.data);
         let Ok(Some(Message::Chunk(second))) = dec.next_message() else {
             panic!("a chunk")
         };

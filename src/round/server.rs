@@ -26,7 +26,7 @@ use crate::quantize::{Plan, QuantParams};
 use crate::registry::Registry;
 use crate::tensor::{self, Container, Layout};
 use crate::transport::{self, Channel, Pins};
-use crate::wire::{Abort, Chunk, Hello, Message, Outcome, RoundId, Start};
+use crate::wire::{Abort, Chunk, Hello, Message, Outcome, RoundId, Spares, Start};
 
 /// What `round serve` needs.
 #[derive(Clone, Debug)]
@@ -157,8 +157,6 @@ enum Inbound {
 /// Coordinator → connection thread.
 enum Outbound {
     Send(Message),
-    /// A chunk's buffer, absorbed and handed back for reuse.
-    Recycle(Vec<u8>),
     Result(Arc<Summed>),
     Close(Option<String>),
 }
@@ -276,6 +274,8 @@ struct Coordinator<'p, F> {
     owners: HashMap<u64, PartyId>,
     dropped: Vec<(PartyId, String)>,
     layout: Option<Layout>,
+    /// Absorbed chunks' buffers go back here for the connections to reuse.
+    spares: Spares,
     events: F,
 }
 
@@ -324,18 +324,25 @@ pub fn serve(
     // A few chunks in flight at most, whatever the number of nodes.
     let (tx, rx) = mpsc::sync_channel::<Inbound>(8);
     let stop = Arc::new(AtomicBool::new(false));
+    let spares = Spares::default();
     let acceptor = {
-        let (stop, pins) = (stop.clone(), pins.clone());
+        let stop = stop.clone();
         let cap = 4 * nodes.len() + 8;
-        let timeout = params.timeout;
-        std::thread::spawn(move || {
-            accept_loop(
-                listener, config, round_id, timeout, pins, hello, tx, stop, cap,
-            );
-        })
+        let template = Link {
+            conn: 0,
+            config,
+            round: round_id,
+            timeout: params.timeout,
+            pins: pins.clone(),
+            hello,
+            events: tx,
+            spares: spares.clone(),
+        };
+        std::thread::spawn(move || accept_loop(listener, template, &stop, cap))
     };
     let mut c = Coordinator {
         params,
+        spares,
         invited: nodes.clone(),
         members: BTreeMap::new(),
         owners: HashMap::new(),
@@ -443,9 +450,7 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
                     return Ok(Phase::Collecting(c)); // in flight before the restart
                 }
                 let absorbed = c.absorb(&party, &chunk);
-                if let Some(m) = self.members.get(&party) {
-                    let _ = m.tx.send(Outbound::Recycle(chunk.data));
-                }
+                self.spares.give(chunk.data);
                 match absorbed {
                     Ok(words) => {
                         (self.events)(Event::Progress {
@@ -739,18 +744,9 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn accept_loop(
-    listener: TcpListener,
-    config: Arc<ServerConfig>,
-    round: RoundId,
-    timeout: Duration,
-    pins: Arc<Pins>,
-    hello: Hello,
-    events: SyncSender<Inbound>,
-    stop: Arc<AtomicBool>,
-    cap: usize,
-) {
+/// Accepts connections until `stop`, each on its own thread running a copy of
+/// `template` with a fresh connection number.
+fn accept_loop(listener: TcpListener, template: Link, stop: &AtomicBool, cap: usize) {
     if listener.set_nonblocking(true).is_err() {
         return;
     }
@@ -761,7 +757,7 @@ fn accept_loop(
         match listener.accept() {
             Ok((sock, addr)) => {
                 if active.load(Ordering::Relaxed) >= cap || sock.set_nonblocking(false).is_err() {
-                    let _ = events.send(Inbound::Refused {
+                    let _ = template.events.send(Inbound::Refused {
                         addr: addr.to_string(),
                         reason: "too many connections".into(),
                     });
@@ -771,12 +767,7 @@ fn accept_loop(
                 active.fetch_add(1, Ordering::Relaxed);
                 let link = Link {
                     conn: next_conn,
-                    config: config.clone(),
-                    round,
-                    timeout,
-                    pins: pins.clone(),
-                    hello: hello.clone(),
-                    events: events.clone(),
+                    ..template.clone()
                 };
                 let active = active.clone();
                 threads.push(std::thread::spawn(move || {
@@ -789,13 +780,14 @@ fn accept_loop(
         }
         threads.retain(|t| !t.is_finished());
     }
-    drop(events);
+    drop(template);
     for t in threads {
         let _ = t.join();
     }
 }
 
 /// One connection's thread: TLS, framing, and the link to the coordinator.
+#[derive(Clone)]
 struct Link {
     conn: u64,
     config: Arc<ServerConfig>,
@@ -804,6 +796,7 @@ struct Link {
     pins: Arc<Pins>,
     hello: Hello,
     events: SyncSender<Inbound>,
+    spares: Spares,
 }
 
 impl Link {
@@ -827,6 +820,7 @@ impl Link {
             return;
         };
         ch.set_peer(format!("{party} ({addr})"));
+        ch.share_spares(self.spares.clone());
         let (tx, rx) = mpsc::channel();
         let conn = self.conn;
         if self
@@ -862,7 +856,6 @@ impl Link {
                             return lost(e);
                         }
                     }
-                    Ok(Outbound::Recycle(buf)) => ch.recycle(buf),
                     Ok(Outbound::Result(s)) => {
                         let sent = ch
                             .send(&Message::Outcome(s.outcome.clone()))
