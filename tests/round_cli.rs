@@ -344,6 +344,54 @@ fn node_killed_before_sending_npy_survivors_get_their_mean() {
 }
 
 #[test]
+fn two_nodes_dying_together_cost_one_attempt() {
+    // With the default --max-attempts 2, two losses handled one by one would need
+    // attempt 3 and fail; the researcher waits briefly for further losses instead.
+    let fed = federation(5);
+    let layout = npy(30_000);
+    let inputs = write_inputs(&fed, &layout);
+    let weights = [3u64, 1, 4, 1, 5];
+    let out = fed.lab.path("mean.npy");
+    let server = serve(&fed, &out, &["--min-nodes", "3", "-v"]);
+    let honest: Vec<Proc> = (0..3)
+        .map(|i| join(&fed, i, &inputs[i].0, weights[i], &[]))
+        .collect();
+    let victims: Vec<Proc> = (3..5)
+        .map(|i| {
+            join(
+                &fed,
+                i,
+                &inputs[i].0,
+                weights[i],
+                &["--insecure-test-stall-after-bytes", "0"],
+            )
+        })
+        .collect();
+    for v in &victims {
+        v.wait_for("test stall");
+    }
+    for i in 1..=3 {
+        server.wait_for(&format!("node_{i} delivered its update"));
+    }
+    for v in victims {
+        v.kill9();
+    }
+    for (i, n) in honest.into_iter().enumerate() {
+        let (code, err) = n.finish();
+        assert_eq!(code, Some(0), "node {i}: {err}");
+        assert!(err.contains("complete at attempt 2"), "node {i}: {err}");
+    }
+    let (code, err) = server.finish();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("attempt 2: 3 participant(s) [node_1, node_2, node_3]"),
+        "{err}"
+    );
+    assert!(!err.contains("attempt 3"), "{err}");
+    assert_mean(&read_all(&out), &inputs, &weights, &[0, 1, 2]);
+}
+
+#[test]
 fn two_drops_below_min_nodes_fail_cleanly_everywhere() {
     let fed = federation(5);
     let layout = npy(20_000);

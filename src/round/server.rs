@@ -191,6 +191,18 @@ pub struct Collecting {
     deadline: Instant,
 }
 
+/// An attempt lost a participant before it delivered. Its partial sum is gone; the
+/// researcher waits [`SETTLE`] for other losses before restarting, so nodes that die
+/// together (a site going offline) cost one attempt, not one each.
+pub struct Settling {
+    attempt: u32,
+    participants: Vec<PartyId>,
+    deadline: Instant,
+}
+
+/// How long a broken attempt waits for further losses before restarting.
+const SETTLE: Duration = Duration::from_millis(500);
+
 /// Every participant of the attempt delivered every word.
 pub struct Complete {
     attempt: u32,
@@ -202,6 +214,7 @@ pub struct Complete {
 enum Phase {
     Gathering(Gathering),
     Collecting(Collecting),
+    Settling(Settling),
     Complete(Complete),
 }
 
@@ -251,6 +264,11 @@ impl Collecting {
 
     fn is_complete(&self) -> bool {
         self.delivered.len() == self.participants.len()
+    }
+
+    /// Gives up this attempt: frees its partial sum, keeps who took part.
+    fn abandon(self) -> (u32, Vec<PartyId>) {
+        (self.attempt, self.participants)
     }
 
     /// Moves to [`Complete`], the proof that every input is in, once it is.
@@ -367,6 +385,7 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
             let deadline = match &phase {
                 Phase::Gathering(g) => g.deadline,
                 Phase::Collecting(c) => c.deadline,
+                Phase::Settling(s) => s.deadline,
                 Phase::Complete(_) => break,
             };
             let wait = deadline.saturating_duration_since(Instant::now());
@@ -462,6 +481,13 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
                     }
                     Err(what) => self.drop_member(Phase::Collecting(c), &party, &what),
                 }
+            }
+            (Phase::Settling(s), Message::Chunk(chunk)) if chunk.attempt <= s.attempt => {
+                self.spares.give(chunk.data); // for the broken attempt: discarded
+                Ok(Phase::Settling(s))
+            }
+            (Phase::Settling(s), Message::Done { attempt }) if attempt <= s.attempt => {
+                Ok(Phase::Settling(s))
             }
             (Phase::Collecting(mut c), Message::Done { attempt }) => {
                 if attempt < c.attempt {
@@ -575,8 +601,10 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
                 for id in &slow {
                     self.remove(id, &format!("did not deliver within {secs} s"));
                 }
-                self.restart(c)
+                let (attempt, participants) = c.abandon();
+                self.restart(attempt, &participants)
             }
+            Phase::Settling(s) => self.restart(s.attempt, &s.participants),
             Phase::Complete(done) => Ok(Phase::Complete(done)),
         }
     }
@@ -588,11 +616,30 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
             Phase::Collecting(c)
                 if c.participants.contains(party) && !c.delivered.contains(party) =>
             {
-                self.restart(c)
+                let (attempt, participants) = c.abandon();
+                self.check_enough(self.survivors(&participants).len())?;
+                Ok(Phase::Settling(Settling {
+                    attempt,
+                    participants,
+                    deadline: Instant::now() + SETTLE,
+                }))
+            }
+            Phase::Settling(s) => {
+                self.check_enough(self.survivors(&s.participants).len())?;
+                Ok(Phase::Settling(s))
             }
             Phase::Gathering(g) => self.start_if_settled(Phase::Gathering(g)),
             other => Ok(other),
         }
+    }
+
+    /// The participants still connected.
+    fn survivors(&self, participants: &[PartyId]) -> Vec<PartyId> {
+        participants
+            .iter()
+            .filter(|p| self.members.contains_key(*p))
+            .cloned()
+            .collect()
     }
 
     fn remove(&mut self, party: &PartyId, reason: &str) {
@@ -615,23 +662,17 @@ impl<F: FnMut(Event<'_>)> Coordinator<'_, F> {
         Ok(())
     }
 
-    /// The sum of this attempt is discarded; the survivors re-mask under attempt+1.
-    fn restart(&mut self, c: Collecting) -> Result<Phase> {
-        let survivors: Vec<PartyId> = c
-            .participants
-            .iter()
-            .filter(|p| self.members.contains_key(*p))
-            .cloned()
-            .collect();
+    /// The sum of `attempt` is discarded; the survivors re-mask under attempt+1.
+    fn restart(&mut self, attempt: u32, participants: &[PartyId]) -> Result<Phase> {
+        let survivors = self.survivors(participants);
         self.check_enough(survivors.len())?;
-        let attempt = c.attempt + 1;
+        let attempt = attempt + 1;
         if attempt > self.params.max_attempts {
             return Err(Error::AttemptCap {
                 attempt,
                 max: self.params.max_attempts,
             });
         }
-        drop(c);
         self.start(attempt, survivors).map(Phase::Collecting)
     }
 
