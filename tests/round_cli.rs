@@ -278,13 +278,27 @@ fn three_nodes_npy_round_matches_plain_mean_everywhere() {
 }
 
 /// Five nodes; node 5 is killed with SIGKILL after it stalled at `stall_after` bytes.
+/// Waits for nodes that must all succeed at attempt 2; returns their stderr.
+fn finish_at_attempt_2(nodes: Vec<Proc>) -> Vec<String> {
+    nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let (code, err) = n.finish();
+            assert_eq!(code, Some(0), "node {i}: {err}");
+            assert!(err.contains("complete at attempt 2"), "node {i}: {err}");
+            err
+        })
+        .collect()
+}
+
 fn five_nodes_one_killed(layout: Layout, stall_after: &str, expect_partial: bool) {
     let fed = federation(5);
     let inputs = write_inputs(&fed, &layout);
     let weights = [2u64, 4, 6, 8, 10];
     let out = fed.lab.path(&format!("mean.{}", ext(&layout)));
     let server = serve(&fed, &out, &["--min-nodes", "3", "-v"]);
-    let mut nodes: Vec<Proc> = (0..4)
+    let nodes: Vec<Proc> = (0..4)
         .map(|i| join(&fed, i, &inputs[i].0, weights[i], &[]))
         .collect();
     let victim = join(
@@ -304,14 +318,11 @@ fn five_nodes_one_killed(layout: Layout, stall_after: &str, expect_partial: bool
         server.wait_for(&format!("node_{i} delivered its update"));
     }
     victim.kill9();
-    for (i, n) in nodes.drain(..).enumerate() {
-        let (code, err) = n.finish();
-        assert_eq!(code, Some(0), "node {i}: {err}");
+    for err in finish_at_attempt_2(nodes) {
         assert!(
             err.contains("attempt 2: masking for 4 participant(s)"),
             "{err}"
         );
-        assert!(err.contains("complete at attempt 2"), "{err}");
     }
     let (code, err) = server.finish();
     assert_eq!(code, Some(0), "{err}");
@@ -376,11 +387,7 @@ fn two_nodes_dying_together_cost_one_attempt() {
     for v in victims {
         v.kill9();
     }
-    for (i, n) in honest.into_iter().enumerate() {
-        let (code, err) = n.finish();
-        assert_eq!(code, Some(0), "node {i}: {err}");
-        assert!(err.contains("complete at attempt 2"), "node {i}: {err}");
-    }
+    finish_at_attempt_2(honest);
     let (code, err) = server.finish();
     assert_eq!(code, Some(0), "{err}");
     assert!(
@@ -461,11 +468,7 @@ fn slow_node_times_out_and_survivors_rerun() {
             "6",
         ],
     );
-    for (i, n) in nodes.into_iter().enumerate() {
-        let (code, err) = n.finish();
-        assert_eq!(code, Some(0), "node {i}: {err}");
-        assert!(err.contains("complete at attempt 2"), "{err}");
-    }
+    finish_at_attempt_2(nodes);
     let (code, err) = server.finish();
     assert_eq!(code, Some(0), "{err}");
     assert!(
