@@ -1,6 +1,7 @@
 //! Rounds over mutual TLS on loopback, with real `secagg` processes: honest rounds on
 //! .npy and .safetensors, nodes killed with SIGKILL, slow and hostile peers, refused
-//! certificates and replays. Every mean is checked against one computed here.
+//! certificates, replays, and a lying researcher. Every mean is checked against one
+//! computed here.
 
 mod common;
 
@@ -526,6 +527,135 @@ fn rogue(home: &Path, port: u16, bytes: Vec<u8>) -> String {
         Ok(Some(Message::Abort(a))) => a.reason,
         other => format!("{other:?}"),
     }
+}
+
+/// What a lying researcher does to the node it is talking to.
+#[derive(Clone, Copy)]
+enum Lie {
+    /// Announces a word width the parameters do not give.
+    WordBytes,
+    /// Returns a mean with a value far outside the clip range.
+    OutOfRange,
+    /// Returns a total weight below the node's own weight.
+    Weight,
+}
+
+/// A researcher (with the real researcher's certificate) that runs one attempt with
+/// every node and then lies to node_i as `lies[i - 1]` says.
+fn lying_researcher(fed: &Fed, lies: Vec<Lie>) -> std::thread::JoinHandle<()> {
+    let home = Home::new(&fed.researcher.home);
+    let me = home.load_identity().expect("identity");
+    let reg = secagg::registry::Registry::open_existing(&home.registry_path())
+        .expect("registry")
+        .expect("exists");
+    let ids: Vec<secagg::identity::PartyId> = (1..=fed.nodes.len())
+        .map(|i| format!("node_{i}").parse().expect("id"))
+        .collect();
+    let mut pins = Pins::default();
+    for id in &ids {
+        let (_, der) = reg.get(id).expect("get").expect("registered");
+        pins.insert(
+            id.clone(),
+            &secagg::certificate::PeerCertificate::from_der(&der).expect("cert"),
+        );
+    }
+    let config = transport::server_config(&me, pins.clone()).expect("config");
+    let listener = std::net::TcpListener::bind(("127.0.0.1", fed.port)).expect("bind");
+    std::thread::spawn(move || {
+        let round = RoundId::new("fed", 1);
+        let quant = secagg::quantize::QuantParams::default();
+        let plan = secagg::quantize::Plan::new(quant, ids.len()).expect("plan");
+        let links: Vec<_> = (0..lies.len())
+            .map(|_| {
+                let (sock, _) = listener.accept().expect("accept");
+                let (config, ids, me) = (config.clone(), ids.clone(), me.config.party_id.clone());
+                let (pins, lies) = (pins.clone(), lies.clone());
+                std::thread::spawn(move || {
+                    let wait = Duration::from_secs(20);
+                    let (mut ch, der) = Channel::accept(sock, config, round, wait).expect("tls");
+                    let party = pins.party_of(&der).expect("pinned");
+                    let lie = lies[ids.iter().position(|id| id == party).expect("invited")];
+                    ch.send(&Message::Hello(wire::Hello {
+                        researcher: me,
+                        federation: "fed".into(),
+                        round: 1,
+                    }))
+                    .expect("hello");
+                    let Message::Join(j) = ch.expect(wait).expect("join") else {
+                        panic!("expected join")
+                    };
+                    let width = match lie {
+                        Lie::WordBytes => plan.wire_bytes() + 1,
+                        _ => plan.wire_bytes(),
+                    };
+                    ch.send(&Message::Start(wire::Start {
+                        attempt: 1,
+                        participants: ids.clone(),
+                        label: "update".into(),
+                        quant,
+                        modulus: plan.modulus,
+                        word_bytes: width,
+                        layout: j.layout.clone(),
+                    }))
+                    .expect("start");
+                    if let Lie::WordBytes = lie {
+                        // The node refuses before masking, and says why.
+                        let _ = ch.recv(wait);
+                        return;
+                    }
+                    while !matches!(ch.expect(wait).expect("update"), Message::Done { .. }) {}
+                    let n = j.layout.elements() as usize;
+                    let mut values = vec![0.25; n];
+                    let total_weight = match lie {
+                        Lie::OutOfRange => {
+                            values[n / 2] = 5.0;
+                            30
+                        }
+                        _ => 1,
+                    };
+                    let mean = tensor::encode_values(&j.layout, values.into_iter());
+                    ch.send(&Message::Outcome(wire::Outcome {
+                        attempt: 1,
+                        participants: ids,
+                        total_weight,
+                        bytes: mean.len() as u64,
+                    }))
+                    .expect("outcome");
+                    let _ = ch.send_bytes(1, 1, &mean);
+                    let _ = ch.recv(Duration::from_secs(2));
+                })
+            })
+            .collect();
+        for l in links {
+            l.join().expect("link");
+        }
+    })
+}
+
+#[test]
+fn nodes_refuse_a_lying_researchers_start_or_result_and_write_nothing() {
+    let fed = federation(3);
+    let layout = npy(5_000);
+    let inputs = write_inputs(&fed, &layout);
+    let fake = lying_researcher(&fed, vec![Lie::OutOfRange, Lie::Weight, Lie::WordBytes]);
+    let nodes: Vec<Proc> = (0..3)
+        .map(|i| join(&fed, i, &inputs[i].0, 10, &[]))
+        .collect();
+    let expected = [
+        "broke the round protocol: sent a mean whose value #2500 lies outside the clip range",
+        "broke the round protocol: announced an impossible total weight 1",
+        "refused round 1 attempt 1: the announced modulus does not fit the announced parameters",
+    ];
+    for (i, n) in nodes.into_iter().enumerate() {
+        let (code, err) = n.finish();
+        assert_eq!(code, Some(1), "node {i}: {err}");
+        assert!(err.contains(expected[i]), "node {i}: {err}");
+        assert!(
+            !fed.lab.path(&format!("mean_at_{i}.npy")).exists(),
+            "node {i} wrote a mean"
+        );
+    }
+    fake.join().expect("fake researcher");
 }
 
 #[test]
