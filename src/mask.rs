@@ -113,15 +113,24 @@ pub fn prg_at(key: &MaskKey, offset: u64) -> Prg {
 
 /// Adds (or subtracts) every peer's mask into `words`, using `threads` threads.
 pub fn apply_masks<W: Word>(words: &mut [W], masks: &[PeerMask], threads: usize) {
+    apply_masks_at(words, 0, masks, threads);
+}
+
+/// Like [`apply_masks`], for a slice that starts at element `start` of the whole vector
+/// (masking a vector block by block as it streams).
+pub fn apply_masks_at<W: Word>(words: &mut [W], start: u64, masks: &[PeerMask], threads: usize) {
     if words.is_empty() || masks.is_empty() {
         return;
     }
     let threads = threads.clamp(1, 256);
+    if threads == 1 {
+        return apply_range(words, start, masks);
+    }
     let per = words.len().div_ceil(threads);
     std::thread::scope(|s| {
         for (i, chunk) in words.chunks_mut(per).enumerate() {
-            let start = (i * per) as u64;
-            s.spawn(move || apply_range(chunk, start, masks));
+            let at = start + (i * per) as u64;
+            s.spawn(move || apply_range(chunk, at, masks));
         }
     });
 }

@@ -357,6 +357,12 @@ pub fn mask_update(
             me, &plan, &ctx, &masks, input, weight, threads,
         )?),
     };
+    journal(reg, &ctx, now)?;
+    Ok(result)
+}
+
+/// Records in the journal that this node masked under `ctx`.
+fn journal(reg: &mut Registry, ctx: &MaskContext, now: i64) -> Result<()> {
     let ids: Vec<&str> = ctx.participants.iter().map(PartyId::as_str).collect();
     reg.journal_mask(
         &ctx.federation,
@@ -366,7 +372,92 @@ pub fn mask_update(
         &ids.join(","),
         now,
     )?;
-    Ok(result)
+    Ok(())
+}
+
+/// Why [`stream_update`] stopped early.
+#[derive(Debug)]
+pub enum Stopped<E> {
+    /// Reading, quantizing, the registry or the journal failed.
+    Masking(Error),
+    /// `emit` failed.
+    Emit(E),
+}
+
+impl<E> From<Error> for Stopped<E> {
+    fn from(e: Error) -> Self {
+        Stopped::Masking(e)
+    }
+}
+
+/// What [`stream_update`] streamed.
+#[derive(Debug)]
+pub struct Streamed {
+    /// The update's layout as read.
+    pub layout: tensor::Layout,
+    /// Values that were outside [-clip, clip] and were clipped.
+    pub clipped: u64,
+}
+
+/// The network round's form of [`mask_update`]: the same checks, then the journal entry
+/// (before any masked word exists), then the update read, quantized, weighted and
+/// masked `block` words at a time, each block handed to `emit` with its offset. Memory
+/// is one block, whatever the update's size. `W` must be the plan's word.
+#[allow(clippy::too_many_arguments)]
+pub fn stream_update<W: Word, E>(
+    me: &Identity,
+    reg: &mut Registry,
+    spec: &RoundSpec,
+    input: &Path,
+    weight: u64,
+    threads: usize,
+    now: i64,
+    block: usize,
+    mut emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
+) -> std::result::Result<Streamed, Stopped<E>> {
+    let (plan, ctx) = prepare(me, reg, spec, weight)?;
+    if plan.modulus.word_bytes() != W::BYTES {
+        return Err(Error::Malformed {
+            path: input.to_owned(),
+            reason: format!(
+                "{}-byte words for modulus 2^{} (our bug)",
+                W::BYTES,
+                plan.modulus.bits()
+            ),
+        }
+        .into());
+    }
+    let masks = peer_masks(me, reg, &ctx)?;
+    journal(reg, &ctx, now)?;
+    let block = block.max(1);
+    let w = weight as i64; // weight <= max_weight, and the plan bounds weight * L < 2^63
+    let mut buf: Vec<W> = Vec::with_capacity(block);
+    let mut offset = 0u64;
+    let mut clipped = 0u64;
+    let mut flush = |buf: &mut Vec<W>, offset: &mut u64| {
+        mask::apply_masks_at(buf, *offset, &masks, threads);
+        emit(*offset, buf)?;
+        *offset += buf.len() as u64;
+        buf.clear();
+        Ok(())
+    };
+    let layout = tensor::read_values(input, |x: f64| {
+        if !x.is_finite() {
+            let at = offset + buf.len() as u64;
+            return Err(Stopped::Masking(quantize::Error::NonFinite(at).into()));
+        }
+        let (q, c) = plan.quantize(x);
+        clipped += u64::from(c);
+        buf.push(W::from_i64(q * w));
+        if buf.len() == block {
+            flush(&mut buf, &mut offset).map_err(Stopped::Emit)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| Stopped::Masking(e.into()))??;
+    buf.push(W::from_u64(weight));
+    flush(&mut buf, &mut offset).map_err(Stopped::Emit)?;
+    Ok(Streamed { layout, clipped })
 }
 
 fn quantize_and_mask<W: Word>(

@@ -506,30 +506,25 @@ impl Channel {
         self.dec.round().unwrap_or_else(|| RoundId::new("", 0))
     }
 
-    /// Sends `words`, each reduced to its low `width` bytes (1..=`W::BYTES`,
-    /// little-endian), as chunk frames of `attempt`, then `Done`. `progress` sees the
-    /// bytes sent so far; returning `false` from it stops early (for fault-injection
-    /// tests) and makes this return `Ok(false)`.
+    /// Sends `words`, the part of an update that starts at word `offset`, as chunk
+    /// frames of `attempt`, each word reduced to its low `width` bytes (1..=`W::BYTES`,
+    /// little-endian). The caller sends `Done` after the last part.
     pub fn send_words<W: Word>(
         &mut self,
         attempt: u32,
+        offset: u64,
         words: &[W],
         width: usize,
-        mut progress: impl FnMut(u64) -> bool,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         let width = width.clamp(1, W::BYTES);
         let per = wire::CHUNK_BYTES / width;
         let round = self.round_id();
         let mut out = std::mem::take(&mut self.out);
-        let mut sent = 0u64;
         for (i, chunk) in words.chunks(per).enumerate() {
-            if !progress(sent) {
-                self.out = out;
-                return Ok(false);
-            }
             out.clear();
             let len = chunk.len() * width;
-            wire::encode_chunk_head(round, attempt, (i * per) as u64, len, &mut out);
+            let at = offset + (i * per) as u64;
+            wire::encode_chunk_head(round, attempt, at, len, &mut out);
             let head = out.len();
             out.resize(head + len, 0);
             if width == W::BYTES {
@@ -545,12 +540,9 @@ impl Channel {
                 self.out = out;
                 return Err(e);
             }
-            sent += len as u64;
         }
         self.out = out;
-        progress(sent);
-        self.send(&Message::Done { attempt })?;
-        Ok(true)
+        Ok(())
     }
 
     /// Sends already little-endian bytes as chunk frames of `attempt`, then `Done`.

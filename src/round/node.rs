@@ -8,12 +8,14 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{Error, LABEL, MAX_ELEMENTS, Result};
 use crate::certificate::{PeerCertificate, unix_secs};
 use crate::identity::{Identity, PartyId, Role};
-use crate::masked::{self, AnyMasked, RoundSpec};
+use crate::mask::Word;
+use crate::masked::{self, RoundSpec, Stopped, Streamed};
+use crate::quantize::Modulus;
 use crate::quantize::Plan;
 use crate::registry::Registry;
 use crate::tensor::{self, Layout};
 use crate::transport::{self, Channel, Pins};
-use crate::wire::{Abort, Join, Message, Outcome, RoundId, Start};
+use crate::wire::{self, Abort, Join, Message, Outcome, RoundId, Start};
 
 /// What `round join` needs.
 #[derive(Clone, Debug)]
@@ -386,59 +388,47 @@ impl Session<'_> {
             quant: s.quant,
         };
         let t = Instant::now();
-        let now = unix_secs(SystemTime::now());
-        // Checks registrations and the journal, and journals before returning.
-        let masked = masked::mask_update(
-            self.me,
-            reg,
-            &spec,
-            &self.p.input,
-            self.p.weight,
-            self.p.threads,
-            now,
-        )
-        .map_err(|e| match e {
-            masked::Error::Registry(_) | masked::Error::UnknownParticipant { .. } => {
-                refused(e.to_string())
+        let width = plan.wire_bytes();
+        let total = (self.layout.elements() + 1) * width as u64;
+        // Checks registrations and the journal, journals, then reads, masks and sends
+        // one chunk at a time.
+        let (me, p) = (self.me, self.p);
+        let streamed = match plan.modulus {
+            Modulus::M32 => stream::<u32>(me, p, reg, ch, &spec, width, total, events),
+            Modulus::M64 => stream::<u64>(me, p, reg, ch, &spec, width, total, events),
+        };
+        let streamed = match streamed {
+            Ok(done) => done,
+            Err(Stopped::Masking(e)) => {
+                return Err(match e {
+                    masked::Error::Registry(_) | masked::Error::UnknownParticipant { .. } => {
+                        refused(e.to_string())
+                    }
+                    other => other.into(),
+                });
             }
-            other => other.into(),
-        })?;
+            Err(Stopped::Emit(e)) => {
+                // The researcher may have ended the round while we were sending: its
+                // abort, if it arrived, says why better than the broken connection does.
+                return Err(match ch.recv(Duration::from_millis(500)) {
+                    Ok(Some(Message::Abort(a))) => Error::Aborted(a.reason),
+                    _ => e.into(),
+                });
+            }
+        };
+        if streamed.layout != self.layout {
+            return Err(Error::Protocol {
+                peer: "this node".into(),
+                what: format!("{} changed during the round", self.p.input.display()),
+            });
+        }
         events(Event::Masked {
             values: self.layout.elements(),
-            clipped: masked.clipped(),
+            clipped: streamed.clipped,
             clip: s.quant.clip,
             secs: t.elapsed().as_secs_f64(),
         });
-        let stall = self.p.stall;
-        let mut stalled = false;
-        let mut progress = |sent: u64, total: u64| {
-            events(Event::Sending { sent, total });
-            if let Some(st) = stall.filter(|st| !stalled && sent >= st.after_bytes) {
-                stalled = true;
-                events(Event::Stalling(st.secs));
-                std::thread::sleep(Duration::from_secs(st.secs));
-            }
-            true
-        };
-        let width = plan.wire_bytes();
-        let sent = match &masked {
-            AnyMasked::M32(m) => {
-                let total = (m.words.len() * width) as u64;
-                ch.send_words(s.attempt, &m.words, width, |sent| progress(sent, total))
-            }
-            AnyMasked::M64(m) => {
-                let total = (m.words.len() * width) as u64;
-                ch.send_words(s.attempt, &m.words, width, |sent| progress(sent, total))
-            }
-        };
-        if let Err(e) = sent {
-            // The researcher may have ended the round while we were sending: its abort,
-            // if it arrived, says why better than the broken connection does.
-            return Err(match ch.recv(Duration::from_millis(500)) {
-                Ok(Some(Message::Abort(a))) => Error::Aborted(a.reason),
-                _ => e.into(),
-            });
-        }
+        ch.send(&Message::Done { attempt: s.attempt })?;
         self.last = Some((s.attempt, s.participants, plan));
         Ok(())
     }
@@ -487,6 +477,46 @@ impl Session<'_> {
         check_mean(&self.layout, plan, &mean).map_err(|what| protocol(&self.rid, what))?;
         Ok(mean)
     }
+}
+
+/// Masks this node's update for `spec` and sends it as it is produced (see
+/// [`masked::stream_update`]), with progress events and the test-only stall.
+#[allow(clippy::too_many_arguments)]
+fn stream<W: Word>(
+    me: &Identity,
+    p: &JoinParams,
+    reg: &mut Registry,
+    ch: &mut Channel,
+    spec: &RoundSpec,
+    width: usize,
+    total: u64,
+    events: &mut impl FnMut(Event<'_>),
+) -> std::result::Result<Streamed, Stopped<transport::Error>> {
+    let now = unix_secs(SystemTime::now());
+    let mut sent = 0u64;
+    let mut stalled = false;
+    let block = wire::CHUNK_BYTES / width;
+    masked::stream_update::<W, transport::Error>(
+        me,
+        reg,
+        spec,
+        &p.input,
+        p.weight,
+        p.threads,
+        now,
+        block,
+        |offset, words| {
+            if let Some(st) = p.stall.filter(|st| !stalled && sent >= st.after_bytes) {
+                stalled = true;
+                events(Event::Stalling(st.secs));
+                std::thread::sleep(Duration::from_secs(st.secs));
+            }
+            ch.send_words(spec.attempt, offset, words, width)?;
+            sent += (words.len() * width) as u64;
+            events(Event::Sending { sent, total });
+            Ok(())
+        },
+    )
 }
 
 /// Checks a result announcement against what this node masked for; the fault if any.
