@@ -441,18 +441,21 @@ pub fn stream_update<W: Word, E>(
         buf.clear();
         Ok(())
     };
-    let layout = tensor::read_values(input, |x: f64| {
-        if !x.is_finite() {
-            let at = offset + buf.len() as u64;
-            return Err(Stopped::Masking(quantize::Error::NonFinite(at).into()));
+    let layout = tensor::read_value_blocks(input, |_| {
+        |mut xs: &[f64]| -> std::result::Result<(), Stopped<E>> {
+            while !xs.is_empty() {
+                let (now, rest) = xs.split_at(xs.len().min(block - buf.len()));
+                let at = offset + buf.len() as u64;
+                clipped += plan.quantize_into(now, w, &mut buf).map_err(|i| {
+                    Stopped::Masking(quantize::Error::NonFinite(at + i as u64).into())
+                })?;
+                if buf.len() == block {
+                    flush(&mut buf, &mut offset).map_err(Stopped::Emit)?;
+                }
+                xs = rest;
+            }
+            Ok(())
         }
-        let (q, c) = plan.quantize(x);
-        clipped += u64::from(c);
-        buf.push(W::from_i64(q * w));
-        if buf.len() == block {
-            flush(&mut buf, &mut offset).map_err(Stopped::Emit)?;
-        }
-        Ok(())
     })
     .map_err(|e| Stopped::Masking(e.into()))??;
     buf.push(W::from_u64(weight));
@@ -472,16 +475,14 @@ fn quantize_and_mask<W: Word>(
     let mut words: Vec<W> = Vec::new();
     let mut clipped = 0u64;
     let w = weight as i64; // weight <= max_weight, and the plan bounds weight * L < 2^63
-    let layout = tensor::read_values_with_layout(input, |layout| {
+    let layout = tensor::read_value_blocks(input, |layout| {
         words.reserve_exact(layout.elements() as usize + 1);
-        |x: f64| {
-            if !x.is_finite() {
-                return Err(quantize::Error::NonFinite(words.len() as u64));
-            }
-            let (q, c) = plan.quantize(x);
-            clipped += u64::from(c);
-            words.push(W::from_i64(q * w));
-            Ok(())
+        |xs: &[f64]| {
+            let at = words.len();
+            clipped += plan
+                .quantize_into(xs, w, &mut words)
+                .map_err(|i| quantize::Error::NonFinite((at + i) as u64))?;
+            Ok::<(), quantize::Error>(())
         }
     })??;
     words.push(W::from_u64(weight));

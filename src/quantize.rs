@@ -213,6 +213,32 @@ impl Plan {
     }
 
     /// Decodes a weighted sum `S` (as a signed integer) with total weight `W`.
+    /// [`Plan::quantize`] over a block, times `weight`, appended to `out` as words of
+    /// `W`; one tight loop with the checks folded in. Returns the number of clipped
+    /// values, or the index in `xs` of the first non-finite value (then `out` holds
+    /// garbage for this block and must be discarded).
+    pub fn quantize_into<W: crate::mask::Word>(
+        &self,
+        xs: &[f64],
+        weight: i64,
+        out: &mut Vec<W>,
+    ) -> Result<u64, usize> {
+        let c = self.params.clip;
+        let l = levels(self.params.bits) as f64;
+        let mut clipped = 0u64;
+        let mut finite = true;
+        out.extend(xs.iter().map(|&x| {
+            finite &= x.is_finite();
+            clipped += u64::from(x.abs() > c);
+            W::from_i64(round_half_away(x.clamp(-c, c) / c * l).wrapping_mul(weight))
+        }));
+        if finite {
+            Ok(clipped)
+        } else {
+            Err(xs.iter().position(|x| !x.is_finite()).unwrap_or(0))
+        }
+    }
+
     pub fn decode_mean(&self, sum: i64, total_weight: u64) -> f64 {
         sum as f64 * self.step() / total_weight as f64
     }
@@ -350,6 +376,27 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn quantize_into_matches_quantize(xs in proptest::collection::vec(-3.0f64..3.0, 0..200),
+                                          bits in 2u32..=32, weight in 1i64..1000, nan in proptest::option::of(0usize..200)) {
+            let plan = Plan::new(QuantParams { clip: 1.0, bits, max_weight: 1000 }, 3).expect("plan");
+            let mut xs = xs;
+            let nan = nan.filter(|i| *i < xs.len());
+            if let Some(i) = nan {
+                xs[i] = f64::NAN;
+            }
+            let mut got: Vec<u64> = Vec::new();
+            match plan.quantize_into(&xs, weight, &mut got) {
+                Ok(clipped) => {
+                    prop_assert!(nan.is_none());
+                    let want: Vec<u64> = xs.iter().map(|x| (plan.quantize(*x).0 * weight) as u64).collect();
+                    prop_assert_eq!(got, want);
+                    prop_assert_eq!(clipped, xs.iter().filter(|x| x.abs() > 1.0).count() as u64);
+                }
+                Err(at) => prop_assert_eq!(Some(at), nan),
+            }
+        }
+
         #[test]
         fn rounding_matches_f64_round(y in -2.2e9f64..2.2e9) {
             prop_assert_eq!(round_half_away(y), y.round() as i64);

@@ -176,6 +176,22 @@ pub fn read_values_with_layout<E, V>(
 where
     V: FnMut(f64) -> std::result::Result<(), E>,
 {
+    read_value_blocks(path, |layout| {
+        let mut visit = make_visit(layout);
+        move |values: &[f64]| values.iter().try_for_each(|v| visit(*v))
+    })
+}
+
+/// Streams every value of an update, in layout order, as blocks of at most 128 Ki
+/// values (the fast path: a caller can process a block in one tight loop).
+pub fn read_value_blocks<E, V>(
+    path: &Path,
+    make_visit: impl FnOnce(&Layout) -> V,
+) -> Result<std::result::Result<Layout, E>>
+where
+    V: FnMut(&[f64]) -> std::result::Result<(), E>,
+{
+    let mut values: Vec<f64> = Vec::with_capacity(NPY_BLOCK / 8);
     match container_of(path)? {
         Container::Npy => {
             let (file, layout) = open_npy(path)?;
@@ -185,7 +201,7 @@ where
             // blocks rather than value by value.
             let mut left = layout.encoded_len();
             let mut data = file.into_inner();
-            let mut block = vec![0u8; NPY_BLOCK.min(left as usize)];
+            let mut block = vec![0u8; (NPY_BLOCK / 8 * dtype.bytes()).min(left as usize)];
             while left > 0 {
                 let n = (left as usize).min(block.len());
                 data.read_exact(&mut block[..n])
@@ -198,11 +214,10 @@ where
                             e.to_string()
                         },
                     })?;
-                let values = decode_block(dtype, &block[..n]);
-                for v in values {
-                    if let Err(e) = visit(v) {
-                        return Ok(Err(e));
-                    }
+                values.clear();
+                values.extend(decode_block(dtype, &block[..n]));
+                if let Err(e) = visit(&values) {
+                    return Ok(Err(e));
                 }
                 left -= n as u64;
             }
@@ -215,8 +230,11 @@ where
             let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| st_err(path, e))?;
             for spec in &layout.tensors {
                 let view = st.tensor(&spec.name).map_err(|e| st_err(path, e))?;
-                for v in decode_block(spec.dtype, view.data()) {
-                    if let Err(e) = visit(v) {
+                let size = spec.dtype.bytes();
+                for part in view.data().chunks(NPY_BLOCK / 8 * size) {
+                    values.clear();
+                    values.extend(decode_block(spec.dtype, part));
+                    if let Err(e) = visit(&values) {
                         return Ok(Err(e));
                     }
                 }
