@@ -1,5 +1,6 @@
 //! `masked::stream_update` (the network round's masking, block by block) against
-//! `masked::mask_update` (the whole vector at once): same words, same journal entry.
+//! `masked::mask_update` (the whole vector at once): same words, same journal entry;
+//! and where each reports a NaN, and what each journals when it fails.
 
 mod common;
 
@@ -203,4 +204,33 @@ fn a_failing_emit_stops_the_stream_and_a_nan_is_reported_where_it_is() {
         Err(Stopped::Masking(e)) => assert!(e.to_string().contains("element 4321"), "{e}"),
         other => panic!("expected a NaN error, got {other:?}"),
     }
+}
+
+#[test]
+fn file_mode_reports_a_nan_where_it_is_and_journals_nothing() {
+    let (lab, node) = nodes();
+    let me = Home::new(&node.home).load_identity().expect("identity");
+    let input = lab.path("u.npy");
+    let layout = Layout {
+        container: Container::Npy,
+        tensors: vec![TensorSpec {
+            name: String::new(),
+            shape: vec![200_000],
+            dtype: DType::F32,
+        }],
+    };
+    // Past the first 128 Ki-value block, so the index must be carried across blocks.
+    let mut vals = values(3, 200_000);
+    vals[150_000] = f64::NAN;
+    tensor::write_values(&input, &layout, vals.iter().copied()).expect("write");
+    let spec = spec(QuantParams::default(), 7);
+    let mut reg = registry(&node.home);
+    let err = masked::mask_update(&me, &mut reg, &spec, &input, 1, 2, 0)
+        .err()
+        .expect("NaN refused");
+    assert!(err.to_string().contains("element 150000"), "{err}");
+    // Nothing was journaled: once the file is fixed, the same round masks.
+    vals[150_000] = 0.5;
+    tensor::write_values(&input, &layout, vals.into_iter()).expect("write");
+    assert!(masked::mask_update(&me, &mut reg, &spec, &input, 1, 2, 0).is_ok());
 }
