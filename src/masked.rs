@@ -444,9 +444,9 @@ pub fn stream_update<W: Word, E>(
     let layout = tensor::read_value_blocks(input, |_| {
         |mut xs: &[f64]| -> std::result::Result<(), Stopped<E>> {
             while !xs.is_empty() {
-                let (now, rest) = xs.split_at(xs.len().min(block - buf.len()));
+                let (head, rest) = xs.split_at(xs.len().min(block - buf.len()));
                 let at = offset + buf.len() as u64;
-                clipped += plan.quantize_into(now, w, &mut buf).map_err(|i| {
+                clipped += plan.quantize_into(head, w, &mut buf).map_err(|i| {
                     Stopped::Masking(quantize::Error::NonFinite(at + i as u64).into())
                 })?;
                 if buf.len() == block {
