@@ -108,12 +108,7 @@ impl<W: Word> Accumulator<W> {
         }
     }
 
-    /// Bytes per absorbed word.
-    pub fn width(&self) -> usize {
-        self.width
-    }
-
-    /// Adds little-endian words of [`Accumulator::width`] bytes starting at word
+    /// Adds little-endian words of the accumulator's width in bytes, starting at word
     /// `offset`. Out-of-range words are ignored (callers check lengths first).
     #[inline]
     pub fn absorb(&mut self, offset: u64, bytes: &[u8]) {

@@ -204,7 +204,7 @@ impl Registry {
     /// While a new file switches to WAL mode, SQLite can answer "database is locked"
     /// without calling the busy handler (it would otherwise risk a deadlock). Opening
     /// therefore retries the whole open-and-migrate step, with backoff, for up to
-    /// [`BUSY_WAIT`].
+    /// `BUSY_WAIT` (30 s).
     pub fn open(path: &Path) -> Result<Registry> {
         retry_busy(|| Self::open_once(path))
     }

@@ -545,14 +545,13 @@ impl Channel {
         Ok(())
     }
 
-    /// Sends already little-endian bytes as chunk frames of `attempt`, then `Done`.
-    pub fn send_bytes(&mut self, attempt: u32, word_bytes: usize, bytes: &[u8]) -> Result<()> {
-        let per = wire::CHUNK_BYTES / word_bytes * word_bytes;
+    /// Sends bytes as chunk frames of `attempt` whose offsets count bytes, then `Done`.
+    pub fn send_bytes(&mut self, attempt: u32, bytes: &[u8]) -> Result<()> {
         let round = self.round_id();
         let mut out = std::mem::take(&mut self.out);
-        for (i, chunk) in bytes.chunks(per.max(word_bytes)).enumerate() {
+        for (i, chunk) in bytes.chunks(wire::CHUNK_BYTES).enumerate() {
             out.clear();
-            let offset = (i * per / word_bytes) as u64;
+            let offset = (i * wire::CHUNK_BYTES) as u64;
             wire::encode_chunk_head(round, attempt, offset, chunk.len(), &mut out);
             out.extend_from_slice(chunk);
             if let Err(e) = self.write_plain(&out) {

@@ -621,7 +621,7 @@ fn lying_researcher(fed: &Fed, lies: Vec<Lie>) -> std::thread::JoinHandle<()> {
                         bytes: mean.len() as u64,
                     }))
                     .expect("outcome");
-                    let _ = ch.send_bytes(1, 1, &mean);
+                    let _ = ch.send_bytes(1, &mean);
                     let _ = ch.recv(Duration::from_secs(2));
                 })
             })

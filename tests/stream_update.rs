@@ -49,6 +49,18 @@ fn nodes() -> (Lab, Party) {
     (lab, first)
 }
 
+/// A one-tensor `.npy` layout of `n` values.
+fn npy(n: u64, dtype: DType) -> Layout {
+    Layout {
+        container: Container::Npy,
+        tensors: vec![TensorSpec {
+            name: String::new(),
+            shape: vec![n],
+            dtype,
+        }],
+    }
+}
+
 fn spec(quant: QuantParams, round: u64) -> RoundSpec {
     RoundSpec {
         federation: "fed".into(),
@@ -67,14 +79,7 @@ fn spec(quant: QuantParams, round: u64) -> RoundSpec {
 fn streamed_blocks_equal_the_whole_masked_vector_and_are_journaled() {
     let (lab, node) = nodes();
     let input = lab.path("u.npy");
-    let layout = Layout {
-        container: Container::Npy,
-        tensors: vec![TensorSpec {
-            name: String::new(),
-            shape: vec![10_007],
-            dtype: DType::F32,
-        }],
-    };
+    let layout = npy(10_007, DType::F32);
     tensor::write_values(&input, &layout, values(5, 10_007).into_iter()).expect("write");
     let me = Home::new(&node.home).load_identity().expect("identity");
     // The same party twice (copied home), so both functions may journal the same round.
@@ -165,14 +170,7 @@ fn a_failing_emit_stops_the_stream_and_a_nan_is_reported_where_it_is() {
     let (lab, node) = nodes();
     let me = Home::new(&node.home).load_identity().expect("identity");
     let input = lab.path("u.npy");
-    let layout = Layout {
-        container: Container::Npy,
-        tensors: vec![TensorSpec {
-            name: String::new(),
-            shape: vec![5000],
-            dtype: DType::F64,
-        }],
-    };
+    let layout = npy(5000, DType::F64);
     let mut vals = values(9, 5000);
     vals[4321] = f64::NAN;
     tensor::write_values(&input, &layout, vals.into_iter()).expect("write");
@@ -211,14 +209,7 @@ fn file_mode_reports_a_nan_where_it_is_and_journals_nothing() {
     let (lab, node) = nodes();
     let me = Home::new(&node.home).load_identity().expect("identity");
     let input = lab.path("u.npy");
-    let layout = Layout {
-        container: Container::Npy,
-        tensors: vec![TensorSpec {
-            name: String::new(),
-            shape: vec![200_000],
-            dtype: DType::F32,
-        }],
-    };
+    let layout = npy(200_000, DType::F32);
     // Past the first 128 Ki-value block, so the index must be carried across blocks.
     let mut vals = values(3, 200_000);
     vals[150_000] = f64::NAN;

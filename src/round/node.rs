@@ -120,13 +120,6 @@ pub struct Joined {
     pub mean: Vec<u8>,
 }
 
-impl Joined {
-    /// The weighted mean's values, in layout order.
-    pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
-        tensor::decode_values(&self.layout, &self.mean)
-    }
-}
-
 /// The researcher to join, with its pinned certificate.
 fn researcher(
     reg: &Registry,

@@ -24,7 +24,7 @@ use crate::identity::{Identity, PartyId, Role};
 use crate::masked;
 use crate::quantize::{Plan, QuantParams};
 use crate::registry::Registry;
-use crate::tensor::{self, Container, Layout};
+use crate::tensor::{Container, Layout};
 use crate::transport::{self, Channel, Pins};
 use crate::wire::{Abort, Chunk, Hello, Message, Outcome, RoundId, Spares, Start};
 
@@ -117,17 +117,10 @@ pub struct Served {
     /// The sum of the participants' weights.
     pub total_weight: u64,
     /// The weighted mean as sent to every participant: every value in layout order,
-    /// little-endian in its tensor's type (see [`tensor::encode_values`]).
+    /// little-endian in its tensor's type (see [`crate::tensor::encode_values`]).
     pub mean: Vec<u8>,
     /// Nodes dropped along the way, and why.
     pub dropped: Vec<(PartyId, String)>,
-}
-
-impl Served {
-    /// The weighted mean's values, in layout order.
-    pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
-        tensor::decode_values(&self.layout, &self.mean)
-    }
 }
 
 /// Connection thread → coordinator.
@@ -192,7 +185,7 @@ pub struct Collecting {
 }
 
 /// An attempt lost a participant before it delivered. Its partial sum is gone; the
-/// researcher waits [`SETTLE`] for other losses before restarting, so nodes that die
+/// researcher waits `SETTLE` (0.5 s) for other losses before restarting, so nodes that die
 /// together (a site going offline) cost one attempt, not one each.
 pub struct Settling {
     attempt: u32,
@@ -900,7 +893,7 @@ impl Link {
                     Ok(Outbound::Result(s)) => {
                         let sent = ch
                             .send(&Message::Outcome(s.outcome.clone()))
-                            .and_then(|()| ch.send_bytes(s.outcome.attempt, 1, &s.bytes));
+                            .and_then(|()| ch.send_bytes(s.outcome.attempt, &s.bytes));
                         // Let go of the shared bytes before saying so: the
                         // coordinator takes them back once every result is out.
                         drop(s);
