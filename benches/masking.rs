@@ -2,14 +2,14 @@
 //! `cargo bench`; `secagg bench` reports the same quantities with their ratios.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use secagg::aggregate::Accumulator;
-use secagg::keys::{MaskContext, MaskKey, PairwiseSecret, Sign};
-use secagg::mask::{self, PeerMask};
+use secagg::secagg::keys::{MaskContext, MaskKey, PairwiseSecret, Sign};
+use secagg::secagg::prg::{self as mask, PeerMask};
+use secagg::secagg::sum::Accumulator;
 
 const LEN: usize = 1 << 20;
 
 fn key(i: u8) -> MaskKey {
-    let fp = secagg::certificate::Fingerprint::of_der(&[i]);
+    let fp = secagg::party::Fingerprint::of_der(&[i]);
     let pw = PairwiseSecret::from_shared(&[i; 32], &fp, &fp);
     MaskKey::derive(
         &pw,

@@ -1,7 +1,9 @@
 //! Writes a random f32 `.npy` update of N elements (for scripts/measure-memory and demos).
 //! Usage: cargo run --release --example make_update -- OUT.npy N [SEED]
 
-use secagg::tensor::{Container, DType, Layout, TensorSpec, write_values};
+use secagg::layout::{Container, DType, Layout, TensorSpec};
+
+use secagg::files::tensor::write_values;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

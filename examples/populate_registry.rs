@@ -3,9 +3,12 @@
 
 use std::time::SystemTime;
 
-use secagg::certificate::{self, CertParams, unix_secs};
-use secagg::identity::{Home, PartyKey, Role};
-use secagg::registry::{NewPeer, OnDuplicate, Peer, Registry};
+use secagg::pki::certificate::{self, CertParams};
+
+use secagg::clock::unix_secs;
+use secagg::party::Role;
+use secagg::pki::identity::{Home, PartyKey};
+use secagg::pki::registry::{NewPeer, OnDuplicate, Peer, Registry};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

@@ -1,27 +1,24 @@
 //! secagg: out-of-band certificate exchange and secure aggregation for federated learning.
 //!
-//! The library is split by domain artifact:
-//! - [`identity`]: party ids, roles, the home directory and this party's own key;
-//! - [`certificate`]: self-signed P-256 certificates, their fingerprints and their checks;
-//! - [`registry`]: the SQLite registry of peers and the mask-reuse journal;
-//! - [`keys`]: the key schedule from certificates to per-use mask keys;
-//! - [`quantize`]: fixed-point encoding, weights and the modulus;
-//! - [`mask`]: keystream expansion folded into a vector;
-//! - [`tensor`]: `.npy` and `.safetensors` updates.
+//! The library is split into folders by domain, lowest first (see docs/architecture.md):
+//! - leaf modules shared by everyone: [`party`] (party ids, roles, hosts, fingerprints),
+//!   [`clock`] (time formatting), [`layout`] (tensor shapes), [`atomic`] (atomic writes);
+//! - [`pki`]: this party's identity, certificates, the peer registry and the journal;
+//! - [`secagg`]: the key schedule, PRG masks, quantization, ring words and sums;
+//! - [`files`]: `.npy` / `.safetensors` tensors, the masked-file format, and file mode;
+//! - [`net`]: frames, pinned mutual TLS and framed channels;
+//! - [`round`]: secure rounds over the network.
 //!
-//! The library never prints, prompts or reads the environment; [`cli`] does that.
+//! The library never prints, prompts or reads the environment; the `secagg` binary
+//! (`src/main.rs`, `src/cli/`, behind the default `cli` feature) does that.
 
-pub mod aggregate;
-pub mod bench;
-pub mod certificate;
-pub mod cli;
-pub mod identity;
-pub mod keys;
-pub mod mask;
-pub mod masked;
-pub mod quantize;
-pub mod registry;
+pub mod atomic;
+pub mod clock;
+pub mod layout;
+pub mod party;
+
+pub mod files;
+pub mod net;
+pub mod pki;
 pub mod round;
-pub mod tensor;
-pub mod transport;
-pub mod wire;
+pub mod secagg;

@@ -1,5 +1,8 @@
-//! The `secagg` binary: everything lives in the library; this only hands over.
+//! The `secagg` binary: parse, resolve the home, run, print. Everything else lives in the
+//! library; this binary is its only front end that prints or prompts.
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    secagg::cli::run()
+    cli::run()
 }

@@ -10,10 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Lab, Party, read_all, values};
-use secagg::identity::Home;
-use secagg::tensor::{self, Container, DType, Layout, TensorSpec};
-use secagg::transport::{self, Channel, Pins};
-use secagg::wire::{self, Message, RoundId};
+use secagg::files::tensor::{self};
+use secagg::layout::{Container, DType, Layout, TensorSpec};
+use secagg::net::channel::Channel;
+use secagg::net::frame::{self as wire, Message, RoundId};
+use secagg::net::tls::Pins;
+use secagg::pki::identity::Home;
 
 struct Fed {
     lab: Lab,
@@ -490,15 +492,15 @@ fn slow_node_times_out_and_survivors_rerun() {
 /// A registered node that completes the TLS handshake and then misbehaves.
 fn rogue(home: &Path, port: u16, bytes: Vec<u8>) -> String {
     let me = Home::new(home).load_identity().expect("identity");
-    let reg = secagg::registry::Registry::open_existing(&Home::new(home).registry_path())
+    let reg = secagg::pki::registry::Registry::open_existing(&Home::new(home).registry_path())
         .expect("registry")
         .expect("exists");
-    let id: secagg::identity::PartyId = "researcher_1".parse().expect("id");
+    let id: secagg::party::PartyId = "researcher_1".parse().expect("id");
     let (_, der) = reg.get(&id).expect("get").expect("registered");
-    let cert = secagg::certificate::PeerCertificate::from_der(&der).expect("cert");
+    let cert = secagg::pki::certificate::PeerCertificate::from_der(&der).expect("cert");
     let mut pins = Pins::default();
     pins.insert(id, &cert);
-    let config = transport::client_config(&me, pins).expect("config");
+    let config = secagg::net::tls::client_config(&me, pins).expect("config");
     let t = Instant::now();
     let sock = loop {
         match std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -517,7 +519,7 @@ fn rogue(home: &Path, port: u16, bytes: Vec<u8>) -> String {
         Duration::from_secs(10),
     )
     .expect("tls");
-    match ch.expect(Duration::from_secs(10)).expect("hello") {
+    match ch.recv_within(Duration::from_secs(10)).expect("hello") {
         Message::Hello(_) => {}
         other => panic!("expected hello, got {other:?}"),
     }
@@ -545,10 +547,10 @@ enum Lie {
 fn lying_researcher(fed: &Fed, lies: Vec<Lie>) -> std::thread::JoinHandle<()> {
     let home = Home::new(&fed.researcher.home);
     let me = home.load_identity().expect("identity");
-    let reg = secagg::registry::Registry::open_existing(&home.registry_path())
+    let reg = secagg::pki::registry::Registry::open_existing(&home.registry_path())
         .expect("registry")
         .expect("exists");
-    let ids: Vec<secagg::identity::PartyId> = (1..=fed.nodes.len())
+    let ids: Vec<secagg::party::PartyId> = (1..=fed.nodes.len())
         .map(|i| format!("node_{i}").parse().expect("id"))
         .collect();
     let mut pins = Pins::default();
@@ -556,15 +558,15 @@ fn lying_researcher(fed: &Fed, lies: Vec<Lie>) -> std::thread::JoinHandle<()> {
         let (_, der) = reg.get(id).expect("get").expect("registered");
         pins.insert(
             id.clone(),
-            &secagg::certificate::PeerCertificate::from_der(&der).expect("cert"),
+            &secagg::pki::certificate::PeerCertificate::from_der(&der).expect("cert"),
         );
     }
-    let config = transport::server_config(&me, pins.clone()).expect("config");
+    let config = secagg::net::tls::server_config(&me, pins.clone()).expect("config");
     let listener = std::net::TcpListener::bind(("127.0.0.1", fed.port)).expect("bind");
     std::thread::spawn(move || {
         let round = RoundId::new("fed", 1);
-        let quant = secagg::quantize::QuantParams::default();
-        let plan = secagg::quantize::Plan::new(quant, ids.len()).expect("plan");
+        let quant = secagg::secagg::quantize::QuantParams::default();
+        let plan = secagg::secagg::quantize::Plan::new(quant, ids.len()).expect("plan");
         let links: Vec<_> = (0..lies.len())
             .map(|_| {
                 let (sock, _) = listener.accept().expect("accept");
@@ -581,7 +583,7 @@ fn lying_researcher(fed: &Fed, lies: Vec<Lie>) -> std::thread::JoinHandle<()> {
                         round: 1,
                     }))
                     .expect("hello");
-                    let Message::Join(j) = ch.expect(wait).expect("join") else {
+                    let Message::Join(j) = ch.recv_within(wait).expect("join") else {
                         panic!("expected join")
                     };
                     let width = match lie {
@@ -603,7 +605,7 @@ fn lying_researcher(fed: &Fed, lies: Vec<Lie>) -> std::thread::JoinHandle<()> {
                         let _ = ch.recv(wait);
                         return;
                     }
-                    while !matches!(ch.expect(wait).expect("update"), Message::Done { .. }) {}
+                    while !matches!(ch.recv_within(wait).expect("update"), Message::Done { .. }) {}
                     let n = j.layout.elements() as usize;
                     let mut values = vec![0.25; n];
                     let total_weight = match lie {
@@ -613,7 +615,7 @@ fn lying_researcher(fed: &Fed, lies: Vec<Lie>) -> std::thread::JoinHandle<()> {
                         }
                         _ => 1,
                     };
-                    let mean = tensor::encode_values(&j.layout, values.into_iter());
+                    let mean = secagg::layout::encode_values(&j.layout, values.into_iter());
                     ch.send(&Message::Outcome(wire::Outcome {
                         attempt: 1,
                         participants: ids,

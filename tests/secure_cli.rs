@@ -5,7 +5,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{Lab, Party, read_all, values};
-use secagg::tensor::{self, Container, DType, Layout, TensorSpec};
+use secagg::files::tensor::{self};
+use secagg::layout::{Container, DType, Layout, TensorSpec};
 
 struct Fed {
     lab: Lab,

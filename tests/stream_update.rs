@@ -7,11 +7,14 @@ mod common;
 use std::path::Path;
 
 use common::{Lab, Party, values};
-use secagg::identity::{Home, PartyId};
-use secagg::masked::{self, AnyMasked, RoundSpec, Stopped};
-use secagg::quantize::QuantParams;
-use secagg::registry::{self, Registry};
-use secagg::tensor::{self, Container, DType, Layout, TensorSpec};
+use secagg::files::job::{RoundSpec, Stopped};
+use secagg::files::masked::{self, AnyMasked};
+use secagg::files::tensor::{self};
+use secagg::layout::{Container, DType, Layout, TensorSpec};
+use secagg::party::PartyId;
+use secagg::pki::identity::Home;
+use secagg::pki::registry::{self, Registry};
+use secagg::secagg::quantize::QuantParams;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
@@ -98,15 +101,16 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_are_journaled() {
         ),
     ] {
         let spec = spec(quant, round);
-        let whole = masked::mask_update(&me, &mut registry(&node.home), &spec, &input, 7, 2, 0)
-            .expect("mask");
+        let whole =
+            secagg::files::job::mask_update(&me, &mut registry(&node.home), &spec, &input, 7, 2, 0)
+                .expect("mask");
         assert!(whole.clipped() > 0, "some values are clipped");
         let mut streamed: Vec<u8> = Vec::new();
         let mut offsets = Vec::new();
         let mut reg = registry(&twin);
         macro_rules! stream {
             ($w:ty) => {
-                masked::stream_update::<$w, ()>(
+                secagg::files::job::stream_update::<$w, ()>(
                     &me,
                     &mut reg,
                     &spec,
@@ -145,7 +149,7 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_are_journaled() {
             (layout.clone(), whole.clipped())
         );
         // Journaled before anything was emitted: a second stream is refused.
-        let again = masked::stream_update::<u64, ()>(
+        let again = secagg::files::job::stream_update::<u64, ()>(
             &me,
             &mut reg,
             &spec,
@@ -176,7 +180,7 @@ fn a_failing_emit_stops_the_stream_and_a_nan_is_reported_where_it_is() {
     tensor::write_values(&input, &layout, vals.into_iter()).expect("write");
     let mut reg = registry(&node.home);
     let mut calls = 0;
-    let stopped = masked::stream_update::<u64, &str>(
+    let stopped = secagg::files::job::stream_update::<u64, &str>(
         &me,
         &mut reg,
         &spec(QuantParams::default(), 1),
@@ -194,10 +198,17 @@ fn a_failing_emit_stops_the_stream_and_a_nan_is_reported_where_it_is() {
     assert_eq!(calls, 2, "no block after the failing one");
     let mut spec2 = spec(QuantParams::default(), 1);
     spec2.attempt = 2;
-    let stopped =
-        masked::stream_update::<u64, ()>(&me, &mut reg, &spec2, &input, 1, 1, 0, 1000, |_, _| {
-            Ok(())
-        });
+    let stopped = secagg::files::job::stream_update::<u64, ()>(
+        &me,
+        &mut reg,
+        &spec2,
+        &input,
+        1,
+        1,
+        0,
+        1000,
+        |_, _| Ok(()),
+    );
     match stopped {
         Err(Stopped::Masking(e)) => assert!(e.to_string().contains("element 4321"), "{e}"),
         other => panic!("expected a NaN error, got {other:?}"),
@@ -216,12 +227,12 @@ fn file_mode_reports_a_nan_where_it_is_and_journals_nothing() {
     tensor::write_values(&input, &layout, vals.iter().copied()).expect("write");
     let spec = spec(QuantParams::default(), 7);
     let mut reg = registry(&node.home);
-    let err = masked::mask_update(&me, &mut reg, &spec, &input, 1, 2, 0)
+    let err = secagg::files::job::mask_update(&me, &mut reg, &spec, &input, 1, 2, 0)
         .err()
         .expect("NaN refused");
     assert!(err.to_string().contains("element 150000"), "{err}");
     // Nothing was journaled: once the file is fixed, the same round masks.
     vals[150_000] = 0.5;
     tensor::write_values(&input, &layout, vals.into_iter()).expect("write");
-    assert!(masked::mask_update(&me, &mut reg, &spec, &input, 1, 2, 0).is_ok());
+    assert!(secagg::files::job::mask_update(&me, &mut reg, &spec, &input, 1, 2, 0).is_ok());
 }

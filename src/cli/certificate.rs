@@ -8,9 +8,13 @@ use serde::Serialize;
 
 use super::args::{CertificateCmd, DeleteArgs, GenerateArgs, ListArgs, RegisterArgs, RoleArg};
 use super::{Failure, prompt};
-use crate::certificate::{Fingerprint, PeerCertificate, unix_secs};
-use crate::identity::{self, GenerateParams, Home, Host, PartyId, Role};
-use crate::registry::{self, NewPeer, OnDuplicate, Peer, Registered, Registry, format_time};
+use secagg::clock::format_time;
+use secagg::clock::unix_secs;
+use secagg::party::Fingerprint;
+use secagg::party::{Host, PartyId, Role};
+use secagg::pki::certificate::PeerCertificate;
+use secagg::pki::identity::{self, GenerateParams, Home};
+use secagg::pki::registry::{self, NewPeer, OnDuplicate, Peer, Registered, Registry};
 
 /// Certificates expiring within this many days are flagged in listings.
 const EXPIRY_WARNING_DAYS: i64 = 30;
@@ -42,7 +46,7 @@ fn generate(home: &Home, a: GenerateArgs) -> Result<(), Failure> {
         party_id,
         role,
         ip: a.ip.parse()?,
-        port: identity::parse_port(a.port)?,
+        port: secagg::party::parse_port(a.port)?,
         validity_days: a.validity_days,
     };
     if a.force && home.has_identity() && !a.yes {
@@ -140,7 +144,7 @@ Registration instructions for {role} '{id}'
 fn register(home: &Home, a: RegisterArgs) -> Result<(), Failure> {
     let party_id: PartyId = a.party_id.parse()?;
     let ip: Host = a.ip.parse()?;
-    let port = identity::parse_port(a.port)?;
+    let port = secagg::party::parse_port(a.port)?;
     let expected: Option<Fingerprint> = a.fingerprint.as_deref().map(str::parse).transpose()?;
     let file = a.public_key.display().to_string();
     let bytes = std::fs::read(&a.public_key).map_err(|e| {

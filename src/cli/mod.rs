@@ -3,6 +3,7 @@
 
 pub mod args;
 mod certificate;
+mod hints;
 mod prompt;
 mod round;
 mod secure;
@@ -13,8 +14,9 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::identity::Home;
 use args::{Cli, Command};
+use hints::Hint;
+use secagg::pki::identity::Home;
 
 /// A user-facing failure: one line of what went wrong and an optional `hint:` line.
 #[derive(Debug)]
@@ -46,13 +48,15 @@ macro_rules! failure_from {
     )*};
 }
 failure_from!(
-    crate::identity::Error,
-    crate::certificate::Error,
-    crate::registry::Error,
-    crate::masked::Error,
-    crate::aggregate::Error,
-    crate::tensor::Error,
-    crate::round::Error
+    secagg::party::Error,
+    secagg::pki::identity::Error,
+    secagg::pki::certificate::Error,
+    secagg::pki::registry::Error,
+    secagg::files::masked::Error,
+    secagg::files::aggregate::Error,
+    secagg::files::tensor::Error,
+    secagg::secagg::sum::Error,
+    secagg::round::Error
 );
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code:

@@ -1,5 +1,5 @@
 //! `secagg round serve` and `secagg round join`: printing and progress only; the
-//! protocol lives in `crate::round`.
+//! protocol lives in `secagg::round`.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 use super::Failure;
 use super::args::{JoinArgs, RoundCmd, ServeArgs};
 use super::secure::{parse_ids, quant, report_clipped};
-use crate::identity::{Home, PartyId};
-use crate::registry::Registry;
-use crate::round::node::{self, JoinParams, Stall};
-use crate::round::server::{self, ServeParams};
-use crate::{mask, tensor};
+use secagg::files::tensor::{self};
+use secagg::party::PartyId;
+use secagg::pki::identity::Home;
+use secagg::pki::registry::Registry;
+use secagg::round::node::{self, JoinParams, Stall};
+use secagg::round::server::{self, ServeParams};
+use secagg::secagg::prg::{self as mask};
 
 pub(super) fn run(home: &Home, cmd: RoundCmd, verbose: u8) -> Result<(), Failure> {
     match cmd {

@@ -4,13 +4,17 @@ use std::time::{Instant, SystemTime};
 
 use super::Failure;
 use super::args::{AggregateArgs, BenchArgs, MaskArgs, QuantArgs};
-use crate::aggregate::{self, Progress};
-use crate::certificate::unix_secs;
-use crate::identity::{Home, PartyId};
-use crate::masked::{self, AnyMasked, RoundSpec};
-use crate::quantize::QuantParams;
-use crate::registry::Registry;
-use crate::{bench, mask, tensor};
+use secagg::clock::unix_secs;
+use secagg::files::aggregate::{self, Progress};
+use secagg::files::job::RoundSpec;
+use secagg::files::masked::{self, AnyMasked};
+use secagg::files::tensor::{self};
+use secagg::party::PartyId;
+use secagg::pki::identity::Home;
+use secagg::pki::registry::Registry;
+use secagg::secagg::bench::{self};
+use secagg::secagg::prg::{self as mask};
+use secagg::secagg::quantize::QuantParams;
 
 pub(super) fn quant(q: QuantArgs) -> QuantParams {
     QuantParams {
@@ -53,7 +57,7 @@ pub(super) fn mask(home: &Home, a: MaskArgs) -> Result<(), Failure> {
         spec.participants.len().saturating_sub(1)
     );
     let now = unix_secs(SystemTime::now());
-    let m = masked::mask_update(
+    let m = secagg::files::job::mask_update(
         &me,
         &mut reg,
         &spec,

@@ -24,8 +24,13 @@ pub mod server;
 
 use std::time::Duration;
 
-use crate::identity::{PartyId, Role};
-use crate::{aggregate, identity, masked, quantize, registry, tensor, transport};
+use crate::files::masked::{self};
+use crate::files::tensor::{self};
+use crate::net::error::{self as transport};
+use crate::party::{PartyId, Role};
+use crate::pki::identity::{self};
+use crate::pki::registry::{self};
+use crate::secagg::quantize::{self};
 
 /// The largest update accepted, in values (the researcher allocates one word each).
 pub const MAX_ELEMENTS: u64 = 1 << 30;
@@ -54,7 +59,10 @@ pub enum Error {
     Quantize(#[from] quantize::Error),
     /// Decoding the sum.
     #[error(transparent)]
-    Aggregate(#[from] aggregate::Error),
+    Aggregate(#[from] crate::files::aggregate::Error),
+    /// Decoding the sum.
+    #[error(transparent)]
+    Sum(#[from] crate::secagg::sum::Error),
     /// Network or TLS.
     #[error(transparent)]
     Transport(#[from] transport::Error),
@@ -147,57 +155,6 @@ pub enum Error {
         /// The cap.
         max: u32,
     },
-}
-
-impl Error {
-    /// What the user can do about it.
-    pub fn hint(&self) -> Option<String> {
-        Some(match self {
-            Error::Identity(e) => return e.hint(),
-            Error::Registry(e) => return e.hint(),
-            Error::Masked(e) => return e.hint(),
-            Error::Tensor(e) => return e.hint(),
-            Error::Quantize(e) => return e.hint(),
-            Error::Aggregate(e) => return e.hint(),
-            Error::Transport(transport::Error::Handshake { .. }) => {
-                "the peer's certificate is not registered here with the role this round needs, or ours is not registered there; compare 'secagg certificate list' on both sides".into()
-            }
-            Error::Transport(_) => return None,
-            Error::WrongRole(Role::Node, _) => {
-                "run 'round serve' in the researcher's home (--home)".into()
-            }
-            Error::WrongRole(Role::Researcher, _) => {
-                "run 'round join' in a node's home (--home)".into()
-            }
-            Error::MinNodes { .. } => {
-                "--min-nodes must be at least 2 and at most the number of --nodes".into()
-            }
-            Error::Listen { .. } => {
-                "pass --listen with a local address and a free port, e.g. --listen 0.0.0.0:7000".into()
-            }
-            Error::NoResearcher => {
-                "register the researcher's certificate with 'secagg certificate register --role researcher ...'".into()
-            }
-            Error::ManyResearchers(..) => "pass --researcher ID".into(),
-            Error::UnknownResearcher(_) => "see 'secagg certificate list'".into(),
-            Error::Unreachable { .. } => {
-                "check that 'round serve' is running there and that the registered ip and port are right".into()
-            }
-            Error::CertificateRefused { .. } => {
-                "ask the researcher to register this node's certificate with role node and to name this node in --nodes".into()
-            }
-            Error::Protocol { .. } => {
-                "check that both sides run the same secagg version; report it if they do".into()
-            }
-            Error::Refused { .. } => {
-                "the round did not meet this node's policy (see --min-nodes and --max-attempts)".into()
-            }
-            Error::Aborted(_) => "see the researcher's log; a new round needs a new --round number".into(),
-            Error::TooFew { .. } | Error::AttemptCap { .. } => {
-                "run a new round (next --round number) when enough nodes are available, or lower --min-nodes".into()
-            }
-        })
-    }
 }
 
 type Result<T> = std::result::Result<T, Error>;

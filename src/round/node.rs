@@ -6,16 +6,22 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{Error, LABEL, MAX_ELEMENTS, Result};
-use crate::certificate::{PeerCertificate, unix_secs};
-use crate::identity::{Identity, PartyId, Role};
-use crate::mask::Word;
-use crate::masked::{self, RoundSpec, Stopped, Streamed};
-use crate::quantize::Modulus;
-use crate::quantize::Plan;
-use crate::registry::Registry;
-use crate::tensor::{self, Layout};
-use crate::transport::{self, Channel, Pins};
-use crate::wire::{self, Abort, Join, Message, Outcome, RoundId, Start};
+use crate::clock::unix_secs;
+use crate::files::job::{RoundSpec, Stopped, Streamed};
+use crate::files::masked::{self};
+use crate::files::tensor::{self};
+use crate::layout::Layout;
+use crate::net::channel::Channel;
+use crate::net::error::{self as transport};
+use crate::net::frame::{self as wire, Abort, Join, Message, Outcome, RoundId, Start};
+use crate::net::tls::Pins;
+use crate::party::{PartyId, Role};
+use crate::pki::certificate::PeerCertificate;
+use crate::pki::identity::Identity;
+use crate::pki::registry::Registry;
+use crate::secagg::quantize::Plan;
+use crate::secagg::ring::Modulus;
+use crate::secagg::ring::Word;
 
 /// What `round join` needs.
 #[derive(Clone, Debug)]
@@ -212,7 +218,7 @@ pub fn join(
     }
     let mut pins = Pins::default();
     pins.insert(rid.clone(), &cert);
-    let config = transport::client_config(me, pins)?;
+    let config = crate::net::tls::client_config(me, pins)?;
     events(Event::Connecting {
         researcher: &rid,
         addr: &addr,
@@ -223,7 +229,7 @@ pub fn join(
         .map_or(addr.as_str(), |(h, _)| h)
         .trim_matches(['[', ']']);
     let mut ch = Channel::connect(sock, config, host, format!("researcher {rid}"), p.timeout)?;
-    let hello = match ch.expect(p.timeout) {
+    let hello = match ch.recv_within(p.timeout) {
         Ok(Message::Hello(h)) => h,
         Ok(other) => return Err(protocol(&rid, format!("opened with {}", other.name()))),
         Err(e) => return Err(refused_or(e, &rid)),
@@ -251,7 +257,7 @@ pub fn join(
         last: None,
     };
     loop {
-        match ch.expect(p.timeout)? {
+        match ch.recv_within(p.timeout)? {
             Message::Start(s) => {
                 if let Err(e) = session.attempt(reg, &mut ch, s, &mut events) {
                     if let Error::Refused { reason, .. } = &e {
@@ -443,7 +449,7 @@ impl Session<'_> {
         let total = o.bytes;
         let mut mean = Vec::with_capacity(total as usize);
         loop {
-            match ch.expect(self.p.timeout)? {
+            match ch.recv_within(self.p.timeout)? {
                 Message::Chunk(c) if c.attempt == o.attempt && c.offset == mean.len() as u64 => {
                     if c.data.is_empty() || (mean.len() + c.data.len()) as u64 > total {
                         return Err(protocol(&self.rid, "sent a malformed result chunk".into()));
@@ -473,7 +479,7 @@ impl Session<'_> {
 }
 
 /// Masks this node's update for `spec` and sends it as it is produced (see
-/// [`masked::stream_update`]), with progress events and the test-only stall.
+/// [`crate::files::job::stream_update`]), with progress events and the test-only stall.
 #[allow(clippy::too_many_arguments)]
 fn stream<W: Word>(
     me: &Identity,
@@ -489,7 +495,7 @@ fn stream<W: Word>(
     let mut sent = 0u64;
     let mut stalled = false;
     let block = wire::CHUNK_BYTES / width;
-    masked::stream_update::<W, transport::Error>(
+    crate::files::job::stream_update::<W, transport::Error>(
         me,
         reg,
         spec,
@@ -549,7 +555,7 @@ fn check_outcome(
 /// when `--bits` is 32); anything else (or NaN) is not the mean of this round.
 fn check_mean(layout: &Layout, plan: &Plan, mean: &[u8]) -> std::result::Result<(), String> {
     let bound = (plan.params.clip + plan.step()) * (1.0 + 1e-6);
-    match tensor::decode_values(layout, mean).position(|v| v.is_nan() || v.abs() > bound) {
+    match crate::layout::decode_values(layout, mean).position(|v| v.is_nan() || v.abs() > bound) {
         Some(bad) => Err(format!(
             "sent a mean whose value #{bad} lies outside the clip range ±{bound}"
         )),
@@ -560,8 +566,8 @@ fn check_mean(layout: &Layout, plan: &Plan, mean: &[u8]) -> std::result::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quantize::QuantParams;
-    use crate::tensor::{Container, DType, TensorSpec};
+    use crate::layout::{Container, DType, TensorSpec};
+    use crate::secagg::quantize::QuantParams;
 
     fn layout() -> Layout {
         Layout {
@@ -639,7 +645,7 @@ mod tests {
     fn a_mean_outside_the_clip_range_is_refused() {
         let plan = Plan::new(QuantParams::default(), 3).expect("plan");
         let edge = 1.0 + plan.step() / 2.0;
-        let ok = tensor::encode_values(
+        let ok = crate::layout::encode_values(
             &layout(),
             [0.0, -1.0, edge, 0.5, -edge, 1.0, 0.25].into_iter(),
         );
@@ -655,13 +661,13 @@ mod tests {
             3,
         )
         .expect("plan");
-        let at_clip = tensor::encode_values(&layout(), [0.1; 7].into_iter());
+        let at_clip = crate::layout::encode_values(&layout(), [0.1; 7].into_iter());
         assert!(f64::from(0.1f32) > 0.1 + fine.step());
         assert_eq!(check_mean(&layout(), &fine, &at_clip), Ok(()));
         for (at, v) in [(1, 1.5), (5, -7.0), (6, f64::NAN), (0, f64::INFINITY)] {
             let mut vals = vec![0.0; 7];
             vals[at] = v;
-            let bytes = tensor::encode_values(&layout(), vals.into_iter());
+            let bytes = crate::layout::encode_values(&layout(), vals.into_iter());
             let err = check_mean(&layout(), &plan, &bytes).expect_err("out of range");
             assert!(err.contains(&format!("value #{at} ")), "{err}");
         }

@@ -19,14 +19,16 @@ use std::time::{Duration, Instant};
 use rustls::ServerConfig;
 
 use super::{Error, LABEL, MAX_ELEMENTS, POLL, Result};
-use crate::aggregate::AnyAccumulator;
-use crate::identity::{Identity, PartyId, Role};
-use crate::masked;
-use crate::quantize::{Plan, QuantParams};
-use crate::registry::Registry;
-use crate::tensor::{Container, Layout};
-use crate::transport::{self, Channel, Pins};
-use crate::wire::{Abort, Chunk, Hello, Message, Outcome, RoundId, Spares, Start};
+use crate::layout::{Container, Layout};
+use crate::net::channel::Channel;
+use crate::net::error::{self as transport};
+use crate::net::frame::{Abort, Chunk, Hello, Message, Outcome, RoundId, Spares, Start};
+use crate::net::tls::Pins;
+use crate::party::{PartyId, Role};
+use crate::pki::identity::Identity;
+use crate::pki::registry::Registry;
+use crate::secagg::quantize::{Plan, QuantParams};
+use crate::secagg::sum::AnyAccumulator;
 
 /// What `round serve` needs.
 #[derive(Clone, Debug)]
@@ -117,7 +119,7 @@ pub struct Served {
     /// The sum of the participants' weights.
     pub total_weight: u64,
     /// The weighted mean as sent to every participant: every value in layout order,
-    /// little-endian in its tensor's type (see [`crate::tensor::encode_values`]).
+    /// little-endian in its tensor's type (see [`crate::layout::encode_values`]).
     pub mean: Vec<u8>,
     /// Nodes dropped along the way, and why.
     pub dropped: Vec<(PartyId, String)>,
@@ -304,7 +306,7 @@ pub fn serve(
             "'round serve' is for the researcher",
         ));
     }
-    let nodes = masked::participants(&params.nodes)?;
+    let nodes = crate::files::job::participants(&params.nodes)?;
     if params.min_nodes < 2 || params.min_nodes > nodes.len() {
         return Err(Error::MinNodes {
             min: params.min_nodes,
@@ -314,10 +316,10 @@ pub fn serve(
     Plan::new(params.quant, nodes.len())?;
     let mut pins = Pins::default();
     for id in &nodes {
-        pins.insert(id.clone(), &masked::registered_node(reg, id)?);
+        pins.insert(id.clone(), &crate::files::job::registered_node(reg, id)?);
     }
     let pins = Arc::new(pins);
-    let config = transport::server_config(me, (*pins).clone())?;
+    let config = crate::net::tls::server_config(me, (*pins).clone())?;
     let listener = TcpListener::bind(listen).map_err(|source| Error::Listen {
         addr: listen.to_string(),
         source,

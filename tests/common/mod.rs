@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use secagg::certificate::{self, CertParams};
-use secagg::identity::PartyKey;
+use secagg::pki::certificate::{self, CertParams};
+use secagg::pki::identity::PartyKey;
 
 /// The binary under test.
 pub fn bin() -> PathBuf {
@@ -194,7 +194,7 @@ pub fn values(seed: u64, n: usize) -> Vec<f64> {
 /// Every value of an update file, in layout order.
 pub fn read_all(path: &Path) -> Vec<f64> {
     let mut out = Vec::new();
-    secagg::tensor::read_values(path, |v| {
+    secagg::files::tensor::read_values(path, |v| {
         out.push(v);
         Ok::<(), ()>(())
     })

@@ -8,272 +8,22 @@
 //! - Only TLS 1.3 with ECDSA P-256/SHA-256 handshake signatures is offered.
 //! - A [`Channel`] carries [`wire`](crate::wire) frames, with deadlines on every read.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    CertificateError, ClientConfig, ClientConnection, Connection, DigitallySignedStruct,
-    DistinguishedName, ServerConfig, ServerConnection, SignatureScheme,
-};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
-use crate::certificate::{Fingerprint, PeerCertificate};
-use crate::identity::{self, Identity, PartyId};
-use crate::mask::Word;
-use crate::wire::{self, Decoder, Message, RoundId, WireError};
-
-/// Transport failures, each saying whose fault it is.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Our own key or certificate could not be loaded into TLS (our side).
-    #[error("cannot use our key or certificate for TLS: {0}")]
-    OwnIdentity(String),
-    /// The handshake failed (usually the peer's certificate is not pinned here, or ours
-    /// is not pinned there).
-    #[error("TLS handshake with {peer} failed: {source}")]
-    Handshake {
-        /// Who we talked to.
-        peer: String,
-        /// What rustls said.
-        source: rustls::Error,
-    },
-    /// The peer sent a TLS alert or broken TLS records after the handshake.
-    #[error("TLS error from {peer}: {source}")]
-    Tls {
-        /// Who.
-        peer: String,
-        /// What rustls said.
-        source: rustls::Error,
-    },
-    /// The peer broke the framing rules (the peer's fault).
-    #[error("{peer} sent a bad frame: {source}")]
-    Wire {
-        /// Who.
-        peer: String,
-        /// What was wrong.
-        source: WireError,
-    },
-    /// The peer closed the connection.
-    #[error("{peer} closed the connection")]
-    Closed {
-        /// Who.
-        peer: String,
-    },
-    /// Socket failure.
-    #[error("network error with {peer} while {action}: {source}")]
-    Io {
-        /// Who.
-        peer: String,
-        /// What we were doing.
-        action: &'static str,
-        /// The error.
-        source: io::Error,
-    },
-    /// No answer in time.
-    #[error("{peer} did not answer within {secs} s")]
-    Timeout {
-        /// Who.
-        peer: String,
-        /// The limit.
-        secs: u64,
-    },
-}
-
-impl Error {
-    /// The rustls error behind a handshake or TLS failure, if any.
-    pub fn tls(&self) -> Option<&rustls::Error> {
-        match self {
-            Error::Handshake { source, .. } | Error::Tls { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+use crate::net::error::Error;
+use crate::net::frame::{self as wire, Decoder, Message, RoundId};
+use crate::secagg::ring::Word;
 
 type Result<T> = std::result::Result<T, Error>;
 
 /// How long [`Channel::close`] keeps reading after our last message.
 const LINGER: Duration = Duration::from_secs(1);
-
-const SCHEMES: [SignatureScheme; 1] = [SignatureScheme::ECDSA_NISTP256_SHA256];
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// The certificates one side accepts, by fingerprint, with the party each belongs to.
-#[derive(Clone, Debug, Default)]
-pub struct Pins {
-    by_fp: HashMap<Fingerprint, PartyId>,
-}
-
-impl Pins {
-    /// Pins a registered certificate to its party id.
-    pub fn insert(&mut self, id: PartyId, cert: &PeerCertificate) {
-        self.by_fp.insert(cert.fingerprint(), id);
-    }
-
-    /// The party a presented certificate belongs to.
-    pub fn party_of(&self, der: &[u8]) -> Option<&PartyId> {
-        self.by_fp.get(&Fingerprint::of_der(der))
-    }
-}
-
-fn check_pinned<'a>(pins: &'a Pins, der: &[u8]) -> std::result::Result<&'a PartyId, rustls::Error> {
-    let id = pins.party_of(der).ok_or(rustls::Error::InvalidCertificate(
-        CertificateError::ApplicationVerificationFailure,
-    ))?;
-    // Registered certificates were checked at registration; time can have passed since.
-    let cert = PeerCertificate::from_der(der)
-        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-    cert.check_validity(std::time::SystemTime::now())
-        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::Expired))?;
-    Ok(id)
-}
-
-/// Server side: accepts client certificates in `pins` only.
-#[derive(Debug)]
-struct PinnedClients {
-    pins: Arc<Pins>,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ClientCertVerifier for PinnedClients {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
-        check_pinned(&self.pins, end_entity).map(|_| ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        SCHEMES.to_vec()
-    }
-}
-
-/// Client side: accepts the one pinned server certificate.
-#[derive(Debug)]
-struct PinnedServer {
-    pins: Pins,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedServer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        // The name is not checked: the certificate itself is pinned.
-        check_pinned(&self.pins, end_entity).map(|_| ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        SCHEMES.to_vec()
-    }
-
-    fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
-        Some(&[])
-    }
-}
-
-fn own_chain(me: &Identity) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let key = me
-        .key
-        .to_pkcs8_der()
-        .map_err(|e: identity::Error| Error::OwnIdentity(e.to_string()))?;
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec()));
-    Ok((
-        vec![CertificateDer::from(me.certificate.der().to_vec())],
-        key,
-    ))
-}
-
-/// TLS 1.3 server config that requires a client certificate from `pins`.
-pub fn server_config(me: &Identity, pins: Pins) -> Result<Arc<ServerConfig>> {
-    let provider = provider();
-    let verifier = Arc::new(PinnedClients {
-        pins: Arc::new(pins),
-        algs: provider.signature_verification_algorithms,
-    });
-    let (chain, key) = own_chain(me)?;
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| Error::OwnIdentity(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| Error::OwnIdentity(e.to_string()))?;
-    Ok(Arc::new(config))
-}
-
-/// TLS 1.3 client config that accepts only the server certificate in `pins`.
-pub fn client_config(me: &Identity, pins: Pins) -> Result<Arc<ClientConfig>> {
-    let provider = provider();
-    let verifier = Arc::new(PinnedServer {
-        pins,
-        algs: provider.signature_verification_algorithms,
-    });
-    let (chain, key) = own_chain(me)?;
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| Error::OwnIdentity(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| Error::OwnIdentity(e.to_string()))?;
-    Ok(Arc::new(config))
-}
-
 /// A framed, authenticated connection to one peer.
 pub struct Channel {
     conn: Connection,
@@ -620,7 +370,7 @@ impl Channel {
     }
 
     /// The next message within `wait`, or a timeout error.
-    pub fn expect(&mut self, wait: Duration) -> Result<Message> {
+    pub fn recv_within(&mut self, wait: Duration) -> Result<Message> {
         self.recv(wait)?.ok_or_else(|| Error::Timeout {
             peer: self.peer.clone(),
             secs: wait.as_secs(),

@@ -7,10 +7,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::aggregate::Accumulator;
-use crate::keys::{MaskKey, Sign};
-use crate::mask::{self, PeerMask, Word};
-use crate::quantize::{Modulus, Plan, QuantParams};
+use crate::secagg::keys::{MaskKey, Sign};
+use crate::secagg::prg::{self as mask, PeerMask};
+use crate::secagg::quantize::{Plan, QuantParams};
+use crate::secagg::ring::Modulus;
+use crate::secagg::ring::Word;
+use crate::secagg::sum::Accumulator;
 
 /// One run's measurements.
 #[derive(Debug, Serialize)]

@@ -20,9 +20,10 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::identity::PartyId;
-use crate::quantize::{Modulus, QuantParams};
-use crate::tensor::Layout;
+use crate::layout::Layout;
+use crate::party::PartyId;
+use crate::secagg::quantize::QuantParams;
+use crate::secagg::ring::Modulus;
 
 /// Wire format version.
 pub const VERSION: u8 = 1;
@@ -514,7 +515,7 @@ fn check_header(round: Option<RoundId>, head: &[u8]) -> Result<u8, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::{Container, DType, TensorSpec};
+    use crate::layout::{Container, DType, TensorSpec};
     use proptest::prelude::*;
 
     fn id(s: &str) -> PartyId {

@@ -7,75 +7,9 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use npyz::WriterBuilder;
-use serde::{Deserialize, Serialize};
 
-/// File kinds we read and write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Container {
-    /// NumPy `.npy`.
-    Npy,
-    /// Hugging Face `.safetensors`.
-    Safetensors,
-}
-
-/// Element types we accept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DType {
-    /// 32-bit float.
-    F32,
-    /// 64-bit float.
-    F64,
-}
-
-/// One tensor's name, shape and type.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TensorSpec {
-    /// Name (empty for `.npy`).
-    pub name: String,
-    /// Shape, C order.
-    pub shape: Vec<u64>,
-    /// Element type.
-    pub dtype: DType,
-}
-
-/// The structure of an update: container and tensors, in the order values stream.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Layout {
-    /// File kind.
-    pub container: Container,
-    /// Tensors (sorted by name for safetensors).
-    pub tensors: Vec<TensorSpec>,
-}
-
-impl DType {
-    /// Bytes per value.
-    pub fn bytes(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F64 => 8,
-        }
-    }
-}
-
-impl Layout {
-    /// Bytes of the values alone, each in its tensor's type (see [`encode_values`]).
-    pub fn encoded_len(&self) -> u64 {
-        self.tensors
-            .iter()
-            .map(|t| t.shape.iter().product::<u64>() * t.dtype.bytes() as u64)
-            .sum()
-    }
-
-    /// Total number of values.
-    pub fn elements(&self) -> u64 {
-        self.tensors
-            .iter()
-            .map(|t| t.shape.iter().product::<u64>())
-            .sum()
-    }
-}
+use crate::atomic;
+use crate::layout::{Container, DType, Layout, TensorSpec, decode_block, encode_values};
 
 /// Errors reading or writing tensors.
 #[derive(Debug, thiserror::Error)]
@@ -113,25 +47,6 @@ pub enum Error {
         /// Its type.
         dtype: String,
     },
-}
-
-impl Error {
-    /// What to do.
-    pub fn hint(&self) -> Option<String> {
-        Some(match self {
-            Error::UnknownContainer(_) => {
-                "save the update with numpy.save (.npy) or safetensors (.safetensors)".into()
-            }
-            Error::Io { .. } => "check the path and permissions".into(),
-            Error::Invalid { .. } => {
-                "re-export the update; Fortran-order arrays need numpy.ascontiguousarray first"
-                    .into()
-            }
-            Error::UnsupportedDtype { .. } => {
-                "convert the update to float32 or float64 before masking".into()
-            }
-        })
-    }
 }
 
 type Result<T> = std::result::Result<T, Error>;
@@ -247,56 +162,6 @@ where
 /// Bytes of `.npy` data read at a time (a multiple of every value size).
 const NPY_BLOCK: usize = 1 << 20;
 
-/// The values of little-endian `bytes` of one type.
-fn decode_block(dtype: DType, bytes: &[u8]) -> impl Iterator<Item = f64> + '_ {
-    bytes.chunks_exact(dtype.bytes()).map(move |c| match dtype {
-        DType::F32 => f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        DType::F64 => {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(c);
-            f64::from_le_bytes(a)
-        }
-    })
-}
-
-/// Encodes values in `layout` order, each little-endian in its tensor's type: the bytes
-/// of the data sections of the file [`write_values`] would write. A missing value is
-/// written as 0 (callers pass exactly `layout.elements()` values).
-pub fn encode_values(layout: &Layout, values: impl Iterator<Item = f64>) -> Vec<u8> {
-    let mut out = vec![0u8; layout.encoded_len() as usize];
-    let mut values = values;
-    let mut at = 0;
-    for spec in &layout.tensors {
-        let n = spec.shape.iter().product::<u64>() as usize;
-        let size = n * spec.dtype.bytes();
-        let dst = &mut out[at..at + size];
-        match spec.dtype {
-            DType::F32 => dst
-                .chunks_exact_mut(4)
-                .zip(values.by_ref().take(n))
-                .for_each(|(d, v)| d.copy_from_slice(&(v as f32).to_le_bytes())),
-            DType::F64 => dst
-                .chunks_exact_mut(8)
-                .zip(values.by_ref().take(n))
-                .for_each(|(d, v)| d.copy_from_slice(&v.to_le_bytes())),
-        }
-        at += size;
-    }
-    out
-}
-
-/// The values of bytes from [`encode_values`], in layout order. `bytes` must be
-/// `layout.encoded_len()` long (a shorter one yields fewer values).
-pub fn decode_values<'a>(layout: &'a Layout, bytes: &'a [u8]) -> impl Iterator<Item = f64> + 'a {
-    let mut at = 0;
-    layout.tensors.iter().flat_map(move |spec| {
-        let size = spec.shape.iter().product::<u64>() as usize * spec.dtype.bytes();
-        let part = bytes.get(at..at + size).unwrap_or(&[]);
-        at += size;
-        decode_block(spec.dtype, part)
-    })
-}
-
 /// Writes values in `layout` to `path` (via a temporary file renamed into place).
 pub fn write_values(path: &Path, layout: &Layout, values: impl Iterator<Item = f64>) -> Result<()> {
     write_encoded(path, layout, &encode_values(layout, values))
@@ -305,10 +170,9 @@ pub fn write_values(path: &Path, layout: &Layout, values: impl Iterator<Item = f
 /// Writes `bytes` from [`encode_values`] as the file `layout` describes, via a temporary
 /// file renamed into place, so a failure never leaves a partial file at `path`.
 pub fn write_encoded(path: &Path, layout: &Layout, bytes: &[u8]) -> Result<()> {
-    let tmp = PathBuf::from(format!("{}.partial", path.display()));
     let io = |action, source| Error::Io {
         action,
-        path: tmp.clone(),
+        path: path.to_owned(),
         source,
     };
     if bytes.len() as u64 != layout.encoded_len() {
@@ -322,11 +186,11 @@ pub fn write_encoded(path: &Path, layout: &Layout, bytes: &[u8]) -> Result<()> {
             ),
         });
     }
+    let mut staged = atomic::stage(path, false).map_err(|e| io("create", e))?;
     match layout.container {
         Container::Npy => {
             let spec = &layout.tensors[0];
-            let mut file =
-                BufWriter::with_capacity(1 << 16, File::create(&tmp).map_err(|e| io("create", e))?);
+            let mut file = BufWriter::with_capacity(1 << 16, staged.file());
             let header = match spec.dtype {
                 DType::F32 => npyz::WriteOptions::<f32>::new()
                     .default_dtype()
@@ -365,14 +229,11 @@ pub fn write_encoded(path: &Path, layout: &Layout, bytes: &[u8]) -> Result<()> {
                     view
                 })
                 .collect::<Result<Vec<_>>>()?;
-            safetensors::serialize_to_file(views, None, &tmp).map_err(|e| st_err(path, e))?;
+            safetensors::serialize_to_file(views, None, staged.tmp_path())
+                .map_err(|e| st_err(path, e))?;
         }
     }
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-        action: "move into place",
-        path: path.to_owned(),
-        source,
-    })
+    staged.commit().map_err(|e| io("move into place", e))
 }
 
 fn read_all(path: &Path) -> Result<Vec<u8>> {
@@ -472,6 +333,7 @@ fn st_err(path: &Path, e: safetensors::SafeTensorError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::decode_values;
 
     #[test]
     fn a_truncated_npy_is_refused_with_a_clear_reason() {

@@ -13,6 +13,8 @@
 
 use std::fmt;
 
+use crate::secagg::ring::Modulus;
+
 /// Quantization knobs.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QuantParams {
@@ -33,32 +35,6 @@ impl Default for QuantParams {
             bits: 16,
             max_weight: 1_000_000,
         }
-    }
-}
-
-/// The ring the masked sums live in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Modulus {
-    /// 2^32, 4-byte words.
-    #[serde(rename = "2^32")]
-    M32,
-    /// 2^64, 8-byte words.
-    #[serde(rename = "2^64")]
-    M64,
-}
-
-impl Modulus {
-    /// Bytes per word.
-    pub fn word_bytes(self) -> usize {
-        match self {
-            Modulus::M32 => 4,
-            Modulus::M64 => 8,
-        }
-    }
-
-    /// log2 of the modulus.
-    pub fn bits(self) -> u32 {
-        (self.word_bytes() * 8) as u32
     }
 }
 
@@ -93,23 +69,6 @@ pub enum Error {
     /// A NaN or infinite value in the input.
     #[error("the input holds a non-finite value (NaN or infinity) at element {0}")]
     NonFinite(u64),
-}
-
-impl Error {
-    /// What to change.
-    pub fn hint(&self) -> Option<String> {
-        match self {
-            Error::BadParam(_) => Some("see 'secagg mask --help' for the allowed ranges".into()),
-            Error::Overflow {
-                max_bits,
-                max_weight_fit,
-                ..
-            } => Some(format!(
-                "lower --bits to {max_bits} or less, or lower --max-weight to {max_weight_fit} or less (weights are sample counts; they can be scaled down), or use fewer nodes per round"
-            )),
-            Error::NonFinite(_) => Some("fix the update: training produced NaN or infinity".into()),
-        }
-    }
 }
 
 /// A checked quantization plan for n nodes.
@@ -217,7 +176,7 @@ impl Plan {
     /// `W`; one tight loop with the checks folded in. Returns the number of clipped
     /// values, or the index in `xs` of the first non-finite value (then `out` holds
     /// garbage for this block and must be discarded).
-    pub fn quantize_into<W: crate::mask::Word>(
+    pub fn quantize_into<W: crate::secagg::ring::Word>(
         &self,
         xs: &[f64],
         weight: i64,
@@ -299,11 +258,6 @@ mod tests {
             max_weight: u64::MAX / 2,
         };
         let err = Plan::new(huge, 10).expect_err("overflow");
-        let hint = err.hint().expect("hint");
-        assert!(
-            hint.contains("--bits") && hint.contains("--max-weight"),
-            "{hint}"
-        );
         if let Error::Overflow { max_weight_fit, .. } = err {
             let fixed = QuantParams {
                 max_weight: max_weight_fit,

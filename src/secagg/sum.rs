@@ -1,79 +1,21 @@
-//! The aggregator: sums masked updates modulo 2^k as they stream in, and decodes the
-//! weighted mean. Memory is one accumulator of d words whatever the number of inputs.
-//!
-//! [`Accumulator::finish`] is the only way to a mean, and [`aggregate_files`] calls it
-//! only after every participant's file was present, agreed on the round, and verified
-//! against the sender's registered certificate.
+//! Modular sums of masked vectors: an accumulator that adds words as they stream in,
+//! and the decoding of the weighted mean. Memory is one accumulator of d words whatever
+//! the number of inputs. File mode ([`crate::files::aggregate`]) and rounds both use it.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use crate::layout::{self, Layout};
+use crate::secagg::quantize::Plan;
+use crate::secagg::ring::Modulus;
+use crate::secagg::ring::Word;
 
-use crate::identity::PartyId;
-use crate::mask::Word;
-use crate::masked::{self, Header, Reader};
-use crate::quantize::{Modulus, Plan};
-use crate::registry::Registry;
-use crate::tensor::{self, Layout};
-
-/// Aggregation errors.
+/// Why a sum cannot be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No inputs.
+    /// The accumulator holds no words at all.
     #[error("no masked files given")]
     NoInputs,
-    /// A participant did not deliver.
-    #[error("missing participant(s): {}; the masks do not cancel without them, so no result is computed", .0.join(", "))]
-    Missing(Vec<String>),
-    /// A sender is not in the round.
-    #[error("{}: sender '{sender}' is not a participant of this round", path.display())]
-    Stranger {
-        /// File.
-        path: PathBuf,
-        /// Sender.
-        sender: PartyId,
-    },
-    /// Two files from one sender.
-    #[error("{}: a second file from '{sender}'", path.display())]
-    Duplicate {
-        /// File.
-        path: PathBuf,
-        /// Sender.
-        sender: PartyId,
-    },
-    /// Headers disagree.
-    #[error("{}: header disagrees with {} on {field}", path.display(), first.display())]
-    Mismatch {
-        /// File.
-        path: PathBuf,
-        /// Reference file.
-        first: PathBuf,
-        /// Which field.
-        field: &'static str,
-    },
     /// The weights sum to zero or more than allowed.
     #[error("total weight {0} is invalid (inputs inconsistent or tampered)")]
     BadWeight(u64),
-    /// A masked-file error.
-    #[error(transparent)]
-    Masked(#[from] masked::Error),
-    /// A plan error (header parameters out of range).
-    #[error(transparent)]
-    Quantize(#[from] crate::quantize::Error),
-}
-
-impl Error {
-    /// What to do.
-    pub fn hint(&self) -> Option<String> {
-        Some(match self {
-            Error::NoInputs => "pass the masked files: secagg aggregate a.masked b.masked ... --out mean.npy".into(),
-            Error::Missing(_) => "collect every participant's file, or start attempt+1 with the survivors as participants".into(),
-            Error::Stranger { .. } | Error::Duplicate { .. } => "pass exactly one file per participant of the round".into(),
-            Error::Mismatch { .. } => "all files must come from the same federation, round, attempt, participants and parameters".into(),
-            Error::BadWeight(_) => "re-run the round; a node may have used a weight above --max-weight".into(),
-            Error::Masked(e) => return e.hint(),
-            Error::Quantize(e) => return e.hint(),
-        })
-    }
 }
 
 type Result<T> = std::result::Result<T, Error>;
@@ -153,7 +95,7 @@ impl<W: Word> Accumulator<W> {
     }
 
     /// Decodes the weighted mean straight into `layout`'s encoding (see
-    /// [`tensor::encode_values`]), without a vector of f64 in between. Returns the
+    /// [`layout::encode_values`]), without a vector of f64 in between. Returns the
     /// total weight and the bytes.
     pub fn finish_encoded(self, plan: &Plan, layout: &Layout) -> Result<(u64, Vec<u8>)> {
         let bits = 8 * self.width as u32;
@@ -161,7 +103,7 @@ impl<W: Word> Accumulator<W> {
         let values = sums
             .iter()
             .map(|s| signed_low_bits(s.to_u64(), bits) as f64 * scale);
-        Ok((total, tensor::encode_values(layout, values)))
+        Ok((total, layout::encode_values(layout, values)))
     }
 }
 
@@ -249,111 +191,10 @@ impl AnyAccumulator {
     }
 }
 
-/// Progress events for the CLI.
-pub enum Progress<'a> {
-    /// All headers checked.
-    Checked(usize),
-    /// One input summed and verified.
-    Summed(usize, &'a PartyId),
-}
-
-/// Verifies and sums masked files into the weighted mean.
-///
-/// All headers are checked first (agreement, membership, registration, completeness),
-/// so a missing participant fails before any payload is read. Each payload is then summed
-/// while it is hashed, and its signature checked at its end; any failure discards the sum.
-pub fn aggregate_files(
-    reg: &Registry,
-    paths: &[PathBuf],
-    mut progress: impl FnMut(Progress<'_>),
-) -> Result<(Header, Mean)> {
-    let first_path = paths.first().ok_or(Error::NoInputs)?;
-    let mut readers = Vec::with_capacity(paths.len());
-    let mut seen = BTreeMap::new();
-    let mut keys = Vec::with_capacity(paths.len());
-    for path in paths {
-        let r = Reader::open(path)?;
-        let h = r.header();
-        if let Some(first) = readers.first().map(Reader::header) {
-            if let Some(field) = disagreement(first, h) {
-                return Err(Error::Mismatch {
-                    path: path.clone(),
-                    first: first_path.clone(),
-                    field,
-                });
-            }
-        }
-        if !h.participants.contains(&h.sender) {
-            return Err(Error::Stranger {
-                path: path.clone(),
-                sender: h.sender.clone(),
-            });
-        }
-        if seen.insert(h.sender.clone(), path.clone()).is_some() {
-            return Err(Error::Duplicate {
-                path: path.clone(),
-                sender: h.sender.clone(),
-            });
-        }
-        keys.push(*masked::registered_node(reg, &h.sender)?.public_key());
-        readers.push(r);
-    }
-    let header = readers[0].header().clone();
-    let missing: Vec<String> = header
-        .participants
-        .iter()
-        .filter(|p| !seen.contains_key(*p))
-        .map(|p| p.to_string())
-        .collect();
-    if !missing.is_empty() {
-        return Err(Error::Missing(missing));
-    }
-    let plan = Plan::new(header.quant, header.participants.len())?;
-    if plan.modulus != header.modulus {
-        return Err(Error::Mismatch {
-            path: first_path.clone(),
-            first: first_path.clone(),
-            field: "modulus (not the one the parameters imply)",
-        });
-    }
-    progress(Progress::Checked(readers.len()));
-    let mut acc = AnyAccumulator::new(header.modulus, header.elements as usize);
-    for (i, (mut r, key)) in readers.into_iter().zip(keys).enumerate() {
-        let sender = r.header().sender.clone();
-        r.stream(|off, bytes| acc.absorb(off, bytes))?;
-        r.verify(&key)?;
-        progress(Progress::Summed(i + 1, &sender));
-    }
-    let mean = acc.finish(&plan)?;
-    Ok((header, mean))
-}
-
-fn disagreement(a: &Header, b: &Header) -> Option<&'static str> {
-    if a.format_version != b.format_version {
-        Some("format version")
-    } else if a.federation != b.federation {
-        Some("federation")
-    } else if a.round != b.round {
-        Some("round")
-    } else if a.attempt != b.attempt {
-        Some("attempt")
-    } else if a.label != b.label {
-        Some("label")
-    } else if a.participants != b.participants {
-        Some("participants")
-    } else if a.quant != b.quant || a.modulus != b.modulus {
-        Some("quantization parameters")
-    } else if a.layout != b.layout || a.elements != b.elements {
-        Some("tensor shapes")
-    } else {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quantize::QuantParams;
+    use crate::secagg::quantize::QuantParams;
     use proptest::prelude::*;
 
     proptest! {

@@ -9,90 +9,14 @@
 use aes::Aes128;
 use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 
-use crate::keys::{MaskKey, Sign};
+use crate::secagg::keys::{MaskKey, Sign};
+use crate::secagg::ring::Word;
 
 /// The PRG: AES-128 in CTR mode, 64-bit big-endian counter, IV = 0.
 pub type Prg = ctr::Ctr64BE<Aes128>;
 
 /// Output block size per step, in bytes (fits L1 with the keystream buffer).
 const BLOCK_BYTES: usize = 16 * 1024;
-
-/// A machine word the masked sum lives in (the modulus is 2^bits of the word).
-pub trait Word: Copy + Default + Send + Sync + Eq + std::fmt::Debug + 'static {
-    /// Bytes per word.
-    const BYTES: usize;
-    /// Wrapping add.
-    fn add(self, o: Self) -> Self;
-    /// Wrapping sub.
-    fn sub(self, o: Self) -> Self;
-    /// From little-endian bytes (exactly `BYTES` long).
-    fn from_le(b: &[u8]) -> Self;
-    /// Appends little-endian bytes.
-    fn put_le(self, out: &mut Vec<u8>);
-    /// From the low `b.len()` (at most `BYTES`) little-endian bytes, zero-extended.
-    fn from_le_narrow(b: &[u8]) -> Self;
-    /// Writes the low `out.len()` (at most `BYTES`) little-endian bytes: the word
-    /// reduced modulo 2^(8·out.len()).
-    fn write_le_narrow(self, out: &mut [u8]);
-    /// From a signed integer, reduced modulo 2^bits.
-    fn from_i64(v: i64) -> Self;
-    /// From an unsigned integer, reduced modulo 2^bits.
-    fn from_u64(v: u64) -> Self;
-    /// As a signed integer (two's complement).
-    fn to_i64(self) -> i64;
-    /// As an unsigned integer.
-    fn to_u64(self) -> u64;
-}
-
-macro_rules! word {
-    ($t:ty, $s:ty) => {
-        impl Word for $t {
-            const BYTES: usize = std::mem::size_of::<$t>();
-            #[inline(always)]
-            fn add(self, o: Self) -> Self {
-                self.wrapping_add(o)
-            }
-            #[inline(always)]
-            fn sub(self, o: Self) -> Self {
-                self.wrapping_sub(o)
-            }
-            #[inline(always)]
-            fn from_le(b: &[u8]) -> Self {
-                let mut a = [0u8; std::mem::size_of::<$t>()];
-                a.copy_from_slice(b);
-                <$t>::from_le_bytes(a)
-            }
-            fn put_le(self, out: &mut Vec<u8>) {
-                out.extend_from_slice(&self.to_le_bytes());
-            }
-            #[inline(always)]
-            fn from_le_narrow(b: &[u8]) -> Self {
-                let mut a = [0u8; std::mem::size_of::<$t>()];
-                a[..b.len()].copy_from_slice(b);
-                <$t>::from_le_bytes(a)
-            }
-            #[inline(always)]
-            fn write_le_narrow(self, out: &mut [u8]) {
-                let n = out.len();
-                out.copy_from_slice(&self.to_le_bytes()[..n]);
-            }
-            fn from_i64(v: i64) -> Self {
-                v as $t
-            }
-            fn from_u64(v: u64) -> Self {
-                v as $t
-            }
-            fn to_i64(self) -> i64 {
-                self as $s as i64
-            }
-            fn to_u64(self) -> u64 {
-                self as u64
-            }
-        }
-    };
-}
-word!(u32, i32);
-word!(u64, i64);
 
 /// One peer's contribution: its per-use key and our sign for the pair.
 #[derive(Debug)]
@@ -169,9 +93,9 @@ pub fn default_threads() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certificate::Fingerprint;
-    use crate::identity::PartyKey;
-    use crate::keys::{MaskContext, PairwiseSecret};
+    use crate::party::Fingerprint;
+    use crate::pki::identity::PartyKey;
+    use crate::secagg::keys::{MaskContext, PairwiseSecret};
     use proptest::prelude::*;
 
     fn masks_for(n: usize) -> Vec<Vec<PeerMask>> {

@@ -8,14 +8,12 @@
 //! that passed every structural check and verified against its own key.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use der::asn1::{Ia5String, OctetString};
 use der::{Decode, Encode};
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{DerSignature, SigningKey, VerifyingKey};
-use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
 use x509_cert::builder::profile::BuilderProfile;
 use x509_cert::builder::{Builder, CertificateBuilder};
@@ -30,7 +28,8 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::spki::{ObjectIdentifier, SubjectPublicKeyInfo, SubjectPublicKeyInfoRef};
 use x509_cert::time::{Time, Validity};
 
-use crate::identity::{Host, PartyId};
+use crate::clock::unix_secs;
+use crate::party::{Fingerprint, Host, PartyId};
 
 const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
@@ -79,118 +78,9 @@ pub enum Error {
     /// Building a certificate failed (internal).
     #[error("could not build the certificate: {0}")]
     Build(String),
-    /// A fingerprint typed by a user is malformed.
-    #[error("invalid fingerprint '{0}': expected 32 hex bytes, e.g. AB:CD:...")]
-    BadFingerprint(String),
-}
-
-impl Error {
-    /// What the user can do about it.
-    pub fn hint(&self) -> Option<String> {
-        Some(match self {
-            Error::NotPem | Error::TooManyBlocks(_) | Error::Der(_) => {
-                "pass the certificate PEM exactly as 'secagg certificate registration-instructions' printed it".into()
-            }
-            Error::WrongLabel(_) => {
-                "this looks like a key, not a certificate; never share private keys. Ask the party for its certificate".into()
-            }
-            Error::WrongKeyType(_) | Error::WrongCurve(_) | Error::WrongSignatureAlgorithm(_) => {
-                "ask the party to run 'secagg certificate generate' (or openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256)".into()
-            }
-            Error::BadSignature => {
-                "the file was modified in transit; get a fresh copy and compare fingerprints over a trusted channel".into()
-            }
-            Error::Expired(_) => {
-                "ask the party to renew with 'secagg certificate generate --force' (or pass --allow-expired)".into()
-            }
-            Error::NotYetValid(_) => {
-                "check this machine's clock and the party's; or wait until the certificate becomes valid".into()
-            }
-            Error::NoCommonName => "ask the party to run 'secagg certificate generate'".into(),
-            Error::Build(_) => return None,
-            Error::BadFingerprint(_) => {
-                "copy the fingerprint from the party's registration instructions".into()
-            }
-        })
-    }
 }
 
 type Result<T> = std::result::Result<T, Error>;
-
-/// SHA-256 of a certificate's DER: the value parties compare out of band.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Fingerprint([u8; 32]);
-
-impl Fingerprint {
-    /// The fingerprint of DER bytes.
-    pub fn of_der(der: &[u8]) -> Fingerprint {
-        Fingerprint(Sha256::digest(der).into())
-    }
-
-    /// The raw digest.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// Exactly what `openssl x509 -noout -fingerprint -sha256` prints (OpenSSL 3).
-    pub fn openssl_line(&self) -> String {
-        format!("sha256 Fingerprint={self}")
-    }
-
-    /// The first 8 bytes, for tables.
-    pub fn short(&self) -> String {
-        let full = self.to_string();
-        format!("{}…", &full[..23])
-    }
-}
-
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Listing 10,000 peers formats 10,000 fingerprints: avoid 32 `write!` calls each.
-        const HEX: &[u8; 16] = b"0123456789ABCDEF";
-        let mut out = [b':'; 95];
-        for (i, b) in self.0.iter().enumerate() {
-            out[3 * i] = HEX[usize::from(b >> 4)];
-            out[3 * i + 1] = HEX[usize::from(b & 0xf)];
-        }
-        // Only ASCII hex digits and colons were written.
-        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Fingerprint({self})")
-    }
-}
-
-impl FromStr for Fingerprint {
-    type Err = Error;
-    /// Accepts `AB:CD:…`, `abcd…`, and openssl's `sha256 Fingerprint=AB:…` line.
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::BadFingerprint(s.to_owned());
-        let t = s.trim();
-        let t = match t.split_once('=') {
-            Some((prefix, rest)) if prefix.trim().eq_ignore_ascii_case("sha256 fingerprint") => {
-                rest
-            }
-            Some(_) => return Err(bad()),
-            None => t,
-        };
-        let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        let mut digits = t.bytes().filter(|c| *c != b':');
-        let mut out = [0u8; 32];
-        for byte in out.iter_mut() {
-            let hi = digits.next().and_then(nibble).ok_or_else(bad)?;
-            let lo = digits.next().and_then(nibble).ok_or_else(bad)?;
-            *byte = hi << 4 | lo;
-        }
-        if digits.next().is_some() {
-            return Err(bad());
-        }
-        Ok(Fingerprint(out))
-    }
-}
 
 /// What goes into our certificate.
 #[derive(Clone, Debug)]
@@ -393,12 +283,12 @@ impl PeerCertificate {
     /// Errors unless `now` is within notBefore..=notAfter.
     pub fn check_validity(&self, now: SystemTime) -> Result<()> {
         if now < self.not_before {
-            return Err(Error::NotYetValid(crate::registry::format_time(unix_secs(
+            return Err(Error::NotYetValid(crate::clock::format_time(unix_secs(
                 self.not_before,
             ))));
         }
         if now > self.not_after {
-            return Err(Error::Expired(crate::registry::format_time(unix_secs(
+            return Err(Error::Expired(crate::clock::format_time(unix_secs(
                 self.not_after,
             ))));
         }
@@ -440,14 +330,6 @@ impl PeerCertificate {
     }
 }
 
-/// Seconds since the epoch, negative before it.
-pub fn unix_secs(t: SystemTime) -> i64 {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    }
-}
-
 fn key_algorithm_name(oid: &ObjectIdentifier) -> String {
     match oid.to_string().as_str() {
         "1.2.840.113549.1.1.1" => "RSA".into(),
@@ -471,7 +353,7 @@ fn curve_name(oid: &ObjectIdentifier) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::PartyKey;
+    use crate::pki::identity::PartyKey;
 
     fn make(id: &str, host: &str) -> (PartyKey, PeerCertificate) {
         let key = PartyKey::generate().expect("rng");
@@ -520,29 +402,6 @@ mod tests {
             PeerCertificate::from_der(&der),
             Err(Error::BadSignature) | Err(Error::Der(_))
         ));
-    }
-
-    #[test]
-    fn fingerprint_formats() {
-        let fp = Fingerprint::of_der(b"x");
-        let s = fp.to_string();
-        assert_eq!(s.len(), 95);
-        assert_eq!(s.parse::<Fingerprint>().ok(), Some(fp));
-        assert_eq!(
-            s.replace(':', "")
-                .to_lowercase()
-                .parse::<Fingerprint>()
-                .ok(),
-            Some(fp)
-        );
-        assert_eq!(fp.openssl_line().parse::<Fingerprint>().ok(), Some(fp));
-        assert!("AB:CD".parse::<Fingerprint>().is_err());
-        assert!(
-            format!("md5 Fingerprint={s}")
-                .parse::<Fingerprint>()
-                .is_err()
-        );
-        assert_eq!(fp.short().chars().count(), 24);
     }
 
     #[test]

@@ -21,8 +21,9 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::certificate::Fingerprint;
-use crate::identity::{PartyId, PartyKey};
+use crate::party::Fingerprint;
+use crate::party::PartyId;
+use crate::pki::identity::PartyKey;
 
 /// Version label bound into every derivation.
 pub const PAIRWISE_INFO: &[u8] = b"secagg v1 pairwise";

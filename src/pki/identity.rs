@@ -7,11 +7,9 @@
 //! is created `0600` with `create_new`.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::SystemTime;
 
 use p256::ecdsa::SigningKey;
@@ -19,23 +17,16 @@ use p256::elliptic_curve::Generate;
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use serde::{Deserialize, Serialize};
 
-use crate::certificate::{self, CertParams, PeerCertificate};
+use crate::atomic;
+use crate::party::{Host, PartyId, Role};
+use crate::pki::certificate::{self, CertParams, PeerCertificate};
 
 /// Errors about identities and the home directory.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A party id has characters or a length we refuse.
-    #[error("invalid party id '{0}': use 1 to 64 characters from A-Z a-z 0-9 . _ -")]
-    BadPartyId(String),
-    /// A role other than node or researcher.
-    #[error("invalid role '{0}': expected 'node' or 'researcher'")]
-    BadRole(String),
-    /// Neither an IP address nor a valid DNS name.
-    #[error("invalid address '{0}': expected an IPv4/IPv6 address or a DNS hostname")]
-    BadHost(String),
-    /// A port outside 1..=65535.
-    #[error("invalid port {0}: expected a number from 1 to 65535")]
-    BadPort(u64),
+    /// A malformed party id, role, address or port.
+    #[error(transparent)]
+    Party(#[from] crate::party::Error),
     /// `certificate generate` found an identity and was not told to replace it.
     #[error("{} already holds an identity ({})", home.display(), existing.display())]
     Exists {
@@ -95,186 +86,7 @@ pub enum Error {
     Certificate(#[from] certificate::Error),
 }
 
-impl Error {
-    /// What the user can do about it.
-    pub fn hint(&self) -> Option<String> {
-        Some(match self {
-            Error::BadPartyId(_) => "party ids look like 'hospital-a' or 'node_1f3c...'".into(),
-            Error::BadRole(_) => "pass --role node or --role researcher".into(),
-            Error::BadHost(_) => "pass the address peers use to reach this party, e.g. --ip 10.0.0.5 or --ip node-a.example.org".into(),
-            Error::BadPort(_) => "pass --port with a value from 1 to 65535".into(),
-            Error::Exists { .. } => "keep the current identity, or pass --force to replace it (the old files are kept as .bak)".into(),
-            Error::NoIdentity { .. } => "run 'secagg certificate generate' first (or pass --home to choose another home)".into(),
-            Error::Io { .. } => "check that the directory exists and is writable by you".into(),
-            Error::BadConfig { .. } => "fix the file by hand (see etc/config.example.toml) or regenerate with 'secagg certificate generate --force'".into(),
-            Error::BadKey { .. } | Error::BadOwnCertificate { .. } => "regenerate the identity with 'secagg certificate generate --force' and re-run the exchange with your peers".into(),
-            Error::Rng | Error::KeyEncoding => return None,
-            Error::Certificate(e) => return e.hint(),
-        })
-    }
-}
-
 type Result<T> = std::result::Result<T, Error>;
-
-/// A party's identifier: 1..=64 characters from `[A-Za-z0-9._-]`.
-///
-/// It is the certificate's CN and the registry's primary key, and it appears in
-/// shell commands we print, so the alphabet is kept shell- and filename-safe.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct PartyId(String);
-
-impl PartyId {
-    /// The id as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// A fresh id `<role>_<uuid v4>`.
-    pub fn random(role: Role) -> PartyId {
-        PartyId(format!("{}_{}", role, uuid::Uuid::new_v4()))
-    }
-}
-
-impl FromStr for PartyId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let ok = (1..=64).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if ok {
-            Ok(PartyId(s.to_owned()))
-        } else {
-            Err(Error::BadPartyId(s.to_owned()))
-        }
-    }
-}
-
-impl TryFrom<String> for PartyId {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self> {
-        s.parse()
-    }
-}
-
-impl From<PartyId> for String {
-    fn from(p: PartyId) -> String {
-        p.0
-    }
-}
-
-impl fmt::Display for PartyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// What a party does in a federation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// A data holder (hospital) that trains locally and masks its update.
-    Node,
-    /// The aggregator that sums masked updates.
-    Researcher,
-}
-
-impl Role {
-    /// The lowercase name used on the command line and in the registry.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Node => "node",
-            Role::Researcher => "researcher",
-        }
-    }
-}
-
-impl FromStr for Role {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "node" => Ok(Role::Node),
-            "researcher" => Ok(Role::Researcher),
-            other => Err(Error::BadRole(other.to_owned())),
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where a party is reachable: an IP address or a DNS hostname.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Host(String);
-
-impl Host {
-    /// The host as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The IP address, if the host is one.
-    pub fn ip(&self) -> Option<IpAddr> {
-        self.0.parse().ok()
-    }
-}
-
-impl FromStr for Host {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        if s.parse::<IpAddr>().is_ok() || is_dns_name(s) {
-            Ok(Host(s.to_owned()))
-        } else {
-            Err(Error::BadHost(s.to_owned()))
-        }
-    }
-}
-
-/// RFC 1123 hostnames; an all-numeric name (`999.1.1.1`) is a mistyped IP, not a host.
-fn is_dns_name(s: &str) -> bool {
-    let labels: Vec<&str> = s.split('.').collect();
-    let label_ok = |l: &&str| {
-        (1..=63).contains(&l.len())
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    !s.is_empty()
-        && s.len() <= 253
-        && labels.iter().all(label_ok)
-        && !labels.iter().all(|l| l.bytes().all(|b| b.is_ascii_digit()))
-}
-
-impl TryFrom<String> for Host {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self> {
-        s.parse()
-    }
-}
-
-impl From<Host> for String {
-    fn from(h: Host) -> String {
-        h.0
-    }
-}
-
-impl fmt::Display for Host {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Checks a port number typed by a user.
-pub fn parse_port(port: u64) -> Result<u16> {
-    match u16::try_from(port) {
-        Ok(p) if p != 0 => Ok(p),
-        _ => Err(Error::BadPort(port)),
-    }
-}
 
 /// The contents of `config.toml`: who this party is and where peers reach it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -528,10 +340,12 @@ pub fn generate(home: &Home, params: &GenerateParams, replace: bool) -> Result<G
         })?
     );
 
-    let stamp = SystemTime::now()
+    let secs = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
+        .map(|d| d.as_secs())
         .unwrap_or(0);
+    // Write all three files in full before touching the old ones: a failure here drops
+    // the staged temporaries and leaves the old identity as it was.
     let staged = [
         (home.key_path(), key_pem.as_bytes(), true),
         (home.cert_path(), cert.to_pem().as_bytes(), false),
@@ -539,29 +353,33 @@ pub fn generate(home: &Home, params: &GenerateParams, replace: bool) -> Result<G
     ]
     .into_iter()
     .map(|(path, bytes, secret)| {
-        let tmp = path.with_extension(format!("tmp-{stamp}"));
-        write_new(&tmp, bytes, secret).map(|()| (tmp, path))
+        let io = |source| Error::Io {
+            action: "write",
+            path: path.clone(),
+            source,
+        };
+        let mut staged = atomic::stage(&path, secret).map_err(io)?;
+        staged.file().write_all(bytes).map_err(io)?;
+        Ok(staged)
     })
-    .collect::<Result<Vec<_>>>();
-    let staged = match staged {
-        Ok(s) => s,
-        Err(e) => {
-            remove_staged(home, stamp);
-            return Err(e);
-        }
-    };
+    .collect::<Result<Vec<_>>>()?;
 
     let mut backups = Vec::new();
-    let secs = stamp / 1_000_000_000;
-    for (_, path) in &staged {
+    for staged in &staged {
+        let path = staged.path();
         if path.exists() {
             let bak = PathBuf::from(format!("{}.bak-{secs}", path.display()));
             rename(path, &bak)?;
-            backups.push((path.clone(), bak));
+            backups.push((path.to_owned(), bak));
         }
     }
-    for (tmp, path) in &staged {
-        rename(tmp, path)?;
+    for staged in staged {
+        let path = staged.path().to_owned();
+        staged.commit_new().map_err(|source| Error::Io {
+            action: "move into place",
+            path,
+            source,
+        })?;
     }
     Ok(Generated {
         identity: Identity {
@@ -589,12 +407,6 @@ pub fn create_home_dir(root: &Path) -> Result<()> {
     })
 }
 
-fn remove_staged(home: &Home, stamp: u128) {
-    for path in home.identity_files() {
-        let _ = fs::remove_file(path.with_extension(format!("tmp-{stamp}")));
-    }
-}
-
 fn rename(from: &Path, to: &Path) -> Result<()> {
     fs::rename(from, to).map_err(|source| Error::Io {
         action: "move",
@@ -603,58 +415,9 @@ fn rename(from: &Path, to: &Path) -> Result<()> {
     })
 }
 
-/// Writes a file that must not exist yet; secret files get mode 0600 from the start.
-fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<()> {
-    let mut opts = OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(if secret { 0o600 } else { 0o644 });
-    }
-    let io = |source| Error::Io {
-        action: "write",
-        path: path.to_owned(),
-        source,
-    };
-    let mut file: File = opts.open(path).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn party_ids() {
-        for ok in ["a", "node_1", "hospital-A.eu", &"x".repeat(64)] {
-            assert!(ok.parse::<PartyId>().is_ok(), "{ok}");
-        }
-        for bad in ["", "a b", "a/b", "é", "a;rm", &"x".repeat(65)] {
-            assert!(bad.parse::<PartyId>().is_err(), "{bad}");
-        }
-        let id = PartyId::random(Role::Node);
-        assert!(id.as_str().starts_with("node_"));
-        assert!(id.as_str().parse::<PartyId>().is_ok());
-    }
-
-    #[test]
-    fn hosts() {
-        for ok in ["127.0.0.1", "::1", "node-a.example.org", "localhost"] {
-            assert!(ok.parse::<Host>().is_ok(), "{ok}");
-        }
-        for bad in ["", "999.1.1.1", "a..b", "-a.org", "a b", "1.2.3"] {
-            assert!(bad.parse::<Host>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn ports() {
-        assert!(parse_port(0).is_err());
-        assert!(parse_port(70000).is_err());
-        assert_eq!(parse_port(443).ok(), Some(443));
-    }
 
     #[test]
     fn key_debug_hides_secret() {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use crate::certificate::Fingerprint;
-use crate::identity::{Host, PartyId, Role};
+use crate::party::Fingerprint;
+use crate::party::{Host, PartyId, Role};
 
 /// Schema steps. Append only: never edit or reorder a released step.
 /// How long a process waits for another one holding the registry.
@@ -120,30 +120,6 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// What the user can do about it.
-    pub fn hint(&self) -> Option<String> {
-        Some(match self {
-            Error::Corrupt { path, .. } => format!(
-                "secagg will not overwrite it; restore {} from a backup or move it aside to start an empty registry",
-                path.display()
-            ),
-            Error::TooNew { .. } => "upgrade secagg".into(),
-            Error::ReadOnly { .. } => "make the home directory and registry writable, or pass --home with a writable directory".into(),
-            Error::Sqlite { .. } => return None,
-            Error::DuplicateId(id) => format!(
-                "pass --upsert to replace the registration of '{id}', or delete it first with 'secagg certificate delete --party-id {id}'"
-            ),
-            Error::DuplicateFingerprint { existing, .. } => format!(
-                "one certificate belongs to one party; delete '{existing}' first if it was registered under the wrong id"
-            ),
-            Error::UnknownParty(_) => "run 'secagg certificate list' to see registered parties".into(),
-            Error::BadRow { .. } => "delete and re-register that party".into(),
-            Error::MaskReuse { .. } => "ask the researcher to start a new round or attempt number".into(),
-        })
-    }
-}
-
 type Result<T> = std::result::Result<T, Error>;
 
 /// A registered peer.
@@ -194,8 +170,8 @@ pub enum Registered {
 
 /// An open registry.
 pub struct Registry {
-    conn: Connection,
-    path: PathBuf,
+    pub(super) conn: Connection,
+    pub(super) path: PathBuf,
 }
 
 impl Registry {
@@ -276,7 +252,7 @@ impl Registry {
         Ok(reg)
     }
 
-    fn err(&self, e: rusqlite::Error) -> Error {
+    pub(super) fn err(&self, e: rusqlite::Error) -> Error {
         classify(&self.path, e)
     }
 
@@ -363,13 +339,11 @@ impl Registry {
         match id {
             None => Ok(None),
             Some(id) => {
-                let id = id
-                    .parse()
-                    .map_err(|e: crate::identity::Error| Error::BadRow {
-                        path: self.path.clone(),
-                        party: id.clone(),
-                        reason: e.to_string(),
-                    })?;
+                let id = id.parse().map_err(|e: crate::party::Error| Error::BadRow {
+                    path: self.path.clone(),
+                    party: id.clone(),
+                    reason: e.to_string(),
+                })?;
                 self.get(&id)
             }
         }
@@ -463,75 +437,6 @@ impl Registry {
         tx.commit().map_err(sql)?;
         raw.parse(&path)
     }
-
-    /// Records that we masked for `(federation, round, attempt, label)`; refuses a second time.
-    pub fn journal_mask(
-        &mut self,
-        federation: &str,
-        round: u64,
-        attempt: u32,
-        label: &str,
-        participants: &str,
-        now: i64,
-    ) -> Result<()> {
-        let path = self.path.clone();
-        let round_i = i64::try_from(round).map_err(|_| Error::BadRow {
-            path: path.clone(),
-            party: String::new(),
-            reason: "round number too large".into(),
-        })?;
-        let res = self.conn.execute(
-            "INSERT INTO mask_journal (federation, round, attempt, label, participants, used_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![federation, round_i, attempt, label, participants, now],
-        );
-        match res {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == ErrorCode::ConstraintViolation =>
-            {
-                Err(Error::MaskReuse {
-                    federation: federation.to_owned(),
-                    round,
-                    attempt,
-                    label: label.to_owned(),
-                })
-            }
-            Err(e) => Err(classify(&path, e)),
-        }
-    }
-
-    /// Whether we already masked for `(federation, round, attempt, label)`.
-    pub fn journal_has(
-        &self,
-        federation: &str,
-        round: u64,
-        attempt: u32,
-        label: &str,
-    ) -> Result<bool> {
-        let round_i = i64::try_from(round).unwrap_or(i64::MAX);
-        self.conn
-            .query_row(
-                "SELECT 1 FROM mask_journal WHERE federation = ?1 AND round = ?2 AND attempt = ?3 AND label = ?4",
-                params![federation, round_i, attempt, label],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|r| r.is_some())
-            .map_err(|e| self.err(e))
-    }
-
-    /// How many attempts of a round we have masked for (any label).
-    pub fn journal_attempts(&self, federation: &str, round: u64) -> Result<u32> {
-        let round_i = i64::try_from(round).unwrap_or(i64::MAX);
-        self.conn
-            .query_row(
-                "SELECT COUNT(DISTINCT attempt) FROM mask_journal WHERE federation = ?1 AND round = ?2",
-                params![federation, round_i],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))
-    }
 }
 
 struct RawRow {
@@ -567,20 +472,20 @@ impl RawRow {
             party_id: self
                 .party_id
                 .parse()
-                .map_err(|e: crate::identity::Error| bad(e.to_string()))?,
+                .map_err(|e: crate::party::Error| bad(e.to_string()))?,
             role: self
                 .role
                 .parse()
-                .map_err(|e: crate::identity::Error| bad(e.to_string()))?,
+                .map_err(|e: crate::party::Error| bad(e.to_string()))?,
             ip: self
                 .ip
                 .parse()
-                .map_err(|e: crate::identity::Error| bad(e.to_string()))?,
+                .map_err(|e: crate::party::Error| bad(e.to_string()))?,
             port: u16::try_from(self.port).map_err(|e| bad(e.to_string()))?,
             fingerprint: self
                 .fingerprint
                 .parse()
-                .map_err(|e: crate::certificate::Error| bad(e.to_string()))?,
+                .map_err(|e: crate::party::Error| bad(e.to_string()))?,
             not_after: self.not_after,
             registered_at: self.registered_at,
         })
@@ -615,7 +520,7 @@ impl Error {
     }
 }
 
-fn classify(path: &Path, e: rusqlite::Error) -> Error {
+pub(super) fn classify(path: &Path, e: rusqlite::Error) -> Error {
     let path = path.to_owned();
     match &e {
         rusqlite::Error::SqliteFailure(f, msg) => {
@@ -631,22 +536,6 @@ fn classify(path: &Path, e: rusqlite::Error) -> Error {
             }
         }
         _ => Error::Sqlite { path, source: e },
-    }
-}
-
-/// RFC 3339 UTC, second precision, for listings and messages.
-pub fn format_time(unix: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(unix) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
-        Err(_) => unix.to_string(),
     }
 }
 
@@ -717,21 +606,6 @@ mod tests {
             Err(Error::UnknownParty(_))
         ));
         assert!(reg.list().expect("list").is_empty());
-    }
-
-    #[test]
-    fn journal_refuses_reuse() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let mut reg = Registry::open(&dir.path().join("r.sqlite")).expect("open");
-        reg.journal_mask("f", 1, 0, "update", "a,b", 0)
-            .expect("first");
-        assert!(matches!(
-            reg.journal_mask("f", 1, 0, "update", "a,b,c", 0),
-            Err(Error::MaskReuse { .. })
-        ));
-        reg.journal_mask("f", 1, 1, "update", "a,b", 0)
-            .expect("next attempt");
-        assert_eq!(reg.journal_attempts("f", 1).expect("count"), 2);
     }
 
     #[test]

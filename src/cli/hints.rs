@@ -1,0 +1,306 @@
+//! Hints: what a user can do about each library error. The library's errors say what
+//! went wrong; only the command line knows about flags and commands, so the advice that
+//! names them lives here.
+
+/// The `hint:` line printed under an error.
+pub trait Hint {
+    /// What the user can do about it, if anything useful can be said.
+    fn hint(&self) -> Option<String>;
+}
+
+mod identity {
+    use super::Hint;
+    use secagg::pki::identity::Error;
+
+    impl Hint for Error {
+        fn hint(&self) -> Option<String> {
+            Some(match self {
+                Error::Party(e) => return e.hint(),
+                Error::Exists { .. } => "keep the current identity, or pass --force to replace it (the old files are kept as .bak)".into(),
+                Error::NoIdentity { .. } => "run 'secagg certificate generate' first (or pass --home to choose another home)".into(),
+                Error::Io { .. } => "check that the directory exists and is writable by you".into(),
+                Error::BadConfig { .. } => "fix the file by hand (see etc/config.example.toml) or regenerate with 'secagg certificate generate --force'".into(),
+                Error::BadKey { .. } | Error::BadOwnCertificate { .. } => "regenerate the identity with 'secagg certificate generate --force' and re-run the exchange with your peers".into(),
+                Error::Rng | Error::KeyEncoding => return None,
+                Error::Certificate(e) => return e.hint(),
+            })
+        }
+    }
+}
+
+mod certificate {
+    use super::Hint;
+    use secagg::pki::certificate::Error;
+
+    impl Hint for Error {
+        fn hint(&self) -> Option<String> {
+            Some(match self {
+                Error::NotPem | Error::TooManyBlocks(_) | Error::Der(_) => {
+                    "pass the certificate PEM exactly as 'secagg certificate registration-instructions' printed it".into()
+                }
+                Error::WrongLabel(_) => {
+                    "this looks like a key, not a certificate; never share private keys. Ask the party for its certificate".into()
+                }
+                Error::WrongKeyType(_) | Error::WrongCurve(_) | Error::WrongSignatureAlgorithm(_) => {
+                    "ask the party to run 'secagg certificate generate' (or openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256)".into()
+                }
+                Error::BadSignature => {
+                    "the file was modified in transit; get a fresh copy and compare fingerprints over a trusted channel".into()
+                }
+                Error::Expired(_) => {
+                    "ask the party to renew with 'secagg certificate generate --force' (or pass --allow-expired)".into()
+                }
+                Error::NotYetValid(_) => {
+                    "check this machine's clock and the party's; or wait until the certificate becomes valid".into()
+                }
+                Error::NoCommonName => "ask the party to run 'secagg certificate generate'".into(),
+                Error::Build(_) => return None,
+            })
+        }
+    }
+}
+
+mod registry {
+    use super::Hint;
+    use secagg::pki::registry::Error;
+
+    impl Hint for Error {
+        fn hint(&self) -> Option<String> {
+            Some(match self {
+                Error::Corrupt { path, .. } => format!(
+                    "secagg will not overwrite it; restore {} from a backup or move it aside to start an empty registry",
+                    path.display()
+                ),
+                Error::TooNew { .. } => "upgrade secagg".into(),
+                Error::ReadOnly { .. } => "make the home directory and registry writable, or pass --home with a writable directory".into(),
+                Error::Sqlite { .. } => return None,
+                Error::DuplicateId(id) => format!(
+                    "pass --upsert to replace the registration of '{id}', or delete it first with 'secagg certificate delete --party-id {id}'"
+                ),
+                Error::DuplicateFingerprint { existing, .. } => format!(
+                    "one certificate belongs to one party; delete '{existing}' first if it was registered under the wrong id"
+                ),
+                Error::UnknownParty(_) => "run 'secagg certificate list' to see registered parties".into(),
+                Error::BadRow { .. } => "delete and re-register that party".into(),
+                Error::MaskReuse { .. } => "ask the researcher to start a new round or attempt number".into(),
+            })
+        }
+    }
+}
+
+mod masked {
+    use super::Hint;
+    use secagg::files::masked::Error;
+
+    impl Hint for Error {
+        fn hint(&self) -> Option<String> {
+            Some(match self {
+                Error::Io { .. } => "check the path and permissions".into(),
+                Error::Malformed { .. } => {
+                    "pass files written by 'secagg mask'; ask the node to send it again".into()
+                }
+                Error::BadSignature { sender, .. } => format!(
+                    "do not use this file; ask '{sender}' to send it again, and check its registered certificate"
+                ),
+                Error::NotANode(_) => "run 'secagg mask' in a node's home (see --home)".into(),
+                Error::NotParticipant(_) => "list this party's id in --participants".into(),
+                Error::DuplicateParticipant(_) => "list each participant once".into(),
+                Error::UnknownParticipant { id, .. } => format!(
+                    "register '{id}' as a node first: ask it for 'secagg certificate registration-instructions'"
+                ),
+                Error::BadWeight { .. } => {
+                    "pass --weight as the number of samples trained on, at most --max-weight".into()
+                }
+                Error::Tensor(e) => return e.hint(),
+                Error::Quantize(e) => return e.hint(),
+                Error::Registry(e) => return e.hint(),
+                Error::Certificate { id, .. } => format!("delete and re-register '{id}'"),
+                Error::Sign => return None,
+            })
+        }
+    }
+}
+
+mod aggregate {
+    use super::Hint;
+    use secagg::files::aggregate::Error;
+
+    impl Hint for Error {
+        fn hint(&self) -> Option<String> {
+            Some(match self {
+                Error::NoInputs => "pass the masked files: secagg aggregate a.masked b.masked ... --out mean.npy".into(),
+                Error::Missing(_) => "collect every participant's file, or start attempt+1 with the survivors as participants".into(),
+                Error::Stranger { .. } | Error::Duplicate { .. } => "pass exactly one file per participant of the round".into(),
+                Error::Mismatch { .. } => "all files must come from the same federation, round, attempt, participants and parameters".into(),
+                Error::Sum(e) => return e.hint(),
+                Error::Masked(e) => return e.hint(),
+                Error::Quantize(e) => return e.hint(),
+            })
+        }
+    }
+}
+
+mod tensor {
+    use super::Hint;
+    use secagg::files::tensor::Error;
+
+    impl Hint for Error {
+        fn hint(&self) -> Option<String> {
+            Some(match self {
+                Error::UnknownContainer(_) => {
+                    "save the update with numpy.save (.npy) or safetensors (.safetensors)".into()
+                }
+                Error::Io { .. } => "check the path and permissions".into(),
+                Error::Invalid { .. } => {
+                    "re-export the update; Fortran-order arrays need numpy.ascontiguousarray first"
+                        .into()
+                }
+                Error::UnsupportedDtype { .. } => {
+                    "convert the update to float32 or float64 before masking".into()
+                }
+            })
+        }
+    }
+}
+
+mod quantize {
+    use super::Hint;
+    use secagg::secagg::quantize::Error;
+
+    impl Hint for Error {
+        fn hint(&self) -> Option<String> {
+            match self {
+                Error::BadParam(_) => {
+                    Some("see 'secagg mask --help' for the allowed ranges".into())
+                }
+                Error::Overflow {
+                    max_bits,
+                    max_weight_fit,
+                    ..
+                } => Some(format!(
+                    "lower --bits to {max_bits} or less, or lower --max-weight to {max_weight_fit} or less (weights are sample counts; they can be scaled down), or use fewer nodes per round"
+                )),
+                Error::NonFinite(_) => {
+                    Some("fix the update: training produced NaN or infinity".into())
+                }
+            }
+        }
+    }
+}
+
+mod round {
+    use super::Hint;
+    use secagg::net::error as transport;
+    use secagg::party::Role;
+    use secagg::round::Error;
+
+    impl Hint for Error {
+        fn hint(&self) -> Option<String> {
+            Some(match self {
+                Error::Identity(e) => return e.hint(),
+                Error::Registry(e) => return e.hint(),
+                Error::Masked(e) => return e.hint(),
+                Error::Tensor(e) => return e.hint(),
+                Error::Quantize(e) => return e.hint(),
+                Error::Aggregate(e) => return e.hint(),
+                Error::Sum(e) => return e.hint(),
+                Error::Transport(transport::Error::Handshake { .. }) => {
+                    "the peer's certificate is not registered here with the role this round needs, or ours is not registered there; compare 'secagg certificate list' on both sides".into()
+                }
+                Error::Transport(_) => return None,
+                Error::WrongRole(Role::Node, _) => {
+                    "run 'round serve' in the researcher's home (--home)".into()
+                }
+                Error::WrongRole(Role::Researcher, _) => {
+                    "run 'round join' in a node's home (--home)".into()
+                }
+                Error::MinNodes { .. } => {
+                    "--min-nodes must be at least 2 and at most the number of --nodes".into()
+                }
+                Error::Listen { .. } => {
+                    "pass --listen with a local address and a free port, e.g. --listen 0.0.0.0:7000".into()
+                }
+                Error::NoResearcher => {
+                    "register the researcher's certificate with 'secagg certificate register --role researcher ...'".into()
+                }
+                Error::ManyResearchers(..) => "pass --researcher ID".into(),
+                Error::UnknownResearcher(_) => "see 'secagg certificate list'".into(),
+                Error::Unreachable { .. } => {
+                    "check that 'round serve' is running there and that the registered ip and port are right".into()
+                }
+                Error::CertificateRefused { .. } => {
+                    "ask the researcher to register this node's certificate with role node and to name this node in --nodes".into()
+                }
+                Error::Protocol { .. } => {
+                    "check that both sides run the same secagg version; report it if they do".into()
+                }
+                Error::Refused { .. } => {
+                    "the round did not meet this node's policy (see --min-nodes and --max-attempts)".into()
+                }
+                Error::Aborted(_) => "see the researcher's log; a new round needs a new --round number".into(),
+                Error::TooFew { .. } | Error::AttemptCap { .. } => {
+                    "run a new round (next --round number) when enough nodes are available, or lower --min-nodes".into()
+                }
+            })
+        }
+    }
+}
+
+mod party {
+    use super::Hint;
+    use secagg::party::Error;
+
+    impl Hint for Error {
+        fn hint(&self) -> Option<String> {
+            Some(match self {
+                Error::BadPartyId(_) => "party ids look like 'hospital-a' or 'node_1f3c...'".into(),
+                Error::BadRole(_) => "pass --role node or --role researcher".into(),
+                Error::BadHost(_) => "pass the address peers use to reach this party, e.g. --ip 10.0.0.5 or --ip node-a.example.org".into(),
+                Error::BadPort(_) => "pass --port with a value from 1 to 65535".into(),
+                Error::BadFingerprint(_) => {
+                    "copy the fingerprint from the party's registration instructions".into()
+                }
+            })
+        }
+    }
+}
+
+mod sum {
+    use super::Hint;
+    use secagg::secagg::sum::Error;
+
+    impl Hint for Error {
+        fn hint(&self) -> Option<String> {
+            match self {
+                Error::NoInputs => Some(
+                    "pass the masked files: secagg aggregate a.masked b.masked ... --out mean.npy"
+                        .into(),
+                ),
+                Error::BadWeight(_) => Some(
+                    "re-run the round; a node may have used a weight above --max-weight".into(),
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Hint;
+    use secagg::secagg::quantize::{Plan, QuantParams};
+
+    #[test]
+    fn overflow_hint_names_the_knobs() {
+        let huge = QuantParams {
+            clip: 1.0,
+            bits: 32,
+            max_weight: u64::MAX / 2,
+        };
+        let err = Plan::new(huge, 10).expect_err("overflow");
+        let hint = err.hint().expect("hint");
+        assert!(
+            hint.contains("--bits") && hint.contains("--max-weight"),
+            "{hint}"
+        );
+    }
+}

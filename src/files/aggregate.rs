@@ -1,0 +1,163 @@
+//! File-mode aggregation: verifies masked files and sums them into the weighted mean.
+//!
+//! [`aggregate_files`] decodes a mean only after every participant's file was present,
+//! agreed on the round, and verified against the sender's registered certificate.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::files::job;
+use crate::files::masked::{Header, Reader};
+use crate::party::PartyId;
+use crate::pki::registry::Registry;
+use crate::secagg::quantize::Plan;
+use crate::secagg::sum::{self, AnyAccumulator, Mean};
+
+/// Aggregation errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No inputs.
+    #[error("no masked files given")]
+    NoInputs,
+    /// A participant did not deliver.
+    #[error("missing participant(s): {}; the masks do not cancel without them, so no result is computed", .0.join(", "))]
+    Missing(Vec<String>),
+    /// A sender is not in the round.
+    #[error("{}: sender '{sender}' is not a participant of this round", path.display())]
+    Stranger {
+        /// File.
+        path: PathBuf,
+        /// Sender.
+        sender: PartyId,
+    },
+    /// Two files from one sender.
+    #[error("{}: a second file from '{sender}'", path.display())]
+    Duplicate {
+        /// File.
+        path: PathBuf,
+        /// Sender.
+        sender: PartyId,
+    },
+    /// Headers disagree.
+    #[error("{}: header disagrees with {} on {field}", path.display(), first.display())]
+    Mismatch {
+        /// File.
+        path: PathBuf,
+        /// Reference file.
+        first: PathBuf,
+        /// Which field.
+        field: &'static str,
+    },
+    /// The sum did not decode.
+    #[error(transparent)]
+    Sum(#[from] sum::Error),
+    /// A masked-file error.
+    #[error(transparent)]
+    Masked(#[from] crate::files::masked::Error),
+    /// A plan error (header parameters out of range).
+    #[error(transparent)]
+    Quantize(#[from] crate::secagg::quantize::Error),
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// Progress events for the CLI.
+pub enum Progress<'a> {
+    /// All headers checked.
+    Checked(usize),
+    /// One input summed and verified.
+    Summed(usize, &'a PartyId),
+}
+
+/// Verifies and sums masked files into the weighted mean.
+///
+/// All headers are checked first (agreement, membership, registration, completeness),
+/// so a missing participant fails before any payload is read. Each payload is then summed
+/// while it is hashed, and its signature checked at its end; any failure discards the sum.
+pub fn aggregate_files(
+    reg: &Registry,
+    paths: &[PathBuf],
+    mut progress: impl FnMut(Progress<'_>),
+) -> Result<(Header, Mean)> {
+    let first_path = paths.first().ok_or(Error::NoInputs)?;
+    let mut readers = Vec::with_capacity(paths.len());
+    let mut seen = BTreeMap::new();
+    let mut keys = Vec::with_capacity(paths.len());
+    for path in paths {
+        let r = Reader::open(path)?;
+        let h = r.header();
+        if let Some(first) = readers.first().map(Reader::header) {
+            if let Some(field) = disagreement(first, h) {
+                return Err(Error::Mismatch {
+                    path: path.clone(),
+                    first: first_path.clone(),
+                    field,
+                });
+            }
+        }
+        if !h.participants.contains(&h.sender) {
+            return Err(Error::Stranger {
+                path: path.clone(),
+                sender: h.sender.clone(),
+            });
+        }
+        if seen.insert(h.sender.clone(), path.clone()).is_some() {
+            return Err(Error::Duplicate {
+                path: path.clone(),
+                sender: h.sender.clone(),
+            });
+        }
+        keys.push(*job::registered_node(reg, &h.sender)?.public_key());
+        readers.push(r);
+    }
+    let header = readers[0].header().clone();
+    let missing: Vec<String> = header
+        .participants
+        .iter()
+        .filter(|p| !seen.contains_key(*p))
+        .map(|p| p.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Missing(missing));
+    }
+    let plan = Plan::new(header.quant, header.participants.len())?;
+    if plan.modulus != header.modulus {
+        return Err(Error::Mismatch {
+            path: first_path.clone(),
+            first: first_path.clone(),
+            field: "modulus (not the one the parameters imply)",
+        });
+    }
+    progress(Progress::Checked(readers.len()));
+    let mut acc = AnyAccumulator::new(header.modulus, header.elements as usize);
+    for (i, (mut r, key)) in readers.into_iter().zip(keys).enumerate() {
+        let sender = r.header().sender.clone();
+        r.stream(|off, bytes| acc.absorb(off, bytes))?;
+        r.verify(&key)?;
+        progress(Progress::Summed(i + 1, &sender));
+    }
+    let mean = acc.finish(&plan)?;
+    Ok((header, mean))
+}
+
+fn disagreement(a: &Header, b: &Header) -> Option<&'static str> {
+    if a.format_version != b.format_version {
+        Some("format version")
+    } else if a.federation != b.federation {
+        Some("federation")
+    } else if a.round != b.round {
+        Some("round")
+    } else if a.attempt != b.attempt {
+        Some("attempt")
+    } else if a.label != b.label {
+        Some("label")
+    } else if a.participants != b.participants {
+        Some("participants")
+    } else if a.quant != b.quant || a.modulus != b.modulus {
+        Some("quantization parameters")
+    } else if a.layout != b.layout || a.elements != b.elements {
+        Some("tensor shapes")
+    } else {
+        None
+    }
+}

@@ -1,0 +1,8 @@
+//! Who the parties are: this party's identity and key ([`identity`]), self-signed
+//! P-256 certificates ([`certificate`]), the SQLite registry of peers ([`registry`]) and,
+//! in the same database, the journal of what this party has masked for ([`journal`]).
+
+pub mod certificate;
+pub mod identity;
+pub mod journal;
+pub mod registry;
