@@ -22,6 +22,7 @@ pub mod masked;
 pub mod quantize;
 pub mod registry;
 pub mod round;
+pub mod secagg;
 pub mod tensor;
 pub mod transport;
 pub mod wire;
