@@ -19,7 +19,9 @@
 //! The researcher's states are types in [`server`]; the node is a straight line of
 //! checks in [`node`].
 
+pub mod messages;
 pub mod node;
+pub mod schedule;
 pub mod server;
 
 use std::time::Duration;
