@@ -1,6 +1,6 @@
 //! Protocol 2's message payloads: binary, each encoder beside its decoder.
 //!
-//! Frames, headers and chunks stay in [`crate::wire`]; this module turns each protocol-2
+//! Frames, headers and chunks stay in [`crate::net::frame`]; this module turns each protocol-2
 //! message into payload bytes and a kind number (16..=31, so they never collide with
 //! protocol 1's 1..=7), and back. `docs/protocol2.md` gives every layout.
 //!
@@ -935,7 +935,7 @@ impl Message2 {
         }
     }
 
-    /// The payload bytes (the frame header is [`crate::wire`]'s).
+    /// The payload bytes (the frame header is [`crate::net::frame`]'s).
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         match self {

@@ -1254,6 +1254,47 @@ pub(crate) mod tests {
         assert_ne!(self_mask_key(&b_u, &ctx, &fps[v]).expose(), k_self.expose());
     }
 
+    /// The keys drive the existing PRG machinery: pairwise masks cancel in the sum, and
+    /// removing the self masks leaves the plain sum.
+    #[test]
+    fn masks_cancel_with_the_existing_prg() {
+        use crate::secagg::prg::apply_masks;
+        let ctx = Ctx::new(params(3, 2)).expect("ctx");
+        let fps = ctx.invitees().to_vec();
+        let secrets: Vec<RoundSecrets> = (0..3)
+            .map(|i| RoundSecrets::generate(&ctx, &mut TestRng::new(20 + i)).expect("secrets"))
+            .collect();
+        let adverts: Vec<Advert> = (0..3).map(|i| secrets[i].advert(fps[i])).collect();
+        let self_mask = |u: usize, sign| PeerMask {
+            key: self_mask_key(secrets[u].b(), &ctx, &fps[u]),
+            sign,
+        };
+        let mut sum = vec![0u32; 11];
+        for u in 0..3 {
+            let mut masks = vec![self_mask(u, Sign::Add)];
+            for v in (0..3).filter(|v| *v != u) {
+                let (a, b) = (&adverts[u], &adverts[v]);
+                masks.push(pairwise_mask(
+                    secrets[u].s(),
+                    &a.fp,
+                    &a.s_pub,
+                    &b.fp,
+                    &b.s_pub,
+                    &ctx,
+                ));
+            }
+            let mut y = vec![u as u32 + 1; 11];
+            apply_masks(&mut y, &masks, 1);
+            assert_ne!(y, vec![u as u32 + 1; 11]);
+            sum.iter_mut()
+                .zip(&y)
+                .for_each(|(s, x)| *s = s.wrapping_add(*x));
+        }
+        let unmask: Vec<PeerMask> = (0..3).map(|u| self_mask(u, Sign::Sub)).collect();
+        apply_masks(&mut sum, &unmask, 1);
+        assert_eq!(sum, vec![6u32; 11]);
+    }
+
     #[test]
     fn consistency_message_binds_sets_and_adverts() {
         let ctx = Ctx::new(params(3, 2)).expect("ctx");
