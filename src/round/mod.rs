@@ -21,6 +21,8 @@
 
 pub mod messages;
 pub mod node;
+pub mod node2;
+pub mod policy;
 pub mod schedule;
 pub mod server;
 
