@@ -83,6 +83,15 @@ mod registry {
                 Error::UnknownParty(_) => "run 'secagg certificate list' to see registered parties".into(),
                 Error::BadRow { .. } => "delete and re-register that party".into(),
                 Error::MaskReuse { .. } => "ask the researcher to start a new round or attempt number".into(),
+                Error::RoundNotFresh { last, .. } => format!(
+                    "ask the researcher for a round number above {last}; 'secagg round list' shows this party's rounds"
+                ),
+                Error::AlreadySigned { .. } | Error::AlreadyRevealed { .. } => {
+                    "this home already took part in that round (was it started twice?); ask the researcher for a new round".into()
+                }
+                Error::InputReleased { .. } => {
+                    "train a new update (or pass a different --input); the same update is never released twice".into()
+                }
             })
         }
     }

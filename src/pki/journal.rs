@@ -1,9 +1,17 @@
-//! The mask journal: what this party has masked for, in the registry's database, so
-//! that a mask is never used twice, even across restarts.
+//! The journal: what this party has masked for and revealed, in the registry's
+//! database, so that a mask is never used twice, an input never released twice, and a
+//! node never signs two survivor sets or reveals both shares of a peer, even across
+//! restarts. Protocol-2 writes run with `synchronous = FULL` inside `BEGIN IMMEDIATE`
+//! transactions, so what the journal says has happened survives a power cut.
 
-use rusqlite::{ErrorCode, OptionalExtension, params};
+use rusqlite::{ErrorCode, OptionalExtension, TransactionBehavior, params};
 
+use crate::party::{Fingerprint, Role};
 use crate::pki::registry::{Error, Registry, classify};
+
+/// The furthest a round number may jump past the last one journaled (a node that
+/// accepted round 2^64-1 could never take part again).
+pub const MAX_ROUND_JUMP: u64 = 1_000_000;
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -78,6 +86,317 @@ impl Registry {
     }
 }
 
+/// Which kind of a peer's share was revealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revealed {
+    /// The self-mask seed share (the peer survived).
+    B,
+    /// The mask-key share (the peer dropped).
+    S,
+}
+
+/// How a round ended, for [`Registry::finish_round`].
+#[derive(Clone, Copy, Debug)]
+pub struct RoundEnd<'a> {
+    /// Federation.
+    pub federation: &'a str,
+    /// Round.
+    pub round: u64,
+    /// Our role.
+    pub role: Role,
+    /// "completed" or "failed: …".
+    pub outcome: &'a str,
+    /// JSON with the sets and who dropped at which phase.
+    pub detail: &'a str,
+    /// Where the mean was written.
+    pub result_path: Option<&'a str>,
+}
+
+/// One round in the journal, for `round list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoundRecord {
+    /// Federation.
+    pub federation: String,
+    /// Round number.
+    pub round: u64,
+    /// Our role in it.
+    pub role: Role,
+    /// The researcher's fingerprint.
+    pub researcher: String,
+    /// Nodes invited.
+    pub invitees: u64,
+    /// When keys were advertised (node) or the round announced (researcher).
+    pub started_at: i64,
+    /// Whether this party signed a consistency message.
+    pub signed: bool,
+    /// "completed", "failed: …", or `None` while unfinished (or the process died).
+    pub outcome: Option<String>,
+    /// JSON with the sets and who dropped at which phase.
+    pub detail: Option<String>,
+    /// Where the mean was written.
+    pub result_path: Option<String>,
+    /// When it ended.
+    pub finished_at: Option<i64>,
+}
+
+fn round_i(round: u64) -> i64 {
+    // Rounds above i64::MAX cannot be stored; policy caps jumps at 10^6 per round.
+    i64::try_from(round).unwrap_or(i64::MAX)
+}
+
+fn violated(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+}
+
+impl Registry {
+    fn durable(&self) -> Result<()> {
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| self.err(e))
+    }
+
+    /// The last round this party journaled in `federation` with `role`, 0 if none.
+    pub fn last_round(&self, federation: &str, role: Role) -> Result<u64> {
+        let last: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT MAX(round) FROM rounds WHERE federation = ?1 AND role = ?2",
+                params![federation, role.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(last.map_or(0, |r| u64::try_from(r).unwrap_or(0)))
+    }
+
+    /// Journals that this party takes part in `round` (a node: before its advert leaves).
+    /// In one `BEGIN IMMEDIATE` transaction: refuses a round not above the last one
+    /// journaled for (federation, role), or more than 10^6 beyond it.
+    pub fn begin_round(
+        &mut self,
+        federation: &str,
+        round: u64,
+        role: Role,
+        researcher: &Fingerprint,
+        invitees: usize,
+        now: i64,
+    ) -> Result<()> {
+        self.durable()?;
+        let path = self.path.clone();
+        let sql = |e| classify(&path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let last: Option<i64> = tx
+            .query_row(
+                "SELECT MAX(round) FROM rounds WHERE federation = ?1 AND role = ?2",
+                params![federation, role.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        let last = last.map_or(0, |r| u64::try_from(r).unwrap_or(0));
+        if round <= last || round > last.saturating_add(MAX_ROUND_JUMP) {
+            return Err(Error::RoundNotFresh {
+                federation: federation.to_owned(),
+                round,
+                last,
+            });
+        }
+        tx.execute(
+            "INSERT INTO rounds (federation, round, role, researcher, invitees, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                federation,
+                round_i(round),
+                role.as_str(),
+                researcher.to_string(),
+                invitees as i64,
+                now
+            ],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)
+    }
+
+    /// Journals the hash of the one consistency message this node signs in a round;
+    /// refuses a second one (a different hash, or the same round signed again).
+    pub fn record_signed(&mut self, federation: &str, round: u64, hash: &[u8; 32]) -> Result<()> {
+        self.durable()?;
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE rounds SET signed_hash = ?3
+                 WHERE federation = ?1 AND round = ?2 AND role = 'node' AND signed_hash IS NULL",
+                params![federation, round_i(round), &hash[..]],
+            )
+            .map_err(|e| self.err(e))?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(Error::AlreadySigned {
+                federation: federation.to_owned(),
+                round,
+            })
+        }
+    }
+
+    /// Journals which kind of share is revealed for each peer, all or nothing; refuses
+    /// if any peer of this round already had a share revealed.
+    pub fn record_reveals(
+        &mut self,
+        federation: &str,
+        round: u64,
+        reveals: &[(Fingerprint, Revealed)],
+        now: i64,
+    ) -> Result<()> {
+        self.durable()?;
+        let path = self.path.clone();
+        let sql = |e| classify(&path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        for (peer, kind) in reveals {
+            let kind = match kind {
+                Revealed::B => "b",
+                Revealed::S => "s",
+            };
+            let res = tx.execute(
+                "INSERT INTO reveals (federation, round, peer, kind, revealed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![federation, round_i(round), peer.to_string(), kind, now],
+            );
+            match res {
+                Ok(_) => {}
+                Err(e) if violated(&e) => {
+                    return Err(Error::AlreadyRevealed {
+                        federation: federation.to_owned(),
+                        round,
+                        peer: *peer,
+                    });
+                }
+                Err(e) => return Err(sql(e)),
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Journals that an input (by content digest) is released; refuses a digest released
+    /// before, in any federation and either mode.
+    pub fn release_input(
+        &mut self,
+        digest: &[u8; 32],
+        mode: &str,
+        federation: &str,
+        round: u64,
+        now: i64,
+    ) -> Result<()> {
+        self.durable()?;
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let res = self.conn.execute(
+            "INSERT INTO releases (digest, mode, federation, round, released_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![hex, mode, federation, round_i(round), now],
+        );
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if violated(&e) => {
+                let (mode, federation, round): (String, String, i64) = self
+                    .conn
+                    .query_row(
+                        "SELECT mode, federation, round FROM releases WHERE digest = ?1",
+                        [&hex],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .map_err(|e| self.err(e))?;
+                Err(Error::InputReleased {
+                    mode,
+                    federation,
+                    round: u64::try_from(round).unwrap_or(0),
+                })
+            }
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Whether an input digest was released before (checked before a round starts, so
+    /// a node does not spend a round number on an input it may not release).
+    pub fn input_released(&self, digest: &[u8; 32]) -> Result<bool> {
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        self.conn
+            .query_row("SELECT 1 FROM releases WHERE digest = ?1", [&hex], |_| {
+                Ok(())
+            })
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records how a round ended (outcome line, JSON detail, result file).
+    pub fn finish_round(&mut self, end: &RoundEnd<'_>, now: i64) -> Result<()> {
+        let RoundEnd {
+            federation,
+            round,
+            role,
+            outcome,
+            detail,
+            result_path,
+        } = *end;
+        self.conn
+            .execute(
+                "UPDATE rounds SET outcome = ?4, detail = ?5, result_path = ?6, finished_at = ?7
+                 WHERE federation = ?1 AND round = ?2 AND role = ?3",
+                params![
+                    federation,
+                    round_i(round),
+                    role.as_str(),
+                    outcome,
+                    detail,
+                    result_path,
+                    now
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every journaled round, oldest first.
+    pub fn rounds(&self) -> Result<Vec<RoundRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT federation, round, role, researcher, invitees, started_at,
+                        signed_hash IS NOT NULL, outcome, detail, result_path, finished_at
+                 FROM rounds ORDER BY started_at, federation, round",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let role: String = r.get(2)?;
+                Ok(RoundRecord {
+                    federation: r.get(0)?,
+                    round: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                    role: if role == "researcher" {
+                        Role::Researcher
+                    } else {
+                        Role::Node
+                    },
+                    researcher: r.get(3)?,
+                    invitees: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                    started_at: r.get(5)?,
+                    signed: r.get(6)?,
+                    outcome: r.get(7)?,
+                    detail: r.get(8)?,
+                    result_path: r.get(9)?,
+                    finished_at: r.get(10)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +414,83 @@ mod tests {
         reg.journal_mask("f", 1, 1, "update", "a,b", 0)
             .expect("next attempt");
         assert_eq!(reg.journal_attempts("f", 1).expect("count"), 2);
+    }
+}
+
+#[cfg(test)]
+mod round_tests {
+    use super::*;
+
+    fn reg() -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let reg = Registry::open(&dir.path().join("r.sqlite")).expect("open");
+        (dir, reg)
+    }
+
+    #[test]
+    fn rounds_only_move_forward_per_federation_and_role() {
+        let (_d, mut reg) = reg();
+        let r = Fingerprint::of_der(b"r");
+        assert_eq!(reg.last_round("f", Role::Node).expect("last"), 0);
+        reg.begin_round("f", 5, Role::Node, &r, 3, 0).expect("5");
+        assert_eq!(reg.last_round("f", Role::Node).expect("last"), 5);
+        for bad in [5, 4, 1_000_006] {
+            assert!(matches!(
+                reg.begin_round("f", bad, Role::Node, &r, 3, 0),
+                Err(Error::RoundNotFresh { last: 5, .. })
+            ));
+        }
+        reg.begin_round("g", 1, Role::Node, &r, 3, 0)
+            .expect("other federation");
+        reg.begin_round("f", 5, Role::Researcher, &r, 3, 0)
+            .expect("other role");
+        reg.begin_round("f", 1_000_005, Role::Node, &r, 3, 0)
+            .expect("jump of 10^6");
+    }
+
+    #[test]
+    fn one_signature_and_one_share_kind_per_peer() {
+        let (_d, mut reg) = reg();
+        let r = Fingerprint::of_der(b"r");
+        let (a, b) = (Fingerprint::of_der(b"a"), Fingerprint::of_der(b"b"));
+        reg.begin_round("f", 1, Role::Node, &r, 3, 0)
+            .expect("begin");
+        reg.record_signed("f", 1, &[1; 32]).expect("sign");
+        assert!(matches!(
+            reg.record_signed("f", 1, &[2; 32]),
+            Err(Error::AlreadySigned { .. })
+        ));
+        assert!(matches!(
+            reg.record_signed("f", 2, &[2; 32]),
+            Err(Error::AlreadySigned { .. })
+        ));
+        reg.record_reveals("f", 1, &[(a, Revealed::B)], 0)
+            .expect("reveal a");
+        assert!(matches!(
+            reg.record_reveals("f", 1, &[(b, Revealed::S), (a, Revealed::S)], 0),
+            Err(Error::AlreadyRevealed { peer, .. }) if peer == a
+        ));
+        // All or nothing: b's row was rolled back with a's refusal.
+        reg.record_reveals("f", 1, &[(b, Revealed::S)], 0)
+            .expect("b once");
+        let rounds = reg.rounds().expect("list");
+        assert_eq!(rounds.len(), 1);
+        assert!(rounds[0].signed);
+    }
+
+    #[test]
+    fn an_input_is_released_once_across_federations_and_modes() {
+        let (_d, mut reg) = reg();
+        let d = [9u8; 32];
+        assert!(!reg.input_released(&d).expect("query"));
+        reg.release_input(&d, "file", "f", 1, 0).expect("first");
+        assert!(reg.input_released(&d).expect("query"));
+        let e = reg
+            .release_input(&d, "round", "g", 7, 0)
+            .expect_err("second");
+        assert!(
+            matches!(&e, Error::InputReleased { mode, round: 1, .. } if mode == "file"),
+            "{e}"
+        );
     }
 }

@@ -41,6 +41,52 @@ const MIGRATIONS: &[&str] = &[
         used_at       INTEGER NOT NULL,
         PRIMARY KEY (federation, round, attempt, label)
     ) STRICT;",
+    // 3: protocol 2. Rounds this party advertised keys for (a node refuses any round
+    // not above its last one), the one consistency message it signed per round, which
+    // kind of share it revealed for which peer (one kind per peer, by primary key), and
+    // every input it released (one release per input, across federations and modes).
+    // File mode loses its attempts: (federation, round, label) is used at most once.
+    "CREATE TABLE rounds (
+        federation    TEXT NOT NULL,
+        round         INTEGER NOT NULL CHECK (round >= 0),
+        role          TEXT NOT NULL CHECK (role IN ('node', 'researcher')),
+        researcher    TEXT NOT NULL,
+        invitees      INTEGER NOT NULL,
+        started_at    INTEGER NOT NULL,
+        signed_hash   BLOB,
+        outcome       TEXT,
+        detail        TEXT,
+        result_path   TEXT,
+        finished_at   INTEGER,
+        PRIMARY KEY (federation, round, role)
+    ) STRICT;
+    CREATE TABLE reveals (
+        federation    TEXT NOT NULL,
+        round         INTEGER NOT NULL,
+        peer          TEXT NOT NULL,
+        kind          TEXT NOT NULL CHECK (kind IN ('b', 's')),
+        revealed_at   INTEGER NOT NULL,
+        PRIMARY KEY (federation, round, peer)
+    ) STRICT;
+    CREATE TABLE releases (
+        digest        TEXT PRIMARY KEY NOT NULL,
+        mode          TEXT NOT NULL CHECK (mode IN ('round', 'file')),
+        federation    TEXT NOT NULL,
+        round         INTEGER NOT NULL,
+        released_at   INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE file_masks (
+        federation    TEXT NOT NULL,
+        round         INTEGER NOT NULL,
+        label         TEXT NOT NULL,
+        researcher    TEXT NOT NULL,
+        participants  TEXT NOT NULL,
+        used_at       INTEGER NOT NULL,
+        PRIMARY KEY (federation, round, label)
+    ) STRICT;
+    INSERT OR IGNORE INTO file_masks (federation, round, label, researcher, participants, used_at)
+        SELECT federation, round, label, '', participants, MIN(used_at)
+        FROM mask_journal GROUP BY federation, round, label;",
 ];
 
 /// Errors about the registry.
@@ -117,6 +163,48 @@ pub enum Error {
         attempt: u32,
         /// Vector label.
         label: String,
+    },
+    /// A round number that is not above the last one this party advertised keys for.
+    #[error(
+        "round {round} of federation '{federation}' is not above round {last}, the last one this party took part in; a round is never joined twice"
+    )]
+    RoundNotFresh {
+        /// Federation.
+        federation: String,
+        /// The round refused.
+        round: u64,
+        /// The last round journaled.
+        last: u64,
+    },
+    /// A second, different consistency message in one round.
+    #[error("this party already signed a consistency message in round {round} of '{federation}'")]
+    AlreadySigned {
+        /// Federation.
+        federation: String,
+        /// Round.
+        round: u64,
+    },
+    /// A share of a peer was already revealed in this round.
+    #[error("a share of peer {peer} was already revealed in round {round} of '{federation}'")]
+    AlreadyRevealed {
+        /// Federation.
+        federation: String,
+        /// Round.
+        round: u64,
+        /// The peer's fingerprint.
+        peer: Fingerprint,
+    },
+    /// This input was released before (in a round or a masked file).
+    #[error(
+        "this update was already released ({mode} mode, federation '{federation}', round {round}); releasing one input to two sums lets the aggregator subtract them"
+    )]
+    InputReleased {
+        /// Where it went: "round" or "file".
+        mode: String,
+        /// Federation.
+        federation: String,
+        /// Round.
+        round: u64,
     },
 }
 

@@ -8,8 +8,7 @@ use crate::party::Fingerprint;
 use crate::round::messages::Announce;
 use crate::secagg::quantize::{Plan, QuantParams};
 
-/// The furthest a round number may jump past the last one this node advertised keys for.
-pub const MAX_ROUND_JUMP: u64 = 1_000_000;
+pub use crate::pki::journal::MAX_ROUND_JUMP;
 
 /// What a node accepts. [`Policy::default`] accepts a round with the researcher's own
 /// defaults and at least 3 nodes, so a federation works without configuration.
