@@ -2,7 +2,7 @@
 """Generate tests/data/kat2.json: protocol 2 known-answer vectors from an implementation
 independent of secagg's Rust code (Python 'cryptography' for ECDH, ECDSA, HKDF, AES-GCM,
 AES-CTR; plain integers for Shamir mod the P-256 order). Run: pip install cryptography
-Follows docs/protocol2.md step by step. ECDSA signatures from Python are randomised, so the
+Follows docs/protocol.md step by step. ECDSA signatures from Python are randomised, so the
 Rust test only checks that it *verifies* them."""
 import hashlib, json, math, struct, sys
 from itertools import combinations

@@ -1,7 +1,8 @@
-//! Rounds over mutual TLS on loopback, with real `secagg` processes: honest rounds on
-//! .npy and .safetensors, nodes killed with SIGKILL, slow and hostile peers, refused
-//! certificates, replays, and a lying researcher. Every mean is checked against one
-//! computed here.
+//! Protocol-2 rounds over mutual TLS on loopback, with real `secagg` processes: honest
+//! rounds on .npy and .safetensors, a node killed mid-stream and one stopped after its
+//! input arrived (one pass, no re-run), idle connections that try to exhaust the
+//! researcher's slots, refused certificates, replays and reused inputs. Every mean is
+//! checked against one computed here; the protocol's attacks are in tests/attacks.rs.
 
 mod common;
 
@@ -12,10 +13,6 @@ use std::time::{Duration, Instant};
 use common::{Lab, Party, read_all, values};
 use secagg::files::tensor::{self};
 use secagg::layout::{Container, DType, Layout, TensorSpec};
-use secagg::net::channel::Channel;
-use secagg::net::frame::{self as wire, Message, RoundId};
-use secagg::net::tls::Pins;
-use secagg::pki::identity::Home;
 
 struct Fed {
     lab: Lab,
@@ -168,6 +165,17 @@ impl Proc {
     }
 }
 
+/// The first input written, as the researcher's `--like` file.
+fn inputs_shape(fed: &Fed) -> String {
+    for e in ["npy", "safetensors"] {
+        let p = fed.lab.path(&format!("in0.{e}"));
+        if p.exists() {
+            return p.to_str().expect("utf8").to_string();
+        }
+    }
+    panic!("write the inputs before serving")
+}
+
 fn serve(fed: &Fed, out: &Path, extra: &[&str]) -> Proc {
     let n = fed.nodes.len();
     let ids: Vec<String> = (1..=n).map(|i| format!("node_{i}")).collect();
@@ -183,6 +191,10 @@ fn serve(fed: &Fed, out: &Path, extra: &[&str]) -> Proc {
         out.to_str().expect("utf8"),
     ];
     args.extend_from_slice(extra);
+    let shape = inputs_shape(fed);
+    if !extra.contains(&"--like") && !extra.contains(&"--shape") {
+        args.extend(["--like", shape.as_str()]);
+    }
     for (flag, default) in [
         ("--round", "1"),
         ("--timeout", "30"),
@@ -201,12 +213,14 @@ fn join(fed: &Fed, i: usize, input: &Path, weight: u64, extra: &[&str]) -> Proc 
     let mut args = vec![
         "round",
         "join",
+        "--federation",
+        "fed",
         "--input",
         input.to_str().expect("utf8"),
         "--weight",
         &w,
         "--timeout",
-        "30",
+        "60",
         "--out",
         out.to_str().expect("utf8"),
     ];
@@ -247,7 +261,7 @@ fn three_nodes_npy_round_matches_plain_mean_everywhere() {
     let inputs = write_inputs(&fed, &layout);
     let weights = [3u64, 5, 11];
     let out = fed.lab.path("mean.npy");
-    let server = serve(&fed, &out, &[]);
+    let server = serve(&fed, &out, &["--json"]);
     let nodes: Vec<Proc> = (0..3)
         .map(|i| join(&fed, i, &inputs[i].0, weights[i], &[]))
         .collect();
@@ -255,21 +269,22 @@ fn three_nodes_npy_round_matches_plain_mean_everywhere() {
         let (code, err) = n.finish();
         assert_eq!(code, Some(0), "node {i}: {err}");
         assert!(
-            err.contains(
-                "round 1 complete at attempt 1: weighted mean of 3 node(s) (total weight 19)"
-            ),
+            err.contains("round 1 complete: weighted mean of 3 node(s) (total weight 19)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("threshold 3: tolerates 0 dropouts and up to 2 colluding nodes"),
             "{err}"
         );
     }
     let (code, err) = server.finish();
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        err.contains("attempt 1: 3 participant(s) [node_1, node_2, node_3]"),
+        err.contains("weighted mean of 3 node(s) [node_1, node_2, node_3] (total weight 19)"),
         "{err}"
     );
     assert_eq!(tensor::read_layout(&out).expect("layout"), layout);
-    let mean = read_all(&out);
-    assert_mean(&mean, &inputs, &weights, &[0, 1, 2]);
+    assert_mean(&read_all(&out), &inputs, &weights, &[0, 1, 2]);
     for i in 0..3 {
         let at_node = fed.lab.path(&format!("mean_at_{i}.npy"));
         assert_eq!(
@@ -278,473 +293,100 @@ fn three_nodes_npy_round_matches_plain_mean_everywhere() {
             "node {i} got another mean"
         );
     }
+    // Both sides journal the round; `round list` shows it.
+    let listed: serde_json::Value =
+        serde_json::from_str(&fed.nodes[0].ok(&["round", "list", "--json"])).expect("json");
+    assert_eq!(listed[0]["round"], 1);
+    assert_eq!(listed[0]["role"], "node");
+    assert_eq!(listed[0]["outcome"], "completed");
+    assert_eq!(listed[0]["signed"], true);
+    let listed: serde_json::Value =
+        serde_json::from_str(&fed.researcher.ok(&["round", "list", "--json"])).expect("json");
+    assert_eq!(listed[0]["role"], "researcher");
+    assert_eq!(listed[0]["detail"]["u3"], 3);
 }
 
-/// Five nodes; node 5 is killed with SIGKILL after it stalled at `stall_after` bytes.
-/// Waits for nodes that must all succeed at attempt 2; returns their stderr.
-fn finish_at_attempt_2(nodes: Vec<Proc>) -> Vec<String> {
-    nodes
-        .into_iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let (code, err) = n.finish();
-            assert_eq!(code, Some(0), "node {i}: {err}");
-            assert!(err.contains("complete at attempt 2"), "node {i}: {err}");
-            err
-        })
-        .collect()
-}
-
-fn five_nodes_one_killed(layout: Layout, stall_after: &str, expect_partial: bool) {
-    let fed = federation(5);
+#[test]
+fn seven_nodes_one_killed_mid_stream_one_stopped_after_its_input_one_pass() {
+    // The default threshold for 7 is 5. node_6 dies half-way through its stream (its
+    // prefix is subtracted again and its pairwise masks rebuilt from shares); node_7 is
+    // stopped (SIGSTOP) once its whole input is sent, so it is a survivor that never
+    // signs or unmasks. One pass: the mean of the six whose inputs arrived.
+    let fed = federation(7);
+    let layout = safetensors(20_000, 10_000);
     let inputs = write_inputs(&fed, &layout);
-    let weights = [2u64, 4, 6, 8, 10];
-    let out = fed.lab.path(&format!("mean.{}", ext(&layout)));
-    let server = serve(&fed, &out, &["--min-nodes", "3", "-v"]);
-    let nodes: Vec<Proc> = (0..4)
+    let weights = [2u64, 3, 5, 7, 11, 13, 17];
+    let out = fed.lab.path("mean.safetensors");
+    let server = serve(&fed, &out, &["--timeout", "10", "--json"]);
+    let honest: Vec<Proc> = (0..5)
         .map(|i| join(&fed, i, &inputs[i].0, weights[i], &[]))
         .collect();
-    let victim = join(
+    // 7 nodes, defaults: 5-byte words; 60,001 words is 300 KB; stall after 100 KB.
+    let killed = join(
         &fed,
-        4,
-        &inputs[4].0,
-        weights[4],
-        &["--insecure-test-stall-after-bytes", stall_after],
+        5,
+        &inputs[5].0,
+        weights[5],
+        &["--insecure-test-stall-after-bytes", "100000"],
     );
-    victim.wait_for("test stall");
-    if expect_partial {
-        // The researcher has absorbed part of node_5's update before it dies.
-        server.wait_for("node_5: 25%");
-    }
-    // The four others have delivered attempt 1 and wait for the result.
-    for i in 1..=4 {
-        server.wait_for(&format!("node_{i} delivered its update"));
-    }
-    victim.kill9();
-    for err in finish_at_attempt_2(nodes) {
+    let stopped = join(&fed, 6, &inputs[6].0, weights[6], &[]);
+    killed.wait_for("test stall");
+    killed.kill9();
+    stopped.wait_for("masked update sent");
+    let pid = stopped.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill -STOP");
+    assert!(status.success());
+    for (i, n) in honest.into_iter().enumerate() {
+        let (code, err) = n.finish();
+        assert_eq!(code, Some(0), "node {i}: {err}");
         assert!(
-            err.contains("attempt 2: masking for 4 participant(s)"),
-            "{err}"
+            err.contains("round 1 complete: weighted mean of 6 node(s)"),
+            "node {i}: {err}"
         );
     }
     let (code, err) = server.finish();
     assert_eq!(code, Some(0), "{err}");
-    assert!(err.contains("dropped node_5: node_5 (127.0.0.1:"), "{err}");
-    assert!(
-        err.contains("attempt 2: 4 participant(s) [node_1, node_2, node_3, node_4]"),
-        "{err}"
-    );
-    assert_eq!(tensor::read_layout(&out).expect("layout"), layout);
-    assert_mean(&read_all(&out), &inputs, &weights, &[0, 1, 2, 3]);
-    for i in 0..4 {
-        let at = fed.lab.path(&format!("mean_at_{i}.{}", ext(&layout)));
+    assert!(!err.contains("attempt"), "one pass, no re-run: {err}");
+    let summary: serde_json::Value =
+        serde_json::from_str(err.lines().last().map_or("{}", |_| "{}")).unwrap_or_default();
+    let _ = summary;
+    let survivors = [0usize, 1, 2, 3, 4, 6];
+    assert_mean(&read_all(&out), &inputs, &weights, &survivors);
+    for i in 0..5 {
+        let at = fed.lab.path(&format!("mean_at_{i}.safetensors"));
         assert_eq!(
             std::fs::read(at).expect("mean"),
             std::fs::read(&out).expect("mean")
         );
     }
+    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    let _ = stopped.finish();
+    // The spills are gone.
+    let spill = fed.researcher.home.join("spill");
+    let left: Vec<_> = std::fs::read_dir(&spill)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "spills left: {left:?}");
 }
 
 #[test]
-fn node_killed_after_partial_send_safetensors_survivors_get_their_mean() {
-    // 5 nodes with the defaults send 5 bytes a word, so 600_001 words is 3 MB, and the
-    // stall comes after the first 1 MiB chunk (35%).
-    five_nodes_one_killed(safetensors(200_000, 100_000), "1", true);
-}
-
-#[test]
-fn node_killed_before_sending_npy_survivors_get_their_mean() {
-    five_nodes_one_killed(npy(40_000), "0", false);
-}
-
-#[test]
-fn two_nodes_dying_together_cost_one_attempt() {
-    // With the default --max-attempts 2, two losses handled one by one would need
-    // attempt 3 and fail; the researcher waits briefly for further losses instead.
-    let fed = federation(5);
-    let layout = npy(30_000);
-    let inputs = write_inputs(&fed, &layout);
-    let weights = [3u64, 1, 4, 1, 5];
-    let out = fed.lab.path("mean.npy");
-    let server = serve(&fed, &out, &["--min-nodes", "3", "-v"]);
-    let honest: Vec<Proc> = (0..3)
-        .map(|i| join(&fed, i, &inputs[i].0, weights[i], &[]))
-        .collect();
-    let victims: Vec<Proc> = (3..5)
-        .map(|i| {
-            join(
-                &fed,
-                i,
-                &inputs[i].0,
-                weights[i],
-                &["--insecure-test-stall-after-bytes", "0"],
-            )
-        })
-        .collect();
-    for v in &victims {
-        v.wait_for("test stall");
-    }
-    for i in 1..=3 {
-        server.wait_for(&format!("node_{i} delivered its update"));
-    }
-    for v in victims {
-        v.kill9();
-    }
-    finish_at_attempt_2(honest);
-    let (code, err) = server.finish();
-    assert_eq!(code, Some(0), "{err}");
-    assert!(
-        err.contains("attempt 2: 3 participant(s) [node_1, node_2, node_3]"),
-        "{err}"
-    );
-    assert!(!err.contains("attempt 3"), "{err}");
-    assert_mean(&read_all(&out), &inputs, &weights, &[0, 1, 2]);
-}
-
-#[test]
-fn two_drops_below_min_nodes_fail_cleanly_everywhere() {
-    let fed = federation(5);
-    let layout = npy(20_000);
-    let inputs = write_inputs(&fed, &layout);
-    let out = fed.lab.path("mean.npy");
-    let server = serve(&fed, &out, &["--min-nodes", "4", "-v"]);
-    let honest: Vec<Proc> = (0..3)
-        .map(|i| join(&fed, i, &inputs[i].0, 1, &[]))
-        .collect();
-    let victims: Vec<Proc> = (3..5)
-        .map(|i| {
-            join(
-                &fed,
-                i,
-                &inputs[i].0,
-                1,
-                &["--insecure-test-stall-after-bytes", "0"],
-            )
-        })
-        .collect();
-    for v in &victims {
-        v.wait_for("test stall");
-    }
-    for v in victims {
-        v.kill9();
-    }
-    for (i, n) in honest.into_iter().enumerate() {
-        let (code, err) = n.finish();
-        assert_eq!(code, Some(1), "node {i}: {err}");
-        assert!(
-            err.contains("error: the researcher ended the round for this node: round failed:")
-                && err.contains("fewer than --min-nodes 4; nothing was revealed"),
-            "node {i}: {err}"
-        );
-        assert!(err.contains("hint: "), "{err}");
-        assert!(!fed.lab.path(&format!("mean_at_{i}.npy")).exists());
-    }
-    let (code, err) = server.finish();
-    assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains("error: round failed:") && err.contains("fewer than --min-nodes 4"),
-        "{err}"
-    );
-    assert!(!out.exists(), "no mean may be written");
-}
-
-#[test]
-fn slow_node_times_out_and_survivors_rerun() {
-    let fed = federation(4);
-    let layout = npy(20_000);
-    let inputs = write_inputs(&fed, &layout);
-    let weights = [1u64, 2, 3, 4];
-    let out = fed.lab.path("mean.npy");
-    let server = serve(&fed, &out, &["--timeout", "3", "--min-nodes", "3"]);
-    let nodes: Vec<Proc> = (0..3)
-        .map(|i| join(&fed, i, &inputs[i].0, weights[i], &[]))
-        .collect();
-    let slow = join(
-        &fed,
-        3,
-        &inputs[3].0,
-        weights[3],
-        &[
-            "--insecure-test-stall-after-bytes",
-            "0",
-            "--insecure-test-stall-secs",
-            "6",
-        ],
-    );
-    finish_at_attempt_2(nodes);
-    let (code, err) = server.finish();
-    assert_eq!(code, Some(0), "{err}");
-    assert!(
-        err.contains("dropped node_4: did not deliver within 3 s"),
-        "{err}"
-    );
-    assert_mean(&read_all(&out), &inputs, &weights, &[0, 1, 2]);
-    // The slow node wakes up to find itself dropped.
-    let (code, err) = slow.finish();
-    assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.starts_with("test stall") || err.contains("test stall"),
-        "{err}"
-    );
-    assert!(err.contains("error: "), "{err}");
-}
-
-/// A registered node that completes the TLS handshake and then misbehaves.
-fn rogue(home: &Path, port: u16, bytes: Vec<u8>) -> String {
-    let me = Home::new(home).load_identity().expect("identity");
-    let reg = secagg::pki::registry::Registry::open_existing(&Home::new(home).registry_path())
-        .expect("registry")
-        .expect("exists");
-    let id: secagg::party::PartyId = "researcher_1".parse().expect("id");
-    let (_, der) = reg.get(&id).expect("get").expect("registered");
-    let cert = secagg::pki::certificate::PeerCertificate::from_der(&der).expect("cert");
-    let mut pins = Pins::default();
-    pins.insert(id, &cert);
-    let config = secagg::net::tls::client_config(&me, pins).expect("config");
-    let t = Instant::now();
-    let sock = loop {
-        match std::net::TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => break s,
-            Err(_) if t.elapsed() < Duration::from_secs(20) => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            Err(e) => panic!("connect: {e}"),
-        }
-    };
-    let mut ch = Channel::connect(
-        sock,
-        config,
-        "127.0.0.1",
-        "researcher".into(),
-        Duration::from_secs(10),
-    )
-    .expect("tls");
-    match ch.recv_within(Duration::from_secs(10)).expect("hello") {
-        Message::Hello(_) => {}
-        other => panic!("expected hello, got {other:?}"),
-    }
-    ch.send_raw(&bytes).expect("send");
-    // The researcher answers with an abort naming the fault, then closes.
-    match ch.recv(Duration::from_secs(10)) {
-        Ok(Some(Message::Abort(a))) => a.reason,
-        other => format!("{other:?}"),
-    }
-}
-
-/// What a lying researcher does to the node it is talking to.
-#[derive(Clone, Copy)]
-enum Lie {
-    /// Announces a word width the parameters do not give.
-    WordBytes,
-    /// Returns a mean with a value far outside the clip range.
-    OutOfRange,
-    /// Returns a total weight below the node's own weight.
-    Weight,
-}
-
-/// A researcher (with the real researcher's certificate) that runs one attempt with
-/// every node and then lies to node_i as `lies[i - 1]` says.
-fn lying_researcher(fed: &Fed, lies: Vec<Lie>) -> std::thread::JoinHandle<()> {
-    let home = Home::new(&fed.researcher.home);
-    let me = home.load_identity().expect("identity");
-    let reg = secagg::pki::registry::Registry::open_existing(&home.registry_path())
-        .expect("registry")
-        .expect("exists");
-    let ids: Vec<secagg::party::PartyId> = (1..=fed.nodes.len())
-        .map(|i| format!("node_{i}").parse().expect("id"))
-        .collect();
-    let mut pins = Pins::default();
-    for id in &ids {
-        let (_, der) = reg.get(id).expect("get").expect("registered");
-        pins.insert(
-            id.clone(),
-            &secagg::pki::certificate::PeerCertificate::from_der(&der).expect("cert"),
-        );
-    }
-    let config = secagg::net::tls::server_config(&me, pins.clone()).expect("config");
-    let listener = std::net::TcpListener::bind(("127.0.0.1", fed.port)).expect("bind");
-    std::thread::spawn(move || {
-        let round = RoundId::new("fed", 1);
-        let quant = secagg::secagg::quantize::QuantParams::default();
-        let plan = secagg::secagg::quantize::Plan::new(quant, ids.len()).expect("plan");
-        let links: Vec<_> = (0..lies.len())
-            .map(|_| {
-                let (sock, _) = listener.accept().expect("accept");
-                let (config, ids, me) = (config.clone(), ids.clone(), me.config.party_id.clone());
-                let (pins, lies) = (pins.clone(), lies.clone());
-                std::thread::spawn(move || {
-                    let wait = Duration::from_secs(20);
-                    let (mut ch, der) = Channel::accept(sock, config, round, wait).expect("tls");
-                    let party = pins.party_of(&der).expect("pinned");
-                    let lie = lies[ids.iter().position(|id| id == party).expect("invited")];
-                    ch.send(&Message::Hello(wire::Hello {
-                        researcher: me,
-                        federation: "fed".into(),
-                        round: 1,
-                    }))
-                    .expect("hello");
-                    let Message::Join(j) = ch.recv_within(wait).expect("join") else {
-                        panic!("expected join")
-                    };
-                    let width = match lie {
-                        Lie::WordBytes => plan.wire_bytes() + 1,
-                        _ => plan.wire_bytes(),
-                    };
-                    ch.send(&Message::Start(wire::Start {
-                        attempt: 1,
-                        participants: ids.clone(),
-                        label: "update".into(),
-                        quant,
-                        modulus: plan.modulus,
-                        word_bytes: width,
-                        layout: j.layout.clone(),
-                    }))
-                    .expect("start");
-                    if let Lie::WordBytes = lie {
-                        // The node refuses before masking, and says why.
-                        let _ = ch.recv(wait);
-                        return;
-                    }
-                    while !matches!(ch.recv_within(wait).expect("update"), Message::Done { .. }) {}
-                    let n = j.layout.elements() as usize;
-                    let mut values = vec![0.25; n];
-                    let total_weight = match lie {
-                        Lie::OutOfRange => {
-                            values[n / 2] = 5.0;
-                            30
-                        }
-                        _ => 1,
-                    };
-                    let mean = secagg::layout::encode_values(&j.layout, values.into_iter());
-                    ch.send(&Message::Outcome(wire::Outcome {
-                        attempt: 1,
-                        participants: ids,
-                        total_weight,
-                        bytes: mean.len() as u64,
-                    }))
-                    .expect("outcome");
-                    let _ = ch.send_bytes(1, &mean);
-                    let _ = ch.recv(Duration::from_secs(2));
-                })
-            })
-            .collect();
-        for l in links {
-            l.join().expect("link");
-        }
-    })
-}
-
-#[test]
-fn nodes_refuse_a_lying_researchers_start_or_result_and_write_nothing() {
+fn idle_connections_cannot_lock_nodes_out() {
+    // 40 TCP connections that never start a handshake, opened before the nodes join:
+    // they hold no place a registered node needs, and the round completes.
     let fed = federation(3);
     let layout = npy(5_000);
     let inputs = write_inputs(&fed, &layout);
-    let fake = lying_researcher(&fed, vec![Lie::OutOfRange, Lie::Weight, Lie::WordBytes]);
-    let nodes: Vec<Proc> = (0..3)
-        .map(|i| join(&fed, i, &inputs[i].0, 10, &[]))
-        .collect();
-    let expected = [
-        "broke the round protocol: sent a mean whose value #2500 lies outside the clip range",
-        "broke the round protocol: announced an impossible total weight 1",
-        "refused round 1 attempt 1: the announced modulus does not fit the announced parameters",
-    ];
-    for (i, n) in nodes.into_iter().enumerate() {
-        let (code, err) = n.finish();
-        assert_eq!(code, Some(1), "node {i}: {err}");
-        assert!(err.contains(expected[i]), "node {i}: {err}");
-        assert!(
-            !fed.lab.path(&format!("mean_at_{i}.npy")).exists(),
-            "node {i} wrote a mean"
-        );
-    }
-    fake.join().expect("fake researcher");
-}
-
-#[test]
-fn hostile_peers_are_dropped_and_the_round_completes() {
-    let fed = federation(3);
-    // Four more registered nodes that will misbehave after the handshake.
-    let rogues: Vec<Party> = (1..=4)
-        .map(|i| {
-            let p = fed.lab.party(&format!("rogue_{i}"), "node", 21000 + i);
-            fed.researcher.register(&p);
-            p.register(&fed.researcher);
-            p
-        })
-        .collect();
-    let layout = npy(10_000);
-    let inputs = write_inputs(&fed, &layout);
-    let weights = [1u64, 1, 1];
     let out = fed.lab.path("mean.npy");
-    let server = Proc::spawn(
-        &fed.researcher,
-        &[
-            "round",
-            "serve",
-            "--federation",
-            "fed",
-            "--round",
-            "1",
-            "--nodes",
-            "node_1,node_2,node_3,rogue_1,rogue_2,rogue_3,rogue_4",
-            "--min-nodes",
-            "3",
-            "--join-timeout",
-            "30",
-            "--out",
-            out.to_str().expect("utf8"),
-        ],
-        fed.lab.path("researcher.log"),
-    );
-    let round = RoundId::new("fed", 1);
-    let garbage = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n-------------".to_vec();
-    let mut oversized = vec![wire::VERSION, 2, 0, 0];
-    oversized.extend_from_slice(&round_bytes(round));
-    oversized.extend_from_slice(&(u32::MAX).to_le_bytes());
-    let mut other_round = Vec::new();
-    wire::encode(
-        RoundId::new("fed", 0),
-        &Message::Done { attempt: 1 },
-        &mut other_round,
-    );
-    // A well-formed frame of this round, but a message only the researcher may send.
-    let mut unexpected = Vec::new();
-    wire::encode(
-        round,
-        &Message::Hello(wire::Hello {
-            researcher: "rogue_4".parse().expect("id"),
-            federation: "fed".into(),
-            round: 1,
-        }),
-        &mut unexpected,
-    );
-    let port = fed.port;
-    let handles: Vec<_> = rogues
-        .iter()
-        .zip([garbage, oversized, other_round, unexpected])
-        .map(|(r, bytes)| {
-            let home = r.home.clone();
-            std::thread::spawn(move || rogue(&home, port, bytes))
-        })
+    let server = serve(&fed, &out, &[]);
+    server.wait_for("listening on");
+    let idle: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", fed.port)).expect("idle connect"))
         .collect();
-    let reasons: Vec<String> = handles
-        .into_iter()
-        .map(|h| h.join().expect("rogue thread"))
-        .collect();
-    assert!(
-        reasons[0].contains("bad frame: frame has wire version"),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons[1].contains("bad frame: frame announces 4294967295 payload bytes"),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons[2].contains("bad frame: frame belongs to round"),
-        "{reasons:?}"
-    );
     let nodes: Vec<Proc> = (0..3)
-        .map(|i| join(&fed, i, &inputs[i].0, weights[i], &[]))
+        .map(|i| join(&fed, i, &inputs[i].0, 1, &[]))
         .collect();
     for n in nodes {
         let (code, err) = n.finish();
@@ -752,31 +394,13 @@ fn hostile_peers_are_dropped_and_the_round_completes() {
     }
     let (code, err) = server.finish();
     assert_eq!(code, Some(0), "{err}");
-    for i in 1..=3 {
-        assert!(
-            err.contains(&format!("dropped rogue_{i}: rogue_{i} (127.0.0.1:")),
-            "{err}"
-        );
-    }
-    assert!(
-        err.contains("attempt 1: 3 participant(s) [node_1, node_2, node_3]"),
-        "{err}"
-    );
-    assert_mean(&read_all(&out), &inputs, &weights, &[0, 1, 2]);
-}
-
-fn round_bytes(r: RoundId) -> [u8; 16] {
-    // The id is the first 16 bytes of a frame header after version, kind and reserved.
-    let mut f = Vec::new();
-    wire::encode(r, &Message::Done { attempt: 0 }, &mut f);
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&f[4..20]);
-    id
+    assert_mean(&read_all(&out), &inputs, &[1, 1, 1], &[0, 1, 2]);
+    drop(idle);
 }
 
 #[test]
 fn unregistered_and_wrong_role_certificates_are_refused_at_the_handshake() {
-    let fed = federation(2);
+    let fed = federation(3);
     // A node the researcher never registered, and one it registered as a researcher.
     let stranger = fed.lab.party("stranger", "node", 22001);
     stranger.register(&fed.researcher);
@@ -803,12 +427,22 @@ fn unregistered_and_wrong_role_certificates_are_refused_at_the_handshake() {
     let layout = npy(1000);
     let inputs = write_inputs(&fed, &layout);
     let out = fed.lab.path("mean.npy");
-    let server = serve(&fed, &out, &["--min-nodes", "2", "-v"]);
+    let server = serve(&fed, &out, &[]);
+    server.wait_for("listening on");
     let input = inputs[0].0.to_str().expect("utf8");
     for outsider in [&stranger, &impostor] {
         let before = fed.researcher.list_json();
         let err = outsider.fails(
-            &["round", "join", "--input", input, "--timeout", "20"],
+            &[
+                "round",
+                "join",
+                "--federation",
+                "fed",
+                "--input",
+                input,
+                "--timeout",
+                "20",
+            ],
             "researcher researcher_1 refused this node's certificate",
         );
         assert!(
@@ -840,8 +474,8 @@ fn unregistered_and_wrong_role_certificates_are_refused_at_the_handshake() {
         + &String::from_utf8_lossy(&out_ssl.stderr);
     assert!(text.contains("alert access denied"), "{text}");
     // The registered nodes still run their round.
-    let nodes: Vec<Proc> = (0..2)
-        .map(|i| join(&fed, i, &inputs[i].0, 1, &["--min-nodes", "2"]))
+    let nodes: Vec<Proc> = (0..3)
+        .map(|i| join(&fed, i, &inputs[i].0, 1, &[]))
         .collect();
     for n in nodes {
         let (code, err) = n.finish();
@@ -850,19 +484,152 @@ fn unregistered_and_wrong_role_certificates_are_refused_at_the_handshake() {
     let (code, err) = server.finish();
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("refused 127.0.0.1:"), "{err}");
-    assert!(err.contains("ApplicationVerificationFailure"), "{err}");
-    assert_mean(&read_all(&out), &inputs, &[1, 1], &[0, 1]);
+    assert_mean(&read_all(&out), &inputs, &[1, 1, 1], &[0, 1, 2]);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("ls") {
+        let e = e.expect("entry");
+        let p = e.path();
+        if p.is_file() {
+            std::fs::copy(&p, to.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn replayed_rounds_and_reused_inputs_are_refused_before_any_key() {
+    let fed = federation(3);
+    let layout = npy(1000);
+    let inputs = write_inputs(&fed, &layout);
+    // A copy of the researcher's home made before round 1: its journal lets it serve
+    // round 1 again, as a replaying researcher would.
+    let replayer = fed.lab.path("replayer");
+    copy_dir(&fed.researcher.home, &replayer);
+    let out = fed.lab.path("mean.npy");
+    let server = serve(&fed, &out, &[]);
+    let nodes: Vec<Proc> = (0..3)
+        .map(|i| join(&fed, i, &inputs[i].0, 1, &[]))
+        .collect();
+    for n in nodes {
+        assert_eq!(n.finish().0, Some(0));
+    }
+    assert_eq!(server.finish().0, Some(0));
+    // The same update again: refused before connecting, nothing used up.
+    let before = fed.nodes[0].ok(&["round", "list", "--json"]);
+    let err = fed.nodes[0].fails(
+        &[
+            "round",
+            "join",
+            "--federation",
+            "fed",
+            "--input",
+            inputs[0].0.to_str().expect("utf8"),
+            "--timeout",
+            "5",
+        ],
+        "was already released in an earlier round or masked file",
+    );
+    assert!(err.contains("hint: "), "{err}");
+    assert_eq!(fed.nodes[0].ok(&["round", "list", "--json"]), before);
+    // Round 1 again, with fresh updates, from the replaying researcher: every node
+    // refuses it from its own journal.
+    let fresh: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let p = fed.lab.path(&format!("fresh{i}.npy"));
+            tensor::write_values(&p, &layout, values(100 + i as u64, 1000).into_iter())
+                .expect("write");
+            p
+        })
+        .collect();
+    let replay_party = Party { home: replayer };
+    let ids = "node_1,node_2,node_3";
+    let like = inputs[0].0.to_str().expect("utf8").to_string();
+    let out2 = fed.lab.path("mean2.npy");
+    let replay = Proc::spawn(
+        &replay_party,
+        &[
+            "round",
+            "serve",
+            "--federation",
+            "fed",
+            "--round",
+            "1",
+            "--nodes",
+            ids,
+            "--like",
+            &like,
+            "--timeout",
+            "10",
+            "--join-timeout",
+            "20",
+            "--out",
+            out2.to_str().expect("utf8"),
+        ],
+        fed.lab.path("replay.log"),
+    );
+    replay.wait_for("listening on");
+    let nodes: Vec<Proc> = (0..3).map(|i| join(&fed, i, &fresh[i], 1, &[])).collect();
+    for n in nodes {
+        let (code, err) = n.finish();
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains("error: this node refused round 1: round is 1; this node's policy allows 2..=1000001"),
+            "{err}"
+        );
+    }
+    let (code, _) = replay.finish();
+    assert_eq!(code, Some(1));
+    assert!(!out2.exists());
+    // Another federation is refused by its name.
+    let other = Proc::spawn(
+        &replay_party,
+        &[
+            "round",
+            "serve",
+            "--federation",
+            "other",
+            "--round",
+            "7",
+            "--nodes",
+            ids,
+            "--like",
+            &like,
+            "--timeout",
+            "10",
+            "--join-timeout",
+            "20",
+            "--out",
+            out2.to_str().expect("utf8"),
+        ],
+        fed.lab.path("other.log"),
+    );
+    other.wait_for("listening on");
+    let n = join(&fed, 0, &fresh[0], 1, &[]);
+    let (code, err) = n.finish();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(
+            "this node refused round 7: federation is other; this node's policy allows fed"
+        ),
+        "{err}"
+    );
+    let _ = other.finish();
 }
 
 #[test]
 fn a_node_refuses_a_researcher_it_did_not_pin() {
-    let fed = federation(1);
+    let fed = federation(3);
     // Another researcher takes the registered researcher's address.
     let other = fed.lab.party("researcher_2", "researcher", fed.port);
-    other.register(&fed.nodes[0]);
+    for n in &fed.nodes {
+        other.register(n);
+    }
     let layout = npy(100);
     let inputs = write_inputs(&fed, &layout);
     let out = fed.lab.path("mean.npy");
+    let like = inputs[0].0.to_str().expect("utf8").to_string();
     let server = Proc::spawn(
         &other,
         &[
@@ -873,37 +640,9 @@ fn a_node_refuses_a_researcher_it_did_not_pin() {
             "--round",
             "1",
             "--nodes",
-            "node_1",
-            "--min-nodes",
-            "1",
-            "--out",
-            out.to_str().expect("utf8"),
-        ],
-        fed.lab.path("other.log"),
-    );
-    // --min-nodes 1 is refused before listening.
-    let (code, err) = server.finish();
-    assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains("error: --min-nodes 1 is not possible with 1 node(s) named"),
-        "{err}"
-    );
-    // Serve for real with two invited so the researcher listens; the node refuses it.
-    let second = fed.lab.party("node_x", "node", 22100);
-    other.register(&second);
-    let server = Proc::spawn(
-        &other,
-        &[
-            "round",
-            "serve",
-            "--federation",
-            "fed",
-            "--round",
-            "1",
-            "--nodes",
-            "node_1,node_x",
-            "--min-nodes",
-            "2",
+            "node_1,node_2,node_3",
+            "--like",
+            &like,
             "--join-timeout",
             "5",
             "--out",
@@ -916,6 +655,8 @@ fn a_node_refuses_a_researcher_it_did_not_pin() {
         &[
             "round",
             "join",
+            "--federation",
+            "fed",
             "--input",
             inputs[0].0.to_str().expect("utf8"),
             "--timeout",
@@ -930,68 +671,72 @@ fn a_node_refuses_a_researcher_it_did_not_pin() {
 }
 
 #[test]
-fn replaying_a_finished_round_is_refused_by_every_node() {
-    let fed = federation(3);
-    let layout = npy(1000);
-    let inputs = write_inputs(&fed, &layout);
-    let out = fed.lab.path("mean.npy");
-    for pass in 0..2 {
-        let server = serve(&fed, &out, &[]);
-        let nodes: Vec<Proc> = (0..3)
-            .map(|i| join(&fed, i, &inputs[i].0, 1, &[]))
-            .collect();
-        let results: Vec<(Option<i32>, String)> = nodes.into_iter().map(Proc::finish).collect();
-        let (code, err) = server.finish();
-        if pass == 0 {
-            assert_eq!(code, Some(0), "{err}");
-            assert!(results.iter().all(|(c, _)| *c == Some(0)), "{results:?}");
-            std::fs::remove_file(&out).expect("rm");
-        } else {
-            // Same federation and round again: every node refuses to mask twice.
-            for (c, e) in &results {
-                assert_eq!(*c, Some(1), "{e}");
-                assert!(
-                    e.contains("this node refused round 1 attempt 1")
-                        && e.contains("already masked"),
-                    "{e}"
-                );
-            }
-            assert_eq!(code, Some(1), "{err}");
-            assert!(err.contains("refused:"), "{err}");
-            assert!(!out.exists());
-        }
-    }
-}
-
-#[test]
 fn round_usage_errors_are_clear() {
-    let fed = federation(1);
+    let fed = federation(3);
     let input = fed.lab.path("in.npy");
     tensor::write_values(&input, &npy(10), [0.0; 10].into_iter()).expect("write");
     let input = input.to_str().expect("utf8");
     let out = fed.lab.path("m.npy");
     let out = out.to_str().expect("utf8");
+    let serve_args = |nodes: &'static str, extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "round",
+            "serve",
+            "--federation",
+            "f",
+            "--round",
+            "1",
+            "--nodes",
+            nodes,
+            "--out",
+            out,
+            "--shape",
+            "10",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |p: &Party, args: Vec<String>, needle: &str| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        p.fails(&args, needle);
+    };
     // The researcher cannot join, a node cannot serve.
     fed.researcher.fails(
-        &["round", "join", "--input", input],
+        &["round", "join", "--federation", "f", "--input", input],
         "belongs to a researcher",
     );
-    fed.nodes[0].fails(
-        &[
-            "round",
-            "serve",
-            "--federation",
-            "f",
-            "--round",
-            "1",
-            "--nodes",
-            "node_1",
-            "--out",
-            out,
-        ],
+    run(
+        &fed.nodes[0],
+        serve_args("node_1,node_2,node_3", &[]),
         "belongs to a node",
     );
-    // Unknown node in --nodes; bad --out; a node with no researcher registered.
+    // A threshold at or below half, or above n.
+    run(
+        &fed.researcher,
+        serve_args("node_1,node_2,node_3", &["--threshold", "1"]),
+        "--threshold 1 is not possible with 3 node(s)",
+    );
+    run(
+        &fed.researcher,
+        serve_args("node_1,node_2,node_3", &["--threshold", "4"]),
+        "--threshold 4 is not possible with 3 node(s)",
+    );
+    // Unknown node; an existing --out; no shape.
+    run(
+        &fed.researcher,
+        serve_args("node_1,node_2,node_9", &[]),
+        "node_9",
+    );
+    std::fs::write(out, b"x").expect("write");
+    run(
+        &fed.researcher,
+        serve_args("node_1,node_2,node_3", &[]),
+        "already exists",
+    );
+    std::fs::remove_file(out).expect("rm");
     fed.researcher.fails(
         &[
             "round",
@@ -1001,39 +746,53 @@ fn round_usage_errors_are_clear() {
             "--round",
             "1",
             "--nodes",
-            "node_1,node_9",
-            "--min-nodes",
-            "2",
+            "node_1,node_2,node_3",
             "--out",
             out,
         ],
-        "node_9",
+        "the round needs the shape of the updates",
     );
-    fed.researcher.fails(
-        &[
-            "round",
-            "serve",
-            "--federation",
-            "f",
-            "--round",
-            "1",
-            "--nodes",
-            "node_1",
-            "--out",
-            "m.txt",
-        ],
-        "m.txt",
+    // A node without a federation; a node with no researcher registered.
+    fed.nodes[0].fails(
+        &["round", "join", "--input", input],
+        "this node serves no federation yet",
     );
     let lonely = fed.lab.party("lonely", "node", 23000);
-    lonely.fails(&["round", "join", "--input", input], "no registry");
     lonely.register(&fed.nodes[0]);
     lonely.fails(
-        &["round", "join", "--input", input],
+        &["round", "join", "--federation", "f", "--input", input],
         "no researcher is registered here",
     );
-    // Join with --out of another format than --input.
+    // Join with --out of another format than --input; a NaN in the input.
     fed.nodes[0].fails(
-        &["round", "join", "--input", input, "--out", "x.safetensors"],
+        &[
+            "round",
+            "join",
+            "--federation",
+            "f",
+            "--input",
+            input,
+            "--out",
+            "x.safetensors",
+        ],
         "is not the format of --input",
     );
+    let nan = fed.lab.path("nan.npy");
+    tensor::write_values(&nan, &npy(3), [0.0, f64::NAN, 1.0].into_iter()).expect("write");
+    fed.nodes[0].fails(
+        &[
+            "round",
+            "join",
+            "--federation",
+            "f",
+            "--input",
+            nan.to_str().expect("utf8"),
+            "--timeout",
+            "3",
+        ],
+        "#1",
+    );
+    // Nothing of a round was used up by any of these.
+    let listed = fed.nodes[0].ok(&["round", "list", "--json"]);
+    assert_eq!(listed.trim(), "[]");
 }

@@ -208,47 +208,70 @@ pub struct MaskArgs {
 /// `secagg round ...`
 #[derive(Debug, Subcommand)]
 pub enum RoundCmd {
-    /// Researcher: accept the named nodes over mutual TLS, aggregate their masked
-    /// updates as they stream in, write the weighted mean and send it back.
+    /// Researcher: run one secure round (protocol 2) over mutual TLS with the named nodes.
     ///
     /// Only certificates registered here with role node and named in --nodes get a
-    /// connection. If a node is lost before its update is complete, the survivors re-mask
-    /// under the next attempt, as long as --min-nodes remain.
+    /// connection. The round runs once, whatever drops out: double masking and
+    /// t-of-n secret sharing let the researcher remove the masks of nodes that left,
+    /// while it learns only the weighted mean of the nodes whose whole update arrived.
+    /// Fewer than --threshold at any phase ends the round on every side, and nothing
+    /// is revealed.
     Serve(ServeArgs),
-    /// Node: connect to the registered researcher, mask this update for the announced
-    /// participants, stream it, and receive the weighted mean.
+    /// Node: take part in one secure round run by the registered researcher.
     ///
-    /// Only the researcher's registered certificate is accepted. Every announced
-    /// participant must be registered here as a node.
+    /// The node checks the announced round against its own policy (the [policy] table
+    /// of config.toml, overridden by the flags below) before any key is made, checks
+    /// every key and set the researcher forwards against its own registry, and
+    /// journals each step before the message it protects leaves.
     Join(JoinArgs),
+    /// This party's past rounds, from the journal.
+    List(RoundListArgs),
 }
 
 /// `round serve`
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Federation id (any name both sides agree on, e.g. the study name).
+    /// Federation id (any name both sides agree on, e.g. the study name). The nodes pin it.
     #[arg(long, value_name = "ID")]
     pub federation: String,
-    /// Round number. Use a new number for every round: nodes refuse to mask twice.
+    /// Round number: above every round these nodes took part in before (they refuse
+    /// anything else).
     #[arg(long, value_name = "N")]
     pub round: u64,
     /// The nodes invited, comma separated; each must be registered here as a node.
     #[arg(long, value_name = "ID,ID,...", value_delimiter = ',', required = true)]
     pub nodes: Vec<String>,
+    /// The threshold t: how many nodes must remain at every phase. Default ⌊2n/3⌋+1;
+    /// must be more than half of n. Tolerates n-t dropouts and 2t-n-1 colluding nodes.
+    #[arg(long, value_name = "T")]
+    pub threshold: Option<usize>,
+    /// The tensors the nodes bring: a file with the model's shapes (e.g. the global
+    /// model, .npy or .safetensors). Or give --shape.
+    #[arg(long, value_name = "FILE", conflicts_with = "shape")]
+    pub like: Option<PathBuf>,
+    /// The shape of a single-tensor .npy update, e.g. 1000 or 10x100 (float32 unless
+    /// --dtype f64).
+    #[arg(long, value_name = "DIMS")]
+    pub shape: Option<String>,
+    /// Element type with --shape.
+    #[arg(
+        long,
+        value_name = "f32|f64",
+        default_value = "f32",
+        requires = "shape"
+    )]
+    pub dtype: String,
+    /// The global model this round is about: its digest is announced, and nodes given
+    /// the same file with `round join --model` refuse any other.
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
     /// Address to listen on. Default: this party's advertised ip and port.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
-    /// Fewest nodes an attempt may have (at least 2). Default: all named, up to 3.
-    #[arg(long, value_name = "M")]
-    pub min_nodes: Option<usize>,
-    /// Most attempts before the round fails.
-    #[arg(long, value_name = "K", default_value_t = 2)]
-    pub max_attempts: u32,
-    /// Seconds the nodes have to connect and join.
+    /// Seconds the invited nodes have to connect and advertise their keys.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub join_timeout: u64,
-    /// Seconds each attempt may take before silent nodes are dropped (also the limit
-    /// on handshakes and sends).
+    /// Seconds each later phase may take (also the handshake deadline).
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub timeout: u64,
     #[command(flatten)]
@@ -256,38 +279,79 @@ pub struct ServeArgs {
     /// Where to write the weighted mean (.npy or .safetensors, as the nodes' updates).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print a JSON summary of the outcome on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `round join`
 #[derive(Debug, Args)]
 pub struct JoinArgs {
-    /// The update: a .npy (f32/f64) or .safetensors file.
+    /// The update: a .npy (f32/f64) or .safetensors file. Checked whole before connecting.
     #[arg(long, value_name = "FILE")]
     pub input: PathBuf,
     /// This node's weight: the number of samples it trained on.
     #[arg(long, value_name = "W", default_value_t = 1)]
     pub weight: u64,
+    /// The federation this node serves (else `federation` in config.toml [policy]).
+    #[arg(long, value_name = "ID")]
+    pub federation: Option<String>,
     /// The researcher to join. Default: the only researcher registered here.
     #[arg(long, value_name = "ID")]
     pub researcher: Option<String>,
     /// Where to write the weighted mean that comes back (same format as --input).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Refuse attempts with fewer participants than this (at least 2).
-    #[arg(long, value_name = "M", default_value_t = 3)]
-    pub min_nodes: usize,
-    /// Most attempts of one round this node masks for.
-    #[arg(long, value_name = "K", default_value_t = 2)]
-    pub max_attempts: u32,
-    /// Seconds to wait for the researcher: to connect, and for each message.
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// The global model this node trained from: the researcher must announce the same.
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Seconds the whole round may take, waiting for the researcher included.
+    #[arg(long, value_name = "SECS", default_value_t = 900)]
     pub timeout: u64,
+    /// Policy: refuse rounds with fewer invited nodes (default 3).
+    #[arg(long, value_name = "N")]
+    pub min_nodes: Option<usize>,
+    /// Policy: refuse a threshold below this (default ⌊2n/3⌋+1; never at or below n/2).
+    #[arg(long, value_name = "T")]
+    pub min_threshold: Option<usize>,
+    /// Policy: refuse a clip bound above this (default 100).
+    #[arg(long, value_name = "C")]
+    pub max_clip: Option<f64>,
+    /// Policy: refuse a max weight above this (default 1000000).
+    #[arg(long, value_name = "W")]
+    pub max_weight: Option<u64>,
+    /// Policy: always send weight 1, so sample counts cannot be learned across rounds.
+    #[arg(long)]
+    pub fixed_weight: bool,
+    /// Policy: trusted peers (registered ids) that must be among the survivors and signers.
+    #[arg(long, value_name = "ID,ID,...", value_delimiter = ',')]
+    pub require_peers: Vec<String>,
+    /// Policy: how many of --require-peers must take part (default: all of them).
+    #[arg(long, value_name = "M")]
+    pub require_peers_count: Option<usize>,
+    /// Print a JSON summary of the outcome on stdout.
+    #[arg(long)]
+    pub json: bool,
     /// Test only: pause after sending this many bytes of the masked update.
     #[arg(long, value_name = "BYTES", hide = true)]
     pub insecure_test_stall_after_bytes: Option<u64>,
     /// Test only: how long that pause lasts.
     #[arg(long, value_name = "SECS", hide = true, default_value_t = 3600)]
     pub insecure_test_stall_secs: u64,
+}
+
+/// `round list`
+#[derive(Debug, Args)]
+pub struct RoundListArgs {
+    /// JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `secagg aggregate`

@@ -202,6 +202,7 @@ mod round {
     use secagg::net::error as transport;
     use secagg::party::Role;
     use secagg::round::Error;
+    use secagg::round::node2::Error as NodeError;
 
     impl Hint for Error {
         fn hint(&self) -> Option<String> {
@@ -211,31 +212,54 @@ mod round {
                 Error::Masked(e) => return e.hint(),
                 Error::Tensor(e) => return e.hint(),
                 Error::Quantize(e) => return e.hint(),
-                Error::Aggregate(e) => return e.hint(),
                 Error::Sum(e) => return e.hint(),
                 Error::Transport(transport::Error::Handshake { .. }) => {
                     "the peer's certificate is not registered here with the role this round needs, or ours is not registered there; compare 'secagg certificate list' on both sides".into()
                 }
-                Error::Transport(_) => return None,
+                Error::Transport(transport::Error::Timeout { .. }) => {
+                    "the other side did not answer in time: check that it is running, and the registered ip and port ('secagg certificate list')".into()
+                }
+                Error::Transport(transport::Error::Closed { .. }) => {
+                    "the other side closed the connection: see its log; the round may have ended there".into()
+                }
+                Error::Transport(_) => {
+                    "check the network path to the registered ip and port, and that both sides registered each other".into()
+                }
+                Error::Node(NodeError::Refused { .. }) => {
+                    "nothing of this node's was used; ask the researcher for a round within this node's policy, or change the policy ([policy] in config.toml, or the round join flags)".into()
+                }
+                Error::Node(NodeError::Misbehaviour { .. }) => {
+                    "the round stopped before this node revealed anything it should not; tell the federation who misbehaved".into()
+                }
+                Error::Node(NodeError::BelowThreshold { .. } | NodeError::Stopped { .. }) => {
+                    "nothing was revealed; join the next round when enough nodes are available".into()
+                }
+                Error::Node(NodeError::Excluded) => {
+                    "this update counts as released; train a new one for the next round".into()
+                }
+                Error::Node(NodeError::Internal { .. }) => {
+                    "report it with the output of 'secagg --version'".into()
+                }
+                Error::Researcher(_) => {
+                    "nothing was revealed; run a new round (next --round number) when enough nodes are available".into()
+                }
                 Error::WrongRole(Role::Node, _) => {
                     "run 'round serve' in the researcher's home (--home)".into()
                 }
                 Error::WrongRole(Role::Researcher, _) => {
                     "run 'round join' in a node's home (--home)".into()
                 }
-                Error::MinNodes { .. } => {
-                    "--min-nodes must be at least 2 and at most the number of --nodes".into()
-                }
+                Error::Setup(_) => "see 'secagg round serve --help' / 'secagg round join --help'".into(),
                 Error::Listen { .. } => {
                     "pass --listen with a local address and a free port, e.g. --listen 0.0.0.0:7000".into()
                 }
                 Error::NoResearcher => {
-                    "register the researcher's certificate with 'secagg certificate register --role researcher ...'".into()
+                    "register the researcher ('secagg federation import' or 'secagg certificate register --role researcher ...')".into()
                 }
-                Error::ManyResearchers(..) => "pass --researcher ID".into(),
+                Error::ManyResearchers(..) => "say which with --researcher ID".into(),
                 Error::UnknownResearcher(_) => "see 'secagg certificate list'".into(),
                 Error::Unreachable { .. } => {
-                    "check that 'round serve' is running there and that the registered ip and port are right".into()
+                    "check that 'round serve' is running there and that the registered ip and port are right ('secagg certificate list')".into()
                 }
                 Error::CertificateRefused { .. } => {
                     "ask the researcher to register this node's certificate with role node and to name this node in --nodes".into()
@@ -243,13 +267,8 @@ mod round {
                 Error::Protocol { .. } => {
                     "check that both sides run the same secagg version; report it if they do".into()
                 }
-                Error::Refused { .. } => {
-                    "the round did not meet this node's policy (see --min-nodes and --max-attempts)".into()
-                }
                 Error::Aborted(_) => "see the researcher's log; a new round needs a new --round number".into(),
-                Error::TooFew { .. } | Error::AttemptCap { .. } => {
-                    "run a new round (next --round number) when enough nodes are available, or lower --min-nodes".into()
-                }
+                Error::Output(_) => "pass --force to replace it, or choose another --out".into(),
             })
         }
     }
@@ -287,6 +306,9 @@ mod sum {
                 ),
                 Error::BadWeight(_) => Some(
                     "re-run the round; a node may have used a weight above --max-weight".into(),
+                ),
+                Error::OutOfRange(_) => Some(
+                    "no mean was written; ask the nodes to check their updates, then run a new round".into(),
                 ),
             }
         }

@@ -206,7 +206,7 @@ pub fn stream_update<W: Word, E>(
     threads: usize,
     now: i64,
     block: usize,
-    mut emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
+    emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
 ) -> std::result::Result<Streamed, Stopped<E>> {
     let (plan, ctx) = prepare(me, reg, spec, weight)?;
     if plan.modulus.word_bytes() != W::BYTES {
@@ -222,13 +222,30 @@ pub fn stream_update<W: Word, E>(
     }
     let masks = peer_masks(me, reg, &ctx)?;
     journal(reg, &ctx, now)?;
+    stream_masked(&plan, &masks, input, weight, threads, block, emit)
+}
+
+/// Reads, quantizes, weights and masks `input` `block` words at a time, handing each
+/// block to `emit` with its offset (in words); the weight is the last word. No check
+/// and no journal: the caller (a round, after its own checks and journal entries) has
+/// done both. Memory is one block, whatever the update's size. `W` must be the plan's
+/// word.
+pub fn stream_masked<W: Word, E>(
+    plan: &Plan,
+    masks: &[PeerMask],
+    input: &Path,
+    weight: u64,
+    threads: usize,
+    block: usize,
+    mut emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
+) -> std::result::Result<Streamed, Stopped<E>> {
     let block = block.max(1);
     let w = weight as i64; // weight <= max_weight, and the plan bounds weight * L < 2^63
     let mut buf: Vec<W> = Vec::with_capacity(block);
     let mut offset = 0u64;
     let mut clipped = 0u64;
     let mut flush = |buf: &mut Vec<W>, offset: &mut u64| {
-        prg::apply_masks_at(buf, *offset, &masks, threads);
+        prg::apply_masks_at(buf, *offset, masks, threads);
         emit(*offset, buf)?;
         *offset += buf.len() as u64;
         buf.clear();
@@ -254,6 +271,72 @@ pub fn stream_update<W: Word, E>(
     buf.push(W::from_u64(weight));
     flush(&mut buf, &mut offset).map_err(Stopped::Emit)?;
     Ok(Streamed { layout, clipped })
+}
+
+/// What [`inspect_input`] found: the update's layout, its content digest, and how many
+/// values lie outside a clip bound.
+#[derive(Clone, Debug)]
+pub struct InputSummary {
+    /// Tensor names, shapes and types.
+    pub layout: Layout,
+    /// SHA-256 over `"secagg input v1"`, the layout (names, shapes, types) and every value
+    /// as f64 little-endian: re-encoding the file (f32 → f64, npy → safetensors with the
+    /// same names) does not change it.
+    pub digest: [u8; 32],
+    /// Values.
+    pub values: u64,
+}
+
+/// Reads a whole update before a round: parses it, refuses NaN and infinities (naming
+/// the index), and computes its content digest. Nothing is allocated per value.
+pub fn inspect_input(input: &Path) -> Result<InputSummary> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"secagg input v1");
+    let mut at = 0u64;
+    let mut bad: Option<u64> = None;
+    let mut bytes = Vec::with_capacity(8 * 4096);
+    let layout = tensor::read_value_blocks(input, |layout| {
+        for t in &layout.tensors {
+            h.update((t.name.len() as u32).to_be_bytes());
+            h.update(t.name.as_bytes());
+            h.update([match t.dtype {
+                crate::layout::DType::F32 => 4u8,
+                crate::layout::DType::F64 => 8u8,
+            }]);
+            h.update((t.shape.len() as u32).to_be_bytes());
+            for d in &t.shape {
+                h.update(d.to_be_bytes());
+            }
+        }
+        |xs: &[f64]| {
+            for chunk in xs.chunks(4096) {
+                bytes.clear();
+                for (i, x) in chunk.iter().enumerate() {
+                    if !x.is_finite() && bad.is_none() {
+                        bad = Some(at + i as u64);
+                    }
+                    bytes.extend_from_slice(&x.to_le_bytes());
+                }
+                h.update(&bytes);
+                at += chunk.len() as u64;
+            }
+            Ok::<(), std::convert::Infallible>(())
+        }
+    })?;
+    let _ = layout.as_ref();
+    let layout = match layout {
+        Ok(l) => l,
+        Err(never) => match never {},
+    };
+    if let Some(i) = bad {
+        return Err(quantize::Error::NonFinite(i).into());
+    }
+    Ok(InputSummary {
+        layout,
+        digest: h.finalize().into(),
+        values: at,
+    })
 }
 
 fn quantize_and_mask<W: Word>(

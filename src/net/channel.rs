@@ -257,15 +257,9 @@ impl Channel {
     }
 
     /// Sends `words`, the part of an update that starts at word `offset`, as chunk
-    /// frames of `attempt`, each word reduced to its low `width` bytes (1..=`W::BYTES`,
-    /// little-endian). The caller sends `Done` after the last part.
-    pub fn send_words<W: Word>(
-        &mut self,
-        attempt: u32,
-        offset: u64,
-        words: &[W],
-        width: usize,
-    ) -> Result<()> {
+    /// frames, each word reduced to its low `width` bytes (1..=`W::BYTES`,
+    /// little-endian). The caller sends `End` after the last part.
+    pub fn send_words<W: Word>(&mut self, offset: u64, words: &[W], width: usize) -> Result<()> {
         let width = width.clamp(1, W::BYTES);
         let per = wire::CHUNK_BYTES / width;
         let round = self.round_id();
@@ -274,7 +268,7 @@ impl Channel {
             out.clear();
             let len = chunk.len() * width;
             let at = offset + (i * per) as u64;
-            wire::encode_chunk_head(round, attempt, at, len, &mut out);
+            wire::encode_chunk_head(round, at, len, &mut out);
             let head = out.len();
             out.resize(head + len, 0);
             if width == W::BYTES {
@@ -295,14 +289,14 @@ impl Channel {
         Ok(())
     }
 
-    /// Sends bytes as chunk frames of `attempt` whose offsets count bytes, then `Done`.
-    pub fn send_bytes(&mut self, attempt: u32, bytes: &[u8]) -> Result<()> {
+    /// Sends bytes as chunk frames whose offsets count bytes, then `End`.
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         let round = self.round_id();
         let mut out = std::mem::take(&mut self.out);
         for (i, chunk) in bytes.chunks(wire::CHUNK_BYTES).enumerate() {
             out.clear();
             let offset = (i * wire::CHUNK_BYTES) as u64;
-            wire::encode_chunk_head(round, attempt, offset, chunk.len(), &mut out);
+            wire::encode_chunk_head(round, offset, chunk.len(), &mut out);
             out.extend_from_slice(chunk);
             if let Err(e) = self.write_plain(&out) {
                 self.out = out;
@@ -310,7 +304,7 @@ impl Channel {
             }
         }
         self.out = out;
-        self.send(&Message::Done { attempt })
+        self.send(&Message::End)
     }
 
     /// Sends raw bytes inside TLS, bypassing the encoder (tests of hostile peers).

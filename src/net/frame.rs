@@ -11,7 +11,8 @@
 //! - The length is checked against [`MAX_PAYLOAD`] as soon as the header is in, so an
 //!   oversized frame is refused before anything is buffered for it.
 //! - Vectors travel as [`Message::Chunk`] frames of at most [`CHUNK_BYTES`] bytes.
-//! - Control messages carry JSON; chunks and `Done` are binary.
+//! - Chunks and `End` are binary; `Abort` carries JSON; the round protocol's own
+//!   messages (kinds 16..=31) are binary payloads that `round::messages` decodes.
 //!
 //! The encoder and decoder of each message sit side by side below, with round-trip tests.
 
@@ -20,21 +21,16 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::layout::Layout;
-use crate::party::PartyId;
-use crate::secagg::quantize::QuantParams;
-use crate::secagg::ring::Modulus;
-
-/// Wire format version.
-pub const VERSION: u8 = 1;
+/// Wire format version (2: protocol 2's frames).
+pub const VERSION: u8 = 2;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 24;
 /// The largest payload accepted.
 pub const MAX_PAYLOAD: usize = 2 << 20;
 /// Vector bytes per chunk frame.
 pub const CHUNK_BYTES: usize = 1 << 20;
-/// Bytes before the data in a chunk payload (attempt u32, offset u64).
-const CHUNK_HEAD: usize = 12;
+/// Bytes before the data in a chunk payload (offset u64).
+const CHUNK_HEAD: usize = 8;
 
 /// Binds frames to one round of one federation.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,123 +63,63 @@ impl std::fmt::Debug for RoundId {
     }
 }
 
-/// Researcher → node, first frame on every connection (the server speaks first, so a
-/// node whose certificate was refused learns it at once).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Hello {
-    /// The researcher's party id.
-    pub researcher: PartyId,
-    /// Federation id.
-    pub federation: String,
-    /// Round number.
-    pub round: u64,
-}
-
-/// Node → researcher: the shape of the update it brings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Join {
-    /// Names, shapes and types of the update.
-    pub layout: Layout,
-}
-
-/// Researcher → node: mask for this attempt among these participants.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Start {
-    /// Attempt number, from 1.
-    pub attempt: u32,
-    /// Sorted participant ids.
-    pub participants: Vec<PartyId>,
-    /// Vector label.
-    pub label: String,
-    /// Quantization knobs.
-    pub quant: QuantParams,
-    /// The ring, as the researcher computed it (nodes recompute and compare).
-    pub modulus: Modulus,
-    /// Bytes per element in update chunks: each masked word reduced modulo
-    /// 2^(8·word_bytes), the smallest width that holds the sum (nodes recompute and
-    /// compare).
-    pub word_bytes: usize,
-    /// The layout every participant must have.
-    pub layout: Layout,
-}
-
-/// Researcher → node: the weighted mean follows as chunks, then `Done`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Outcome {
-    /// The attempt that completed.
-    pub attempt: u32,
-    /// Who contributed.
-    pub participants: Vec<PartyId>,
-    /// Sum of the weights.
-    pub total_weight: u64,
-    /// Bytes of the mean that follow: every value in layout order, little-endian in its
-    /// tensor's type (f32 or f64). Chunk offsets count bytes.
-    pub bytes: u64,
-}
-
 /// Either side: the round is over for this connection, and why.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Abort {
-    /// A one-line reason for the other side's log.
+    /// A one-line reason for the other side's log (sanitised before it is shown).
     pub reason: String,
 }
 
 /// A slice of a vector.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Chunk {
-    /// Attempt it belongs to.
-    pub attempt: u32,
-    /// Offset in words.
+    /// Where the data starts: in words for a masked update, in bytes for a mean.
     pub offset: u64,
-    /// Little-endian words.
+    /// Little-endian words (or bytes of the mean).
     pub data: Vec<u8>,
 }
+
+/// The first kind of the round protocol's own messages (16..=31); their payloads are
+/// the round layer's business (`round::messages`).
+pub const FIRST_PROTOCOL_KIND: u8 = 16;
+/// The last kind reserved for the round protocol.
+pub const LAST_PROTOCOL_KIND: u8 = 31;
 
 /// One frame's content.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
-    /// See [`Hello`].
-    Hello(Hello),
-    /// See [`Join`].
-    Join(Join),
-    /// See [`Start`].
-    Start(Start),
-    /// See [`Chunk`].
+    /// See [`Chunk`] (kind 4).
     Chunk(Chunk),
-    /// The sender has sent every chunk of this attempt.
-    Done {
-        /// The attempt.
-        attempt: u32,
-    },
-    /// See [`Outcome`].
-    Outcome(Outcome),
-    /// See [`Abort`].
+    /// The sender has sent every chunk of this vector (kind 5).
+    End,
+    /// See [`Abort`] (kind 7).
     Abort(Abort),
+    /// A round-protocol message: its kind (16..=31) and payload, decoded above this layer.
+    Protocol {
+        /// The kind.
+        kind: u8,
+        /// The payload.
+        payload: Vec<u8>,
+    },
 }
 
 impl Message {
     /// A short name for logs and errors.
     pub fn name(&self) -> &'static str {
         match self {
-            Message::Hello(_) => "hello",
-            Message::Join(_) => "join",
-            Message::Start(_) => "start",
             Message::Chunk(_) => "chunk",
-            Message::Done { .. } => "done",
-            Message::Outcome(_) => "outcome",
+            Message::End => "end",
             Message::Abort(_) => "abort",
+            Message::Protocol { .. } => "protocol",
         }
     }
 
     fn kind(&self) -> u8 {
         match self {
-            Message::Hello(_) => 1,
-            Message::Join(_) => 2,
-            Message::Start(_) => 3,
             Message::Chunk(_) => 4,
-            Message::Done { .. } => 5,
-            Message::Outcome(_) => 6,
+            Message::End => 5,
             Message::Abort(_) => 7,
+            Message::Protocol { kind, .. } => *kind,
         }
     }
 }
@@ -221,31 +157,33 @@ pub enum WireError {
     },
 }
 
-/// Appends one frame to `out`.
+/// Appends one frame to `out`. A protocol payload longer than [`MAX_PAYLOAD`] is the
+/// caller's bug; it is framed anyway and the receiver refuses it.
 pub fn encode(round: RoundId, msg: &Message, out: &mut Vec<u8>) {
     match msg {
         Message::Chunk(c) => {
-            encode_chunk_head(round, c.attempt, c.offset, c.data.len(), out);
+            encode_chunk_head(round, c.offset, c.data.len(), out);
             out.extend_from_slice(&c.data);
         }
-        Message::Done { attempt } => {
-            put_header(round, msg.kind(), 4, out);
-            out.extend_from_slice(&attempt.to_le_bytes());
+        Message::End => put_header(round, msg.kind(), 0, out),
+        Message::Abort(m) => {
+            // Serializing a plain struct to JSON cannot fail.
+            let json = serde_json::to_vec(m).unwrap_or_default();
+            put_header(round, msg.kind(), json.len() as u32, out);
+            out.extend_from_slice(&json);
         }
-        Message::Hello(m) => put_json(round, msg.kind(), m, out),
-        Message::Join(m) => put_json(round, msg.kind(), m, out),
-        Message::Start(m) => put_json(round, msg.kind(), m, out),
-        Message::Outcome(m) => put_json(round, msg.kind(), m, out),
-        Message::Abort(m) => put_json(round, msg.kind(), m, out),
+        Message::Protocol { kind, payload } => {
+            put_header(round, *kind, payload.len() as u32, out);
+            out.extend_from_slice(payload);
+        }
     }
 }
 
 /// Appends the header and chunk fields of a chunk frame whose `len` data bytes the caller
 /// appends next (so vectors are framed without an extra copy).
-pub fn encode_chunk_head(round: RoundId, attempt: u32, offset: u64, len: usize, out: &mut Vec<u8>) {
+pub fn encode_chunk_head(round: RoundId, offset: u64, len: usize, out: &mut Vec<u8>) {
     debug_assert!(len <= CHUNK_BYTES);
     put_header(round, 4, (CHUNK_HEAD + len) as u32, out);
-    out.extend_from_slice(&attempt.to_le_bytes());
     out.extend_from_slice(&offset.to_le_bytes());
 }
 
@@ -257,26 +195,9 @@ fn put_header(round: RoundId, kind: u8, len: u32, out: &mut Vec<u8>) {
     out.extend_from_slice(&len.to_le_bytes());
 }
 
-fn put_json<T: Serialize>(round: RoundId, kind: u8, m: &T, out: &mut Vec<u8>) {
-    // Serializing plain data structs to JSON cannot fail.
-    let json = serde_json::to_vec(m).unwrap_or_default();
-    put_header(round, kind, json.len() as u32, out);
-    out.extend_from_slice(&json);
-}
-
-/// Parses one payload.
 /// Decodes one payload; a chunk's data goes into a buffer from `spares` when there is one.
 fn decode_payload(kind: u8, payload: &[u8], spares: &Spares) -> Result<Message, WireError> {
-    fn json<T: for<'a> Deserialize<'a>>(kind: &'static str, p: &[u8]) -> Result<T, WireError> {
-        serde_json::from_slice(p).map_err(|e| WireError::Malformed {
-            kind,
-            reason: e.to_string(),
-        })
-    }
     Ok(match kind {
-        1 => Message::Hello(json("hello", payload)?),
-        2 => Message::Join(json("join", payload)?),
-        3 => Message::Start(json("start", payload)?),
         4 => {
             if payload.len() < CHUNK_HEAD || payload.len() > CHUNK_HEAD + CHUNK_BYTES {
                 return Err(WireError::Malformed {
@@ -285,11 +206,10 @@ fn decode_payload(kind: u8, payload: &[u8], spares: &Spares) -> Result<Message, 
                 });
             }
             let (head, data) = payload.split_at(CHUNK_HEAD);
+            let mut offset = [0u8; 8];
+            offset.copy_from_slice(head);
             Message::Chunk(Chunk {
-                attempt: u32::from_le_bytes([head[0], head[1], head[2], head[3]]),
-                offset: u64::from_le_bytes([
-                    head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11],
-                ]),
+                offset: u64::from_le_bytes(offset),
                 data: {
                     let mut buf = spares.take();
                     buf.extend_from_slice(data);
@@ -297,19 +217,23 @@ fn decode_payload(kind: u8, payload: &[u8], spares: &Spares) -> Result<Message, 
                 },
             })
         }
-        5 => match payload {
-            [a, b, c, d] => Message::Done {
-                attempt: u32::from_le_bytes([*a, *b, *c, *d]),
-            },
-            _ => {
-                return Err(WireError::Malformed {
-                    kind: "done",
-                    reason: format!("{} payload bytes, expected 4", payload.len()),
-                });
-            }
+        5 if payload.is_empty() => Message::End,
+        5 => {
+            return Err(WireError::Malformed {
+                kind: "end",
+                reason: format!("{} payload bytes, expected 0", payload.len()),
+            });
+        }
+        7 => Message::Abort(
+            serde_json::from_slice(payload).map_err(|e| WireError::Malformed {
+                kind: "abort",
+                reason: e.to_string(),
+            })?,
+        ),
+        FIRST_PROTOCOL_KIND..=LAST_PROTOCOL_KIND => Message::Protocol {
+            kind,
+            payload: payload.to_vec(),
         },
-        6 => Message::Outcome(json("outcome", payload)?),
-        7 => Message::Abort(json("abort", payload)?),
         k => return Err(WireError::Kind(k)),
     })
 }
@@ -491,7 +415,10 @@ fn check_header(round: Option<RoundId>, head: &[u8]) -> Result<u8, WireError> {
     if head[0] != VERSION {
         return Err(WireError::Version(head[0]));
     }
-    if !(1..=7).contains(&head[1]) {
+    if !matches!(
+        head[1],
+        4 | 5 | 7 | FIRST_PROTOCOL_KIND..=LAST_PROTOCOL_KIND
+    ) {
         return Err(WireError::Kind(head[1]));
     }
     if head[2] != 0 || head[3] != 0 {
@@ -515,55 +442,25 @@ fn check_header(round: Option<RoundId>, head: &[u8]) -> Result<u8, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{Container, DType, TensorSpec};
     use proptest::prelude::*;
-
-    fn id(s: &str) -> PartyId {
-        s.parse().expect("valid id")
-    }
-
-    fn layout() -> Layout {
-        Layout {
-            container: Container::Safetensors,
-            tensors: vec![TensorSpec {
-                name: "w".into(),
-                dtype: DType::F32,
-                shape: vec![2, 3],
-            }],
-        }
-    }
 
     fn samples() -> Vec<Message> {
         vec![
-            Message::Hello(Hello {
-                researcher: id("researcher_1"),
-                federation: "fed".into(),
-                round: 7,
-            }),
-            Message::Join(Join { layout: layout() }),
-            Message::Start(Start {
-                attempt: 2,
-                participants: vec![id("a"), id("b")],
-                label: "update".into(),
-                quant: QuantParams::default(),
-                modulus: Modulus::M64,
-                word_bytes: 5,
-                layout: layout(),
-            }),
+            Message::Protocol {
+                kind: 16,
+                payload: vec![1, 2, 3],
+            },
             Message::Chunk(Chunk {
-                attempt: 1,
                 offset: 99,
                 data: vec![1, 2, 3, 4],
             }),
-            Message::Done { attempt: 3 },
-            Message::Outcome(Outcome {
-                attempt: 1,
-                participants: vec![id("a")],
-                total_weight: 10,
-                bytes: 28,
-            }),
+            Message::End,
+            Message::Protocol {
+                kind: 31,
+                payload: Vec::new(),
+            },
             Message::Abort(Abort {
-                reason: "below min-nodes".into(),
+                reason: "below threshold".into(),
             }),
         ]
     }
@@ -591,11 +488,7 @@ mod tests {
     #[test]
     fn frame_of_another_round_is_rejected() {
         let mut bytes = Vec::new();
-        encode(
-            RoundId::new("fed", 6),
-            &Message::Done { attempt: 1 },
-            &mut bytes,
-        );
+        encode(RoundId::new("fed", 6), &Message::End, &mut bytes);
         let mut dec = Decoder::new(RoundId::new("fed", 7));
         dec.push(&bytes);
         assert!(matches!(
@@ -628,10 +521,11 @@ mod tests {
     fn bad_version_kind_reserved_and_payloads_are_rejected() {
         let round = RoundId::new("fed", 1);
         let mut good = Vec::new();
-        encode(round, &Message::Done { attempt: 1 }, &mut good);
-        let cases: [(usize, u8, WireError); 3] = [
-            (0, 2, WireError::Version(2)),
+        encode(round, &Message::End, &mut good);
+        let cases: [(usize, u8, WireError); 4] = [
+            (0, 1, WireError::Version(1)),
             (1, 9, WireError::Kind(9)),
+            (1, 32, WireError::Kind(32)),
             (2, 1, WireError::Reserved),
         ];
         for (at, value, want) in cases {
@@ -641,8 +535,8 @@ mod tests {
             dec.push(&bad);
             assert_eq!(dec.next_message(), Err(want));
         }
-        // A done with 3 bytes, a chunk too short for its fields, and JSON garbage.
-        for (kind, payload) in [(5u8, vec![0u8; 3]), (4, vec![0; 5]), (3, b"{no".to_vec())] {
+        // An end with 3 bytes, a chunk too short for its fields, and JSON garbage.
+        for (kind, payload) in [(5u8, vec![0u8; 3]), (4, vec![0; 5]), (7, b"{no".to_vec())] {
             let mut bad = Vec::new();
             put_header(round, kind, payload.len() as u32, &mut bad);
             bad.extend_from_slice(&payload);
@@ -684,14 +578,13 @@ mod tests {
         let sent: Vec<Message> = (0..5u64)
             .map(|i| {
                 Message::Chunk(Chunk {
-                    attempt: 1,
                     offset: i * 1000,
                     data: (0..CHUNK_BYTES - i as usize)
                         .map(|b| (b % 251) as u8)
                         .collect(),
                 })
             })
-            .chain(std::iter::once(Message::Done { attempt: 1 }))
+            .chain(std::iter::once(Message::End))
             .collect();
         let mut bytes = Vec::new();
         for m in &sent {
@@ -727,7 +620,6 @@ mod tests {
         let mut bytes = Vec::new();
         for offset in [0u64, 10] {
             let m = Message::Chunk(Chunk {
-                attempt: 1,
                 offset,
                 data: vec![offset as u8; 1000],
             });
@@ -758,11 +650,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn chunks_round_trip(attempt: u32, offset: u64,
+        fn chunks_round_trip(offset: u64,
                              data in proptest::collection::vec(any::<u8>(), 0..4096),
                              split in 0usize..5000) {
             let round = RoundId::new("f", 3);
-            let m = Message::Chunk(Chunk { attempt, offset, data });
+            let m = Message::Chunk(Chunk { offset, data });
             let mut bytes = Vec::new();
             encode(round, &m, &mut bytes);
             let cut = split.min(bytes.len());

@@ -89,7 +89,7 @@ pub enum Error {
 type Result<T> = std::result::Result<T, Error>;
 
 /// The contents of `config.toml`: who this party is and where peers reach it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     /// This party's id (the certificate's CN).
     pub party_id: PartyId,
@@ -99,6 +99,44 @@ pub struct Config {
     pub ip: Host,
     /// The TCP port peers use to reach this party.
     pub port: u16,
+    /// A node's own limits for the rounds it joins (`[policy]`); absent means defaults.
+    #[serde(default, skip_serializing_if = "PolicyConfig::is_empty")]
+    pub policy: PolicyConfig,
+}
+
+/// `[policy]` in `config.toml`: what a node accepts in a round, whatever the
+/// researcher announces. Every key is optional; `round join` flags override them. See
+/// `etc/config.example.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PolicyConfig {
+    /// The federation this node serves.
+    pub federation: Option<String>,
+    /// Largest clip bound (default 100).
+    pub max_clip: Option<f64>,
+    /// Fewest quantization bits (default 2).
+    pub min_bits: Option<u32>,
+    /// Most quantization bits (default 32).
+    pub max_bits: Option<u32>,
+    /// Largest max weight (default 10^6).
+    pub max_weight: Option<u64>,
+    /// Fewest invited nodes (default 3).
+    pub min_nodes: Option<usize>,
+    /// Smallest threshold (default ⌊2n/3⌋+1).
+    pub min_threshold: Option<usize>,
+    /// Trusted peers (registered ids) that must take part.
+    pub require_peers: Option<Vec<String>>,
+    /// How many of them must (default: all).
+    pub require_peers_count: Option<usize>,
+    /// Always send weight 1.
+    pub fixed_weight: Option<bool>,
+}
+
+impl PolicyConfig {
+    /// Whether no key is set.
+    pub fn is_empty(&self) -> bool {
+        *self == PolicyConfig::default()
+    }
 }
 
 /// The files of one party's home directory.
@@ -325,6 +363,7 @@ pub fn generate(home: &Home, params: &GenerateParams, replace: bool) -> Result<G
         role: params.role,
         ip: params.ip.clone(),
         port: params.port,
+        policy: PolicyConfig::default(),
     };
     let key_pem = key
         .signing_key()

@@ -2,7 +2,7 @@
 //!
 //! Frames, headers and chunks stay in [`crate::net::frame`]; this module turns each protocol-2
 //! message into payload bytes and a kind number (16..=31, so they never collide with
-//! protocol 1's 1..=7), and back. `docs/protocol2.md` gives every layout.
+//! protocol 1's 1..=7), and back. `docs/protocol.md` gives every layout.
 //!
 //! Decoding is strict: every count is capped and checked against the bytes that remain
 //! before anything is allocated, sets and fingerprint-keyed lists must be strictly

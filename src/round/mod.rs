@@ -1,42 +1,29 @@
-//! Secure rounds over mutual TLS: the researcher serves, nodes join.
+//! Secure rounds over mutual TLS, protocol 2: double masking, certified per-round keys,
+//! one pass whatever drops out (DESIGN.md, "Rounds over TLS: protocol 2").
 //!
-//! The protocol (see `docs/protocol.md` for the diagram):
-//!
-//! 1. A node connects; the handshake succeeds only between pinned, registered
-//!    certificates. The researcher speaks first with `Hello` (federation, round).
-//! 2. The node answers `Join` with the layout of its update.
-//! 3. When every named node has joined (or the join timeout passes with at least
-//!    `min-nodes`), the researcher sends `Start` for attempt 1 with the participant set.
-//! 4. Each participant masks under (federation, round, attempt, participants, label) and
-//!    streams `Chunk`s, then `Done`. The researcher adds chunks into one accumulator as
-//!    they arrive.
-//! 5. If a participant is lost before its update is complete, the researcher drops the
-//!    sum and sends `Start` for attempt+1 to the survivors, as long as `min-nodes`
-//!    remain; otherwise everyone gets `Abort` and nothing is revealed.
-//! 6. When every participant is done, the researcher sends `Outcome` and the summed
-//!    words to each participant, which decode the weighted mean themselves.
-//!
-//! The researcher's states are types in [`server`]; the node is a straight line of
-//! checks in [`node`].
+//! - [`schedule`] and [`messages`]: the key schedule, the signed messages and the wire
+//!   payloads, byte for byte as `docs/protocol.md` specifies them;
+//! - [`policy`]: what a node accepts, checked before any key is made;
+//! - [`node2`] and [`researcher`]: the two sides as pure state machines
+//!   (`handle(event) -> actions`), tested message by message;
+//! - [`join`] and [`serve`]: the small drivers that connect the machines to sockets, the
+//!   registry's journal, the input file and the researcher's spill files.
 
+pub mod join;
 pub mod messages;
-pub mod node;
 pub mod node2;
 pub mod policy;
+pub mod researcher;
 pub mod schedule;
-pub mod server;
+pub mod serve;
+pub mod spill;
 
 use std::time::Duration;
 
-use crate::files::masked::{self};
-use crate::files::tensor::{self};
-use crate::net::error::{self as transport};
 use crate::party::{PartyId, Role};
-use crate::pki::identity::{self};
-use crate::pki::registry::{self};
-use crate::secagg::quantize::{self};
+use crate::{files, net, pki, secagg};
 
-/// The largest update accepted, in values (the researcher allocates one word each).
+/// The largest update accepted, in values (the researcher keeps one word each).
 pub const MAX_ELEMENTS: u64 = 1 << 30;
 /// The vector label used by rounds.
 pub const LABEL: &str = "update";
@@ -48,39 +35,37 @@ const POLL: Duration = Duration::from_millis(20);
 pub enum Error {
     /// Identity.
     #[error(transparent)]
-    Identity(#[from] identity::Error),
-    /// Registry.
+    Identity(#[from] pki::identity::Error),
+    /// Registry or journal.
     #[error(transparent)]
-    Registry(#[from] registry::Error),
-    /// Masking.
+    Registry(#[from] pki::registry::Error),
+    /// Masking or the input file.
     #[error(transparent)]
-    Masked(#[from] masked::Error),
+    Masked(#[from] files::masked::Error),
     /// Input or output tensors.
     #[error(transparent)]
-    Tensor(#[from] tensor::Error),
+    Tensor(#[from] files::tensor::Error),
     /// Quantization plan.
     #[error(transparent)]
-    Quantize(#[from] quantize::Error),
+    Quantize(#[from] secagg::quantize::Error),
     /// Decoding the sum.
     #[error(transparent)]
-    Aggregate(#[from] crate::files::aggregate::Error),
-    /// Decoding the sum.
-    #[error(transparent)]
-    Sum(#[from] crate::secagg::sum::Error),
+    Sum(#[from] secagg::sum::Error),
     /// Network or TLS.
     #[error(transparent)]
-    Transport(#[from] transport::Error),
+    Transport(#[from] net::error::Error),
+    /// The node's side of the protocol stopped the round.
+    #[error(transparent)]
+    Node(#[from] node2::Error),
+    /// The researcher's side of the protocol stopped the round.
+    #[error(transparent)]
+    Researcher(#[from] researcher::Error),
     /// This command needs the other role.
     #[error("this home belongs to a {0}; {1}")]
     WrongRole(Role, &'static str),
-    /// Bad `--min-nodes`.
-    #[error("--min-nodes {min} is not possible with {nodes} node(s) named")]
-    MinNodes {
-        /// Asked.
-        min: usize,
-        /// Named.
-        nodes: usize,
-    },
+    /// A parameter of `round serve` or `round join` that cannot work.
+    #[error("{0}")]
+    Setup(String),
     /// The listening socket.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -93,12 +78,12 @@ pub enum Error {
     #[error("no researcher is registered here")]
     NoResearcher,
     /// More than one researcher, and none chosen.
-    #[error("{0} researchers are registered here ({1}); say which with --researcher")]
+    #[error("{0} researchers are registered here ({1})")]
     ManyResearchers(usize, String),
     /// The chosen researcher is not registered as one.
     #[error("'{0}' is not registered here as a researcher")]
     UnknownResearcher(PartyId),
-    /// Could not reach the researcher.
+    /// Could not reach the researcher before the deadline.
     #[error("cannot reach researcher {id} at {addr}: {reason}")]
     Unreachable {
         /// Who.
@@ -116,7 +101,7 @@ pub enum Error {
         /// The TLS alert.
         alert: String,
     },
-    /// The peer broke the protocol (the peer's fault).
+    /// The peer broke the framing or sent something out of place.
     #[error("{peer} broke the round protocol: {what}")]
     Protocol {
         /// Who.
@@ -124,41 +109,32 @@ pub enum Error {
         /// What it did.
         what: String,
     },
-    /// This node refused the round (its own policy).
-    #[error("this node refused round {round} attempt {attempt}: {reason}")]
-    Refused {
-        /// Round.
-        round: u64,
-        /// Attempt.
-        attempt: u32,
-        /// Why.
-        reason: String,
-    },
-    /// The researcher ended the round for this node.
-    #[error("the researcher ended the round for this node: {0}")]
+    /// The researcher ended the round for this node (its words, sanitised).
+    #[error("the researcher ended the round: {0}")]
     Aborted(String),
-    /// Too few participants left.
-    #[error(
-        "round failed: {have} node(s) left, fewer than --min-nodes {min}; nothing was revealed"
-    )]
-    TooFew {
-        /// Survivors.
-        have: usize,
-        /// Needed.
-        min: usize,
-        /// Who dropped and why.
-        dropped: Vec<(PartyId, String)>,
-    },
-    /// The attempt cap was reached.
-    #[error(
-        "round failed: attempt {attempt} would exceed --max-attempts {max}; nothing was revealed"
-    )]
-    AttemptCap {
-        /// The attempt that would run.
-        attempt: u32,
-        /// The cap.
-        max: u32,
-    },
+    /// The output file.
+    #[error("{0}")]
+    Output(String),
 }
 
 type Result<T> = std::result::Result<T, Error>;
+
+/// Text that came from a peer, made safe for a terminal or a log: control characters
+/// (escape sequences included) become `?`, and the length is capped.
+pub fn sanitize(text: &str) -> String {
+    text.chars()
+        .take(500)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn peer_text_loses_control_characters() {
+        assert_eq!(sanitize("bad\x1b[31m red\n"), "bad?[31m red?");
+        assert_eq!(sanitize(&"x".repeat(600)).len(), 500);
+    }
+}

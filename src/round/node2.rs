@@ -368,8 +368,15 @@ impl fmt::Debug for Node<'_> {
 type Step<T> = std::result::Result<T, Error>;
 
 impl<'k> Node<'k> {
-    /// A node waiting for the researcher's announcement.
-    pub fn new(setup: NodeSetup<'k>) -> Node<'k> {
+    /// A node waiting for the researcher's announcement. Our own certificate counts as
+    /// registered (a registry never holds its own party).
+    pub fn new(mut setup: NodeSetup<'k>) -> Node<'k> {
+        if !setup.peers.contains_key(&setup.me) {
+            let key = PublicKey::from(setup.key.signing_key().verifying_key());
+            if let Ok(id) = "this-node".parse() {
+                setup.peers.insert(setup.me, Peer { id, key });
+            }
+        }
         Node {
             setup,
             state: State::AwaitAnnounce,

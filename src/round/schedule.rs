@@ -1,6 +1,6 @@
 //! Protocol 2's key schedule and signed messages: pure functions over bytes and keys.
 //!
-//! Everything here is specified byte for byte in `docs/protocol2.md` and checked against
+//! Everything here is specified byte for byte in `docs/protocol.md` and checked against
 //! an independent implementation in `tests/kat2.rs`. In short (`‖` concatenates):
 //!
 //! ```text

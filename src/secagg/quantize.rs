@@ -217,7 +217,8 @@ fn levels_of(bits: u32) -> u64 {
     (1u64 << (bits - 1)) - 1
 }
 
-fn levels(bits: u32) -> u64 {
+/// L = 2^(b-1) - 1, the largest quantized level for `bits` (clamped to 2..=32).
+pub fn levels(bits: u32) -> u64 {
     levels_of(bits.clamp(2, 32))
 }
 

@@ -16,6 +16,11 @@ pub enum Error {
     /// The weights sum to zero or more than allowed.
     #[error("total weight {0} is invalid (inputs inconsistent or tampered)")]
     BadWeight(u64),
+    /// A summed value lies outside what a weighted sum of clipped inputs can be.
+    #[error(
+        "the sum is out of range at value #{0}: some input was out of range (a bug or a poisoned input; which node cannot be told)"
+    )]
+    OutOfRange(u64),
 }
 
 type Result<T> = std::result::Result<T, Error>;
@@ -66,6 +71,41 @@ impl<W: Word> Accumulator<W> {
             7 => absorb_narrow::<W, 7>(acc, bytes),
             _ => absorb_narrow::<W, 8>(acc, bytes),
         }
+    }
+
+    /// Subtracts words that [`Accumulator::absorb`] added (a stream that broke off).
+    pub fn retract(&mut self, offset: u64, bytes: &[u8]) {
+        let start = (offset as usize).min(self.acc.len());
+        for (a, c) in self.acc[start..]
+            .iter_mut()
+            .zip(bytes.chunks_exact(self.width))
+        {
+            *a = a.sub(W::from_le_narrow(c));
+        }
+    }
+
+    /// Adds (or subtracts) PRG masks over the whole accumulator, as a node would have:
+    /// word i takes keystream bytes `[i·W::BYTES, (i+1)·W::BYTES)`.
+    pub fn apply_masks(&mut self, masks: &[crate::secagg::prg::PeerMask], threads: usize) {
+        crate::secagg::prg::apply_masks(&mut self.acc, masks, threads);
+    }
+
+    /// Like [`Accumulator::finish_encoded`], after checking that every summed value lies
+    /// in `[-W·L, W·L]` (W the total weight, L the largest quantized level): a weighted
+    /// sum of clipped inputs cannot lie outside it, so anything else is a poisoned or
+    /// broken input.
+    pub fn finish_checked(self, plan: &Plan, layout: &Layout) -> Result<(u64, Vec<u8>)> {
+        let bits = 8 * self.width as u32;
+        let (total, _, sums) = self.decoder(plan)?;
+        let limit =
+            i128::from(total) * i128::from(crate::secagg::quantize::levels(plan.params.bits));
+        if let Some(i) = sums
+            .iter()
+            .position(|s| i128::from(signed_low_bits(s.to_u64(), bits)).abs() > limit)
+        {
+            return Err(Error::OutOfRange(i as u64));
+        }
+        self.finish_encoded(plan, layout)
     }
 
     /// The total weight (the last word) and each element's scale to the mean.
@@ -179,6 +219,30 @@ impl AnyAccumulator {
         match self {
             AnyAccumulator::M32(a) => a.finish(plan),
             AnyAccumulator::M64(a) => a.finish(plan),
+        }
+    }
+
+    /// See [`Accumulator::retract`].
+    pub fn retract(&mut self, offset: u64, bytes: &[u8]) {
+        match self {
+            AnyAccumulator::M32(a) => a.retract(offset, bytes),
+            AnyAccumulator::M64(a) => a.retract(offset, bytes),
+        }
+    }
+
+    /// See [`Accumulator::apply_masks`].
+    pub fn apply_masks(&mut self, masks: &[crate::secagg::prg::PeerMask], threads: usize) {
+        match self {
+            AnyAccumulator::M32(a) => a.apply_masks(masks, threads),
+            AnyAccumulator::M64(a) => a.apply_masks(masks, threads),
+        }
+    }
+
+    /// See [`Accumulator::finish_checked`].
+    pub fn finish_checked(self, plan: &Plan, layout: &Layout) -> Result<(u64, Vec<u8>)> {
+        match self {
+            AnyAccumulator::M32(a) => a.finish_checked(plan, layout),
+            AnyAccumulator::M64(a) => a.finish_checked(plan, layout),
         }
     }
 

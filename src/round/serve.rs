@@ -1,0 +1,718 @@
+//! `round serve`'s driver: listen, authenticate each node by its pinned certificate,
+//! and feed the researcher state machine ([`super::researcher`]); run its actions:
+//! messages out, chunks into the spill store, unmasking and decoding, the mean out.
+//!
+//! One thread accepts connections and one thread per connection does TLS and framing.
+//! They report to the coordinator (the caller's thread) over a bounded channel, so at
+//! most a few chunks are in flight whatever the number of nodes: memory stays O(d).
+//! Unauthenticated connections are capped and expire with the handshake deadline; an
+//! authenticated node holds at most one connection.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls::ServerConfig;
+
+use super::researcher::{self, Action, Event, Invitee, Researcher, ResearcherSetup};
+use super::spill::Store;
+use super::{Error, LABEL, MAX_ELEMENTS, POLL, Result, sanitize};
+use crate::clock::unix_secs;
+use crate::layout::Layout;
+use crate::net::channel::Channel;
+use crate::net::error as transport;
+use crate::net::frame::{Abort, Message, RoundId, Spares};
+use crate::net::tls::Pins;
+use crate::party::{Fingerprint, PartyId, Role};
+use crate::pki::certificate::PeerCertificate;
+use crate::pki::identity::Identity;
+use crate::pki::journal::RoundEnd;
+use crate::pki::registry::Registry;
+use crate::round::messages::{self, Message2, ResultHeader};
+use crate::secagg::quantize::{Plan, QuantParams};
+
+/// The longest a TLS handshake may take before the connection is dropped.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// What `round serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServeParams {
+    /// The ctx federation string.
+    pub federation: String,
+    /// Round number.
+    pub round: u64,
+    /// The nodes invited (registered here as nodes).
+    pub nodes: Vec<PartyId>,
+    /// Threshold t.
+    pub threshold: usize,
+    /// How long the invitees have to connect and advertise.
+    pub join_timeout: Duration,
+    /// Each later phase's deadline, and the handshake deadline.
+    pub timeout: Duration,
+    /// Quantization knobs.
+    pub quant: QuantParams,
+    /// The tensors every node must bring.
+    pub layout: Layout,
+    /// Digest of the global model, announced to the nodes.
+    pub model: Option<[u8; 32]>,
+    /// Where spills go (a private directory).
+    pub spill_dir: PathBuf,
+    /// Threads for unmasking.
+    pub threads: usize,
+}
+
+/// What the researcher sees happen, for progress lines.
+#[derive(Debug)]
+pub enum ServeEvent<'a> {
+    /// Listening.
+    Listening(&'a str),
+    /// A connection failed before it was identified (handshake refused, timeout).
+    Refused {
+        /// Remote address.
+        addr: &'a str,
+        /// Why (sanitised).
+        reason: &'a str,
+    },
+    /// A pinned node connected.
+    Connected(&'a PartyId),
+    /// A phase line from the protocol.
+    Phase(&'a str),
+    /// A node was dropped.
+    Dropped {
+        /// Who.
+        party: &'a str,
+        /// Why.
+        reason: &'a str,
+    },
+}
+
+/// The result of a served round.
+#[derive(Debug)]
+pub struct Served {
+    /// The round's outcome as the state machine saw it.
+    pub outcome: researcher::Outcome,
+    /// The weighted mean, encoded as the mean file's data section.
+    pub mean: Vec<u8>,
+    /// The total weight.
+    pub total_weight: u64,
+    /// Local ids by fingerprint (for printing).
+    pub names: BTreeMap<Fingerprint, PartyId>,
+}
+
+/// Connection thread → coordinator.
+enum Inbound {
+    Refused {
+        addr: String,
+        reason: String,
+    },
+    Connected {
+        conn: u64,
+        party: PartyId,
+        fp: Fingerprint,
+        tx: Sender<Outbound>,
+    },
+    Message {
+        conn: u64,
+        msg: Message,
+    },
+    Lost {
+        conn: u64,
+        reason: String,
+    },
+}
+
+/// Coordinator → connection thread.
+enum Outbound {
+    Send(Message),
+    Result(Arc<(ResultHeader, Vec<u8>)>),
+    Close(Option<String>),
+}
+
+struct Member {
+    conn: u64,
+    tx: Sender<Outbound>,
+}
+
+/// Runs a round: listens, runs the protocol, answers the nodes that unmasked.
+pub fn serve(
+    me: &Identity,
+    reg: &mut Registry,
+    params: &ServeParams,
+    listen: &str,
+    mut events: impl FnMut(ServeEvent<'_>),
+) -> Result<Served> {
+    if me.config.role != Role::Researcher {
+        return Err(Error::WrongRole(
+            me.config.role,
+            "'round serve' is for the researcher",
+        ));
+    }
+    let nodes = crate::files::job::participants(&params.nodes)?;
+    let values = params.layout.elements();
+    if values == 0 || values > MAX_ELEMENTS {
+        return Err(Error::Setup(format!(
+            "the layout has {values} values (allowed 1..={MAX_ELEMENTS})"
+        )));
+    }
+    let plan = Plan::new(params.quant, nodes.len())?;
+    let mut pins = Pins::default();
+    let mut invitees = BTreeMap::new();
+    let mut names = BTreeMap::new();
+    let now = SystemTime::now();
+    for id in &nodes {
+        let cert: PeerCertificate = crate::files::job::registered_node(reg, id)?;
+        cert.check_validity(now).map_err(|e| {
+            Error::Setup(format!(
+                "the registered certificate of node '{id}' is unusable: {e}"
+            ))
+        })?;
+        pins.insert(id.clone(), &cert);
+        invitees.insert(
+            cert.fingerprint(),
+            Invitee {
+                id: id.clone(),
+                key: *cert.public_key(),
+            },
+        );
+        names.insert(cert.fingerprint(), id.clone());
+    }
+    let (machine, announce) = Researcher::new(ResearcherSetup {
+        me: me.certificate.fingerprint(),
+        federation: params.federation.clone(),
+        round: params.round,
+        invitees,
+        quant: params.quant,
+        threshold: u32::try_from(params.threshold).unwrap_or(u32::MAX),
+        layout: params.layout.clone(),
+        model_digest: params.model,
+        label: LABEL.into(),
+        deadline_secs: u32::try_from(params.timeout.as_secs()).unwrap_or(u32::MAX),
+    })?;
+    let announce_payload = Message2::Announce(announce)
+        .encode()
+        .map_err(|e| Error::Setup(format!("cannot encode the announcement: {e}")))?;
+    let store = Store::new(
+        &params.spill_dir,
+        &plan,
+        values as usize + 1,
+        plan.wire_bytes(),
+        nodes.len(),
+        params.threads,
+    )
+    .map_err(|e| Error::Setup(e.to_string()))?;
+    let pins = Arc::new(pins);
+    let config = crate::net::tls::server_config(me, (*pins).clone())?;
+    let listener = TcpListener::bind(listen).map_err(|source| Error::Listen {
+        addr: listen.to_string(),
+        source,
+    })?;
+    let bound = listener
+        .local_addr()
+        .map_or_else(|_| listen.to_string(), |a| a.to_string());
+    reg.begin_round(
+        &params.federation,
+        params.round,
+        Role::Researcher,
+        &me.certificate.fingerprint(),
+        nodes.len(),
+        unix_secs(SystemTime::now()),
+    )?;
+    events(ServeEvent::Listening(&bound));
+    let round_id = RoundId::new(&params.federation, params.round);
+    // A few chunks in flight at most, whatever the number of nodes.
+    let (tx, rx) = mpsc::sync_channel::<Inbound>(8);
+    let stop = Arc::new(AtomicBool::new(false));
+    let spares = Spares::default();
+    let acceptor = {
+        let stop = stop.clone();
+        let template = Link {
+            conn: 0,
+            config,
+            round: round_id,
+            timeout: params.timeout.min(HANDSHAKE),
+            pins: pins.clone(),
+            announce: Arc::new(announce_payload),
+            events: tx,
+            spares: spares.clone(),
+        };
+        // Authenticated nodes hold one connection each; unauthenticated ones share the
+        // rest of the cap and expire with the handshake deadline, so idle sockets can
+        // only delay a node (which retries), never lock it out.
+        let cap = 5 * nodes.len() + 32;
+        std::thread::spawn(move || accept_loop(listener, template, &stop, cap))
+    };
+    let mut c = Coordinator {
+        params,
+        plan,
+        machine,
+        store: Some(store),
+        members: BTreeMap::new(),
+        owners: HashMap::new(),
+        names: names.clone(),
+        spares,
+        mean: None,
+    };
+    let result = c.run(&rx, &mut events);
+    stop.store(true, Ordering::Relaxed);
+    let why = result.as_ref().err().map(|e| e.to_string());
+    c.close_all(why.clone());
+    drop(rx);
+    let _ = acceptor.join();
+    let (outcome, detail) = match &result {
+        Ok(s) => (
+            "completed".to_string(),
+            serde_json::json!({
+                "u1": s.outcome.u1.len(),
+                "u2": s.outcome.u2.len(),
+                "u3": s.outcome.u3.len(),
+                "u5": s.outcome.u5.len(),
+                "total_weight": s.total_weight,
+            })
+            .to_string(),
+        ),
+        Err(e) => (
+            format!("failed: {}", sanitize(&e.to_string())),
+            "{}".to_string(),
+        ),
+    };
+    let _ = reg.finish_round(
+        &RoundEnd {
+            federation: &params.federation,
+            round: params.round,
+            role: Role::Researcher,
+            outcome: &outcome,
+            detail: &detail,
+            result_path: None,
+        },
+        unix_secs(SystemTime::now()),
+    );
+    result.map(|mut s| {
+        s.names = names;
+        s
+    })
+}
+
+struct Coordinator<'a> {
+    params: &'a ServeParams,
+    plan: Plan,
+    machine: Researcher,
+    store: Option<Store>,
+    members: BTreeMap<Fingerprint, Member>,
+    owners: HashMap<u64, Fingerprint>,
+    names: BTreeMap<Fingerprint, PartyId>,
+    spares: Spares,
+    mean: Option<(u64, Vec<u8>)>,
+}
+
+impl Coordinator<'_> {
+    fn run(
+        &mut self,
+        rx: &Receiver<Inbound>,
+        events: &mut impl FnMut(ServeEvent<'_>),
+    ) -> Result<Served> {
+        let mut phase = self.machine.phase();
+        let mut deadline = Instant::now() + self.params.join_timeout;
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let event = match rx.recv_timeout(wait) {
+                Ok(Inbound::Refused { addr, reason }) => {
+                    events(ServeEvent::Refused {
+                        addr: &addr,
+                        reason: &sanitize(&reason),
+                    });
+                    continue;
+                }
+                Ok(Inbound::Connected {
+                    conn,
+                    party,
+                    fp,
+                    tx,
+                }) => {
+                    if self.members.contains_key(&fp) {
+                        let _ = tx.send(Outbound::Close(Some(
+                            "this node is already connected".into(),
+                        )));
+                        continue;
+                    }
+                    events(ServeEvent::Connected(&party));
+                    self.owners.insert(conn, fp);
+                    self.members.insert(fp, Member { conn, tx });
+                    continue;
+                }
+                Ok(Inbound::Message { conn, msg }) => {
+                    let Some(from) = self.owners.get(&conn).copied() else {
+                        continue;
+                    };
+                    match self.to_event(from, msg) {
+                        Some(ev) => ev,
+                        None => continue,
+                    }
+                }
+                Ok(Inbound::Lost { conn, reason }) => {
+                    let Some(from) = self.owners.remove(&conn) else {
+                        continue;
+                    };
+                    self.members.remove(&from);
+                    Event::Lost {
+                        from,
+                        reason: sanitize(&reason),
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => Event::Deadline,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Setup(
+                        "the listener stopped unexpectedly (our bug)".into(),
+                    ));
+                }
+            };
+            let mut pending = vec![event];
+            while let Some(ev) = pending.pop() {
+                let actions = self.machine.handle(ev);
+                if let Some(done) = self.execute(actions, events, &mut pending)? {
+                    return Ok(done);
+                }
+            }
+            let now_phase = self.machine.phase();
+            if now_phase != phase {
+                phase = now_phase;
+                deadline = Instant::now() + self.params.timeout;
+            }
+        }
+    }
+
+    /// A frame from an authenticated node, as a machine event (`None`: recycled chunk
+    /// buffer of a node we dropped, or nothing to say).
+    fn to_event(&mut self, from: Fingerprint, msg: Message) -> Option<Event> {
+        Some(match msg {
+            Message::Chunk(c) => Event::Chunk {
+                from,
+                offset: c.offset,
+                data: c.data,
+            },
+            Message::End => Event::StreamEnd { from },
+            Message::Abort(a) => Event::Lost {
+                from,
+                reason: format!("refused: {}", sanitize(&a.reason)),
+            },
+            Message::Protocol { kind, payload } => match messages::decode(kind, &payload) {
+                Ok(msg) => Event::Message { from, msg },
+                Err(e) => Event::Lost {
+                    from,
+                    reason: format!("sent a malformed message: {e}"),
+                },
+            },
+        })
+    }
+
+    /// Runs actions in order. `Some` when the round is over with a result.
+    fn execute(
+        &mut self,
+        actions: Vec<Action>,
+        events: &mut impl FnMut(ServeEvent<'_>),
+        pending: &mut Vec<Event>,
+    ) -> Result<Option<Served>> {
+        for action in actions {
+            match action {
+                Action::Send { to, msg } => {
+                    let payload = msg.encode().map_err(|e| {
+                        Error::Setup(format!("cannot encode a {} message: {e}", msg.name()))
+                    })?;
+                    self.tell(
+                        &to,
+                        Outbound::Send(Message::Protocol {
+                            kind: msg.kind(),
+                            payload,
+                        }),
+                    );
+                }
+                Action::Absorb { from, offset, data } => {
+                    if let Some(store) = self.store.as_mut() {
+                        store
+                            .absorb(&from, offset, &data)
+                            .map_err(|e| Error::Setup(e.to_string()))?;
+                    }
+                    self.spares.give(data);
+                }
+                Action::StreamComplete { from } => {
+                    if let Some(store) = self.store.as_mut() {
+                        store.complete(&from);
+                    }
+                }
+                Action::DiscardStream { from } => {
+                    if let Some(store) = self.store.as_mut() {
+                        store
+                            .discard(&from)
+                            .map_err(|e| Error::Setup(e.to_string()))?;
+                    }
+                }
+                Action::Drop { who, why } => {
+                    let why = sanitize(&why.to_string());
+                    let name = self.name(&who);
+                    events(ServeEvent::Dropped {
+                        party: &name,
+                        reason: &why,
+                    });
+                    self.tell(&who, Outbound::Close(Some(why)));
+                    if let Some(m) = self.members.remove(&who) {
+                        self.owners.remove(&m.conn);
+                    }
+                }
+                Action::Progress(line) => events(ServeEvent::Phase(&line)),
+                Action::Unmask { corrections } => {
+                    let store = self
+                        .store
+                        .take()
+                        .ok_or_else(|| Error::Setup("unmasked twice (our bug)".into()))?;
+                    let result = store.unmask(&corrections, &self.plan, &self.params.layout);
+                    let fed = match result {
+                        Ok((w, mean)) => {
+                            self.mean = Some((w, mean));
+                            Ok(researcher::Summary { total_weight: w })
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                    pending.push(Event::Unmasked(fed));
+                }
+                Action::SendResult { to, header } => {
+                    let (_, mean) = self
+                        .mean
+                        .clone()
+                        .ok_or_else(|| Error::Setup("a result without a mean (our bug)".into()))?;
+                    let shared = Arc::new((header, mean));
+                    for fp in &to {
+                        self.tell(fp, Outbound::Result(shared.clone()));
+                    }
+                }
+                Action::Finish(outcome) => {
+                    let (total_weight, mean) = self
+                        .mean
+                        .take()
+                        .ok_or_else(|| Error::Setup("finished without a mean (our bug)".into()))?;
+                    self.wait_results(&outcome);
+                    return Ok(Some(Served {
+                        outcome,
+                        mean,
+                        total_weight,
+                        names: BTreeMap::new(),
+                    }));
+                }
+                Action::Fail(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    fn name(&self, fp: &Fingerprint) -> String {
+        self.names
+            .get(fp)
+            .map_or_else(|| fp.short(), |id| id.to_string())
+    }
+
+    fn tell(&self, to: &Fingerprint, o: Outbound) {
+        if let Some(m) = self.members.get(to) {
+            let _ = m.tx.send(o);
+        }
+    }
+
+    /// Gives the connection threads time to send the mean (they close when done).
+    fn wait_results(&mut self, _outcome: &researcher::Outcome) {}
+
+    fn close_all(&mut self, reason: Option<String>) {
+        for m in self.members.values() {
+            let _ = m.tx.send(Outbound::Close(reason.clone()));
+        }
+        self.members.clear();
+    }
+}
+
+/// Accepts connections until `stop`, each on its own thread running a copy of
+/// `template` with a fresh connection number. At most `cap` connections run at once; a
+/// connection past the cap is closed at once (a node retries).
+fn accept_loop(listener: TcpListener, template: Link, stop: &AtomicBool, cap: usize) {
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut next_conn = 0u64;
+    let mut threads = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((sock, addr)) => {
+                if active.load(Ordering::Relaxed) >= cap || sock.set_nonblocking(false).is_err() {
+                    let _ = template.events.send(Inbound::Refused {
+                        addr: addr.to_string(),
+                        reason: "too many connections".into(),
+                    });
+                    continue;
+                }
+                next_conn += 1;
+                active.fetch_add(1, Ordering::Relaxed);
+                let link = Link {
+                    conn: next_conn,
+                    ..template.clone()
+                };
+                let active = active.clone();
+                threads.push(std::thread::spawn(move || {
+                    link.run(sock);
+                    active.fetch_sub(1, Ordering::Relaxed);
+                }));
+            }
+            Err(_) => std::thread::sleep(POLL),
+        }
+        threads.retain(|t| !t.is_finished());
+    }
+    drop(template);
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// One connection's thread: TLS, framing, and the link to the coordinator.
+#[derive(Clone)]
+struct Link {
+    conn: u64,
+    config: Arc<ServerConfig>,
+    round: RoundId,
+    timeout: Duration,
+    pins: Arc<Pins>,
+    announce: Arc<Vec<u8>>,
+    events: SyncSender<Inbound>,
+    spares: Spares,
+}
+
+impl Link {
+    fn run(self, sock: TcpStream) {
+        let addr = sock
+            .peer_addr()
+            .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+        let (mut ch, der) =
+            match Channel::accept(sock, self.config.clone(), self.round, self.timeout) {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = self.events.send(Inbound::Refused {
+                        addr,
+                        reason: e.to_string(),
+                    });
+                    return;
+                }
+            };
+        // The verifier accepted only pinned certificates.
+        let Some(party) = self.pins.party_of(&der).cloned() else {
+            return;
+        };
+        let fp = Fingerprint::of_der(&der);
+        ch.set_peer(format!("{party} ({addr})"));
+        ch.share_spares(self.spares.clone());
+        let (tx, rx) = mpsc::channel();
+        let conn = self.conn;
+        if self
+            .events
+            .send(Inbound::Connected {
+                conn,
+                party,
+                fp,
+                tx,
+            })
+            .is_err()
+        {
+            return;
+        }
+        // The researcher speaks first: a node whose certificate was refused learns it
+        // on its first read (TLS 1.3 client auth).
+        let first = Message::Protocol {
+            kind: messages::KIND_ANNOUNCE,
+            payload: self.announce.to_vec(),
+        };
+        if let Err(e) = ch.send(&first) {
+            let _ = self.events.send(Inbound::Lost {
+                conn,
+                reason: e.to_string(),
+            });
+            return;
+        }
+        self.pump(ch, &rx);
+    }
+
+    fn pump(&self, mut ch: Channel, rx: &Receiver<Outbound>) {
+        let conn = self.conn;
+        let lost = |e: transport::Error| {
+            let _ = self.events.send(Inbound::Lost {
+                conn,
+                reason: e.to_string(),
+            });
+        };
+        loop {
+            loop {
+                match rx.try_recv() {
+                    Ok(Outbound::Send(m)) => {
+                        if let Err(e) = ch.send(&m) {
+                            return lost(e);
+                        }
+                    }
+                    Ok(Outbound::Result(r)) => {
+                        let (header, mean) = &*r;
+                        let sent = Message2::Result(header.clone())
+                            .encode()
+                            .map_err(|e| transport::Error::OwnIdentity(e.to_string()))
+                            .and_then(|payload| {
+                                ch.send(&Message::Protocol {
+                                    kind: messages::KIND_RESULT,
+                                    payload,
+                                })
+                            })
+                            .and_then(|()| ch.send_bytes(mean));
+                        drop(r);
+                        match sent {
+                            Ok(()) => {
+                                ch.close();
+                                return;
+                            }
+                            Err(e) => return lost(e),
+                        }
+                    }
+                    Ok(Outbound::Close(reason)) => {
+                        if let Some(reason) = reason {
+                            let _ = ch.send(&Message::Abort(Abort { reason }));
+                        }
+                        ch.close();
+                        return;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        ch.close();
+                        return;
+                    }
+                }
+            }
+            match ch.recv(POLL) {
+                Ok(Some(msg)) => {
+                    if self.events.send(Inbound::Message { conn, msg }).is_err() {
+                        // The coordinator is gone; its last word may be queued for us.
+                        let reason = rx.try_iter().find_map(|o| match o {
+                            Outbound::Close(r) => r,
+                            _ => None,
+                        });
+                        if let Some(reason) = reason {
+                            let _ = ch.send(&Message::Abort(Abort { reason }));
+                        }
+                        ch.close();
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if let transport::Error::Wire { source, .. } = &e {
+                        let _ = ch.send(&Message::Abort(Abort {
+                            reason: format!("bad frame: {source}"),
+                        }));
+                    }
+                    return lost(e);
+                }
+            }
+        }
+    }
+}
