@@ -313,7 +313,7 @@ fn seven_nodes_one_killed_mid_stream_one_stopped_after_its_input_one_pass() {
     // stopped (SIGSTOP) once its whole input is sent, so it is a survivor that never
     // signs or unmasks. One pass: the mean of the six whose inputs arrived.
     let fed = federation(7);
-    let layout = safetensors(20_000, 10_000);
+    let layout = safetensors(200_000, 100_000);
     let inputs = write_inputs(&fed, &layout);
     let weights = [2u64, 3, 5, 7, 11, 13, 17];
     let out = fed.lab.path("mean.safetensors");
@@ -321,13 +321,14 @@ fn seven_nodes_one_killed_mid_stream_one_stopped_after_its_input_one_pass() {
     let honest: Vec<Proc> = (0..5)
         .map(|i| join(&fed, i, &inputs[i].0, weights[i], &[]))
         .collect();
-    // 7 nodes, defaults: 5-byte words; 60,001 words is 300 KB; stall after 100 KB.
+    // 7 nodes, defaults: 5-byte words; 600,001 words is 3 MB, sent in 1 MiB chunks;
+    // the stall comes after the first chunk.
     let killed = join(
         &fed,
         5,
         &inputs[5].0,
         weights[5],
-        &["--insecure-test-stall-after-bytes", "100000"],
+        &["--insecure-test-stall-after-bytes", "1"],
     );
     let stopped = join(&fed, 6, &inputs[6].0, weights[6], &[]);
     killed.wait_for("test stall");
@@ -570,7 +571,9 @@ fn replayed_rounds_and_reused_inputs_are_refused_before_any_key() {
         fed.lab.path("replay.log"),
     );
     replay.wait_for("listening on");
-    let nodes: Vec<Proc> = (0..3).map(|i| join(&fed, i, &fresh[i], 1, &[])).collect();
+    let nodes: Vec<Proc> = (0..3)
+        .map(|i| join(&fed, i, &fresh[i], 1, &["--force"]))
+        .collect();
     for n in nodes {
         let (code, err) = n.finish();
         assert_eq!(code, Some(1), "{err}");
@@ -606,7 +609,7 @@ fn replayed_rounds_and_reused_inputs_are_refused_before_any_key() {
         fed.lab.path("other.log"),
     );
     other.wait_for("listening on");
-    let n = join(&fed, 0, &fresh[0], 1, &[]);
+    let n = join(&fed, 0, &fresh[0], 1, &["--force"]);
     let (code, err) = n.finish();
     assert_eq!(code, Some(1), "{err}");
     assert!(
@@ -790,7 +793,7 @@ fn round_usage_errors_are_clear() {
             "--timeout",
             "3",
         ],
-        "#1",
+        "non-finite value (NaN or infinity) at element 1",
     );
     // Nothing of a round was used up by any of these.
     let listed = fed.nodes[0].ok(&["round", "list", "--json"]);

@@ -332,10 +332,19 @@ impl Coordinator<'_> {
                     fp,
                     tx,
                 }) => {
-                    if self.members.contains_key(&fp) {
-                        let _ = tx.send(Outbound::Close(Some(
-                            "this node is already connected".into(),
-                        )));
+                    let refuse = if self.members.contains_key(&fp) {
+                        Some("this node is already connected")
+                    } else if !self.machine.expects(&fp) {
+                        Some("this round has moved past the phase where nodes join")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = refuse {
+                        let _ = tx.send(Outbound::Close(Some(why.into())));
+                        events(ServeEvent::Refused {
+                            addr: party.as_str(),
+                            reason: why,
+                        });
                         continue;
                     }
                     events(ServeEvent::Connected(&party));
@@ -347,7 +356,7 @@ impl Coordinator<'_> {
                     let Some(from) = self.owners.get(&conn).copied() else {
                         continue;
                     };
-                    match self.to_event(from, msg) {
+                    match Self::event_of(from, msg) {
                         Some(ev) => ev,
                         None => continue,
                     }
@@ -386,7 +395,7 @@ impl Coordinator<'_> {
 
     /// A frame from an authenticated node, as a machine event (`None`: recycled chunk
     /// buffer of a node we dropped, or nothing to say).
-    fn to_event(&mut self, from: Fingerprint, msg: Message) -> Option<Event> {
+    fn event_of(from: Fingerprint, msg: Message) -> Option<Event> {
         Some(match msg {
             Message::Chunk(c) => Event::Chunk {
                 from,
