@@ -907,7 +907,7 @@ pub enum ImportPlan {
         /// The version held before.
         from: u64,
         /// What changes.
-        changes: Changes,
+        changes: Box<Changes>,
     },
     /// Exactly this roster is imported already.
     UpToDate,
@@ -1000,7 +1000,7 @@ pub fn plan_import(
     }
     Ok(ImportPlan::Update {
         from: prev.version,
-        changes,
+        changes: Box::new(changes),
     })
 }
 
@@ -1112,7 +1112,7 @@ mod tests {
         let mut blocks: Vec<&str> = text.split("[[roster.members]]\n").collect();
         let sig_at = blocks[2].find("[signature]").expect("sig");
         let (m2, sig) = blocks[2].split_at(sig_at);
-        let tail = format!("{m2}");
+        let tail = m2.to_string();
         blocks[2] = &tail;
         let swapped = format!(
             "{}\n\n[[roster.members]]\n{}[[roster.members]]\n{}\n{}",
