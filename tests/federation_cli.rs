@@ -33,9 +33,15 @@ impl Fed {
         fed
     }
 
-    /// Saves node i's text instructions as `node_i.txt` in the lab; returns the path.
+    /// Saves node i's instructions as `node_i.txt` in the lab (node 2's as `--json`,
+    /// which `federation create` reads too); returns the path.
     fn save_instructions(&self, i: usize) -> PathBuf {
-        let text = self.nodes[i - 1].ok(&["certificate", "registration-instructions"]);
+        let args: &[&str] = if i == 2 {
+            &["certificate", "registration-instructions", "--json"]
+        } else {
+            &["certificate", "registration-instructions"]
+        };
+        let text = self.nodes[i - 1].ok(args);
         let path = self.instructions(i);
         std::fs::write(&path, text).expect("write instructions");
         path
