@@ -322,7 +322,7 @@ fn an_invalid_member_certificate_fails_create_and_registers_nobody() {
     let day = std::time::Duration::from_secs(86_400);
     let expired = common::cert_with_window("node_2", now - day * 10, now - day);
     let cert = PeerCertificate::from_pem(expired.as_bytes()).expect("pem");
-    let text = std::fs::read_to_string(fed.instructions(2)).expect("read");
+    let text = fed.nodes[1].ok(&["certificate", "registration-instructions"]);
     let real = PeerCertificate::from_pem(fed.nodes[1].cert_pem().as_bytes()).expect("pem");
     std::fs::write(
         fed.instructions(2),
