@@ -265,10 +265,9 @@ fn print_changes(c: &Changes) {
 
 fn print_applied(a: &Applied) {
     let list = |ids: &[secagg::party::PartyId]| {
-        ids.iter()
-            .map(|i| i.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        let mut ids: Vec<&str> = ids.iter().map(|i| i.as_str()).collect();
+        ids.sort_unstable();
+        ids.join(", ")
     };
     for (what, ids) in [
         ("registered", &a.added),
