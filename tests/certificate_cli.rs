@@ -455,7 +455,7 @@ fn bad_inputs_are_rejected_and_registry_unchanged() {
         ),
         (
             reg(&good, "node_3", "127.0.0.1", "7002"),
-            "CN 'node_2' does not match --party-id 'node_3'",
+            "CN 'node_2' does not match party id 'node_3'",
         ),
         (
             reg(&own, "researcher_1", "127.0.0.1", "7002"),

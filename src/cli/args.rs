@@ -32,6 +32,9 @@ pub enum Command {
     /// Manage this party's certificate and the registry of peers.
     #[command(subcommand)]
     Certificate(CertificateCmd),
+    /// Set up a federation with one signed roster instead of pairwise registrations.
+    #[command(subcommand)]
+    Federation(FederationCmd),
     /// Node: quantize, weight and mask an update file for a round (file mode).
     Mask(MaskArgs),
     /// Researcher: verify and sum masked files into the weighted mean (file mode).
@@ -45,6 +48,12 @@ pub enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+    /// Write man pages, one per command and subcommand (secagg.1, secagg-certificate-register.1, ...).
+    Man {
+        /// Directory to write the pages into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -70,6 +79,79 @@ pub enum CertificateCmd {
     List(ListArgs),
     /// Remove a peer from the registry.
     Delete(DeleteArgs),
+    /// Make a new certificate for the same key (the old one is kept as .bak-<time>) and
+    /// print the new registration instructions; peers register it again with --upsert.
+    Renew(RenewArgs),
+}
+
+/// `certificate renew`
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    /// Lifetime of the new certificate in days.
+    #[arg(long, value_name = "D", default_value_t = 365)]
+    pub validity_days: u32,
+    /// Print the new instructions as one JSON object on stdout instead.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `secagg federation ...`
+#[derive(Debug, Subcommand)]
+pub enum FederationCmd {
+    /// Researcher: build and sign a roster from the parties' registration instructions,
+    /// and register every member here.
+    ///
+    /// Each INSTRUCTIONS file holds what a party's 'secagg certificate
+    /// registration-instructions' printed (text or --json). Every certificate is checked
+    /// as 'certificate register' checks it; nothing is registered unless all pass. For a
+    /// federation created here before, this makes its next version: pass the complete
+    /// new member list; dropped members are removed here.
+    Create(FederationCreateArgs),
+    /// Print a roster's members, their fingerprints and the roster fingerprint.
+    Show(FederationShowArgs),
+    /// Check a roster and register every other member, in one transaction.
+    ///
+    /// The first roster of a federation needs --fingerprint (read out by the researcher
+    /// over a trusted channel). A next version that only removes members or changes
+    /// addresses needs only the researcher's signature and a confirmation (--yes); one
+    /// that adds a member or a certificate needs the new --fingerprint.
+    Import(FederationImportArgs),
+}
+
+/// `federation create`
+#[derive(Debug, Args)]
+pub struct FederationCreateArgs {
+    /// Federation name (1-64 characters of A-Z a-z 0-9 . _ -), e.g. the study name.
+    #[arg(long, value_name = "F")]
+    pub name: String,
+    /// Where to write the signed roster (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// One file per member: its registration instructions.
+    #[arg(value_name = "INSTRUCTIONS", required = true)]
+    pub instructions: Vec<PathBuf>,
+}
+
+/// `federation show`
+#[derive(Debug, Args)]
+pub struct FederationShowArgs {
+    /// The roster file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// `federation import`
+#[derive(Debug, Args)]
+pub struct FederationImportArgs {
+    /// The roster file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The roster fingerprint the researcher read out (AB:CD:..., as 'federation show' prints it).
+    #[arg(long, value_name = "FP")]
+    pub fingerprint: Option<String>,
+    /// For a next version without --fingerprint: apply the changes without asking.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 /// `certificate generate`

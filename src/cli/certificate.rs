@@ -6,13 +6,15 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use super::args::{CertificateCmd, DeleteArgs, GenerateArgs, ListArgs, RegisterArgs, RoleArg};
+use super::args::{
+    CertificateCmd, DeleteArgs, GenerateArgs, ListArgs, RegisterArgs, RenewArgs, RoleArg,
+};
 use super::{Failure, prompt};
 use secagg::clock::format_time;
 use secagg::clock::unix_secs;
 use secagg::party::Fingerprint;
 use secagg::party::{Host, PartyId, Role};
-use secagg::pki::certificate::PeerCertificate;
+use secagg::pki::certificate::{PeerCertificate, RegistrationCheck, check_registration};
 use secagg::pki::identity::{self, GenerateParams, Home};
 use secagg::pki::registry::{self, NewPeer, OnDuplicate, Peer, Registered, Registry};
 
@@ -22,10 +24,11 @@ const EXPIRY_WARNING_DAYS: i64 = 30;
 pub(super) fn run(home: &Home, cmd: CertificateCmd) -> Result<(), Failure> {
     match cmd {
         CertificateCmd::Generate(a) => generate(home, a),
-        CertificateCmd::RegistrationInstructions(a) => instructions(home, a.json),
+        CertificateCmd::RegistrationInstructions(a) => instructions(home, a.json, false),
         CertificateCmd::Register(a) => register(home, a),
         CertificateCmd::List(a) => list(home, a),
         CertificateCmd::Delete(a) => delete(home, a),
+        CertificateCmd::Renew(a) => renew(home, a),
     }
 }
 
@@ -91,17 +94,20 @@ struct InstructionsJson<'a> {
     register_command: String,
 }
 
-fn instructions(home: &Home, json: bool) -> Result<(), Failure> {
+/// Prints the registration instructions; after a renewal (`upsert`) the command
+/// replaces the peer's current registration.
+fn instructions(home: &Home, json: bool, upsert: bool) -> Result<(), Failure> {
     let config = home.load_config()?;
     let cert = home.load_certificate()?;
     let pem_file = format!("{}.pem", config.party_id);
     let command = format!(
-        "secagg certificate register --public-key {pem_file} --party-id {} --ip {} --port {} --role {} --fingerprint {}",
+        "secagg certificate register --public-key {pem_file} --party-id {} --ip {} --port {} --role {} --fingerprint {}{}",
         config.party_id,
         config.ip,
         config.port,
         config.role,
-        cert.fingerprint()
+        cert.fingerprint(),
+        if upsert { " --upsert" } else { "" }
     );
     if json {
         let out = InstructionsJson {
@@ -154,30 +160,13 @@ fn register(home: &Home, a: RegisterArgs) -> Result<(), Failure> {
         )
     })?;
     let cert = PeerCertificate::from_pem(&bytes).map_err(|e| Failure::from(e).context(&file))?;
-    if !a.allow_expired {
-        cert.check_validity(SystemTime::now())
-            .map_err(|e| Failure::from(e).context(&file))?;
-    }
-    if cert.common_name() != party_id.as_str() && !a.allow_cn_mismatch {
-        return Err(Failure::new(
-            format!(
-                "{file}: certificate CN '{}' does not match --party-id '{party_id}'",
-                cert.common_name()
-            ),
-            Some(format!(
-                "register it as --party-id {} if that is the party you mean, or pass --allow-cn-mismatch",
-                cert.common_name()
-            )),
-        ));
-    }
-    if let Some(own) = own_fingerprint(home)? {
-        if own == cert.fingerprint() {
-            return Err(Failure::new(
-                format!("{file} is this party's own certificate"),
-                Some("register the certificates of your peers, not your own".into()),
-            ));
-        }
-    }
+    let check = RegistrationCheck {
+        allow_expired: a.allow_expired,
+        allow_cn_mismatch: a.allow_cn_mismatch,
+    };
+    let own = own_fingerprint(home)?;
+    check_registration(&cert, &party_id, own.as_ref(), SystemTime::now(), check)
+        .map_err(|e| Failure::from(e).context(&file))?;
     if let Some(expected) = expected {
         if expected != cert.fingerprint() {
             return Err(Failure::new(
@@ -259,7 +248,7 @@ fn register(home: &Home, a: RegisterArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn own_fingerprint(home: &Home) -> Result<Option<Fingerprint>, Failure> {
+pub(super) fn own_fingerprint(home: &Home) -> Result<Option<Fingerprint>, Failure> {
     if !home.cert_path().exists() {
         return Ok(None);
     }
@@ -373,6 +362,24 @@ fn list(home: &Home, a: ListArgs) -> Result<(), Failure> {
         line(row.iter().map(String::as_str).collect());
     }
     Ok(())
+}
+
+fn renew(home: &Home, a: RenewArgs) -> Result<(), Failure> {
+    let renewed = identity::renew(home, a.validity_days)?;
+    let cert = &renewed.identity.certificate;
+    eprintln!(
+        "renewed the certificate of '{}' for {} days (same key); old certificate kept as {}",
+        renewed.identity.config.party_id,
+        a.validity_days,
+        renewed.backup.display()
+    );
+    eprintln!("new fingerprint: {}", cert.fingerprint());
+    eprintln!(
+        "peers must register the new certificate again: send them the instructions below \
+         (their command uses --upsert to replace the old registration); in a federation, \
+         the researcher makes the next roster version with 'secagg federation create'"
+    );
+    instructions(home, a.json, true)
 }
 
 fn delete(home: &Home, a: DeleteArgs) -> Result<(), Failure> {

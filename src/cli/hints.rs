@@ -48,12 +48,16 @@ mod certificate {
                     "the file was modified in transit; get a fresh copy and compare fingerprints over a trusted channel".into()
                 }
                 Error::Expired(_) => {
-                    "ask the party to renew with 'secagg certificate generate --force' (or pass --allow-expired)".into()
+                    "ask the party to renew with 'secagg certificate renew' and send the new instructions (or pass --allow-expired)".into()
                 }
                 Error::NotYetValid(_) => {
                     "check this machine's clock and the party's; or wait until the certificate becomes valid".into()
                 }
                 Error::NoCommonName => "ask the party to run 'secagg certificate generate'".into(),
+                Error::CnMismatch { cn, .. } => format!(
+                    "register it as --party-id {cn} if that is the party you mean, or pass --allow-cn-mismatch"
+                ),
+                Error::OwnCertificate => "register the certificates of your peers, not your own".into(),
                 Error::Build(_) => return None,
             })
         }
@@ -269,6 +273,87 @@ mod round {
                 }
                 Error::Aborted(_) => "see the researcher's log; a new round needs a new --round number".into(),
                 Error::Output(_) => "pass --force to replace it, or choose another --out".into(),
+            })
+        }
+    }
+}
+
+mod roster {
+    use super::Hint;
+    use secagg::pki::roster::Error;
+
+    impl Hint for Error {
+        fn hint(&self) -> Option<String> {
+            Some(match self {
+                Error::BadName(_) => "federation names look like 'study-42'".into(),
+                Error::Io { .. } => "check the path and permissions".into(),
+                Error::TooLarge { .. } | Error::Malformed(_) | Error::UnknownAlgorithm(_) => {
+                    "pass the roster file exactly as 'secagg federation create' wrote it".into()
+                }
+                Error::TooManyMembers(_) => "split the parties into several federations".into(),
+                Error::NoMembers => "pass at least one node's registration instructions".into(),
+                Error::Party(e) => return e.hint(),
+                Error::Member { id, .. } => format!(
+                    "nothing was registered; ask '{id}' for fresh registration instructions ('secagg certificate registration-instructions', or 'certificate renew' if it expired)"
+                ),
+                Error::ResearcherCertificate(_) => {
+                    "ask the researcher for a new roster; its certificate must be valid (it can run 'secagg certificate renew')".into()
+                }
+                Error::DuplicateId(_) | Error::DuplicateFingerprint { .. } => {
+                    "pass each party's instructions once; two parties never share an id or a certificate".into()
+                }
+                Error::MemberNotNode(_) | Error::ResearcherAsMember(_) => {
+                    "pass only the nodes' instructions; the researcher is the roster's signer".into()
+                }
+                Error::BadSignature => {
+                    "do not import it: get the roster again from the researcher and check its fingerprint over a trusted channel".into()
+                }
+                Error::WrongKey | Error::Sign => return None,
+                Error::FingerprintMismatch { .. } => {
+                    "do not import it: the file may have been replaced in transit, or you have another version; get it again and re-check the fingerprint with the researcher".into()
+                }
+                Error::OwnLineNotOurs { .. } | Error::OwnCertificateElsewhere { .. } => {
+                    "do not import it: tell the researcher the roster does not list your certificate ('secagg certificate registration-instructions' shows yours)".into()
+                }
+                Error::NotAMember(_) => {
+                    "ask the researcher to add this party (send it your registration instructions)".into()
+                }
+                Error::OwnRoster => "import it at the nodes, not at the researcher".into(),
+                Error::NeedsFingerprint { .. } => {
+                    "check the roster fingerprint with the researcher over a trusted channel, then pass --fingerprint FP".into()
+                }
+                Error::Rollback { .. } => "get the newest roster from the researcher".into(),
+                Error::Equivocation { .. } => {
+                    "do not import it: the researcher signed two different rosters with one version number; ask the researcher why".into()
+                }
+                Error::DifferentResearcher { .. } => {
+                    "do not import it; a federation keeps its researcher's key. A new researcher key needs a new federation name".into()
+                }
+                Error::BadInstructions(_) | Error::InstructionsFingerprint { .. } | Error::InstructionsCertificate(_) => {
+                    "pass the file exactly as the party's 'secagg certificate registration-instructions' printed it (text or --json)".into()
+                }
+            })
+        }
+    }
+}
+
+mod federation {
+    use super::Hint;
+    use secagg::pki::federation::Error;
+    use secagg::pki::registry::Error as RegistryError;
+
+    impl Hint for Error {
+        fn hint(&self) -> Option<String> {
+            Some(match self {
+                Error::Registry(RegistryError::DuplicateId(id)) => format!(
+                    "nothing was registered; '{id}' is registered here with another certificate, outside this federation: if the roster's is right, delete it first with 'secagg certificate delete --party-id {id}'"
+                ),
+                Error::Registry(RegistryError::DuplicateFingerprint { existing, .. }) => format!(
+                    "nothing was registered; this certificate is registered here as '{existing}': delete that registration first if it was made under the wrong id"
+                ),
+                Error::Registry(e) => return e.hint(),
+                Error::Changed(_) => "run the command again".into(),
+                Error::BadRow { .. } => return None,
             })
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod args;
 mod certificate;
+mod federation;
 mod hints;
 mod prompt;
 mod round;
@@ -52,6 +53,8 @@ failure_from!(
     secagg::pki::identity::Error,
     secagg::pki::certificate::Error,
     secagg::pki::registry::Error,
+    secagg::pki::roster::Error,
+    secagg::pki::federation::Error,
     secagg::files::masked::Error,
     secagg::files::aggregate::Error,
     secagg::files::tensor::Error,
@@ -89,6 +92,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
     let home = || resolve_home(cli.home.clone());
     match cli.command {
         Command::Certificate(cmd) => certificate::run(&home()?, cmd),
+        Command::Federation(cmd) => federation::run(home(), cmd),
         Command::Mask(a) => secure::mask(&home()?, a),
         Command::Aggregate(a) => secure::aggregate(&home()?, a),
         Command::Round(cmd) => round::run(&home()?, cmd),
@@ -97,6 +101,39 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             clap_complete::generate(shell, &mut Cli::command(), "secagg", &mut std::io::stdout());
             Ok(())
         }
+        Command::Man { out } => man(&out),
+    }
+}
+
+/// One page per command and subcommand, named as `man` looks them up
+/// (`secagg-certificate-register.1`), each written atomically.
+fn man(out: &std::path::Path) -> Result<(), Failure> {
+    let dir = out.display().to_string();
+    let io = |e: std::io::Error| {
+        Failure::new(
+            format!("cannot write man pages to {dir}: {e}"),
+            Some("pass --out with a writable directory".into()),
+        )
+    };
+    std::fs::create_dir_all(out).map_err(io)?;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let mut pages = Vec::new();
+    collect_pages(&cmd, &mut pages);
+    for page in &pages {
+        let man = clap_mangen::Man::new(page.clone());
+        let mut roff = Vec::new();
+        man.render(&mut roff).map_err(io)?;
+        secagg::atomic::write(&out.join(man.get_filename()), &roff, false).map_err(io)?;
+    }
+    eprintln!("wrote {} man pages to {dir}", pages.len());
+    Ok(())
+}
+
+fn collect_pages(cmd: &clap::Command, pages: &mut Vec<clap::Command>) {
+    pages.push(cmd.clone());
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        collect_pages(sub, pages);
     }
 }
 

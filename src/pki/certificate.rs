@@ -75,6 +75,17 @@ pub enum Error {
     /// The certificate has no common name, or not a readable one.
     #[error("the certificate has no readable subject common name (CN)")]
     NoCommonName,
+    /// The CN differs from the party id it is being registered under.
+    #[error("certificate CN '{cn}' does not match party id '{party_id}'")]
+    CnMismatch {
+        /// The certificate's CN.
+        cn: String,
+        /// The id it was to be registered under.
+        party_id: PartyId,
+    },
+    /// A party tried to register its own certificate as a peer.
+    #[error("the certificate is this party's own certificate")]
+    OwnCertificate,
     /// Building a certificate failed (internal).
     #[error("could not build the certificate: {0}")]
     Build(String),
@@ -328,6 +339,51 @@ impl PeerCertificate {
     pub fn public_key(&self) -> &p256::PublicKey {
         &self.public_key
     }
+}
+
+/// What a registration may waive (the command line's `--allow-expired`,
+/// `--allow-cn-mismatch`). A roster waives nothing: [`RegistrationCheck::STRICT`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegistrationCheck {
+    /// Accept a certificate outside its validity period.
+    pub allow_expired: bool,
+    /// Accept a CN that differs from the party id.
+    pub allow_cn_mismatch: bool,
+}
+
+impl RegistrationCheck {
+    /// Every check on.
+    pub const STRICT: RegistrationCheck = RegistrationCheck {
+        allow_expired: false,
+        allow_cn_mismatch: false,
+    };
+}
+
+/// The checks a parsed certificate must pass before it is registered as `party_id`,
+/// beyond what parsing already proved (PEM, one certificate, P-256, self-signature):
+/// validity at `now`, CN equal to the party id, and not this party's own certificate
+/// (`own`). `certificate register` and every roster member go through this one function.
+/// Registry uniqueness (id, fingerprint) is checked by the registry's transaction.
+pub fn check_registration(
+    cert: &PeerCertificate,
+    party_id: &PartyId,
+    own: Option<&Fingerprint>,
+    now: SystemTime,
+    check: RegistrationCheck,
+) -> Result<()> {
+    if !check.allow_expired {
+        cert.check_validity(now)?;
+    }
+    if cert.common_name() != party_id.as_str() && !check.allow_cn_mismatch {
+        return Err(Error::CnMismatch {
+            cn: cert.common_name().to_owned(),
+            party_id: party_id.clone(),
+        });
+    }
+    if own == Some(&cert.fingerprint()) {
+        return Err(Error::OwnCertificate);
+    }
+    Ok(())
 }
 
 fn key_algorithm_name(oid: &ObjectIdentifier) -> String {

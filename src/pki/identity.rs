@@ -430,6 +430,65 @@ pub fn generate(home: &Home, params: &GenerateParams, replace: bool) -> Result<G
     })
 }
 
+/// What `renew` did.
+#[derive(Debug)]
+pub struct Renewed {
+    /// The identity with its new certificate.
+    pub identity: Identity,
+    /// Where the old certificate went.
+    pub backup: PathBuf,
+}
+
+/// Makes a new self-signed certificate for the same key, party id and address, valid
+/// for `validity_days`; the old `cert.pem` is kept as `cert.pem.bak-<unix time>`. The
+/// new certificate is written in full before the old one is moved aside.
+pub fn renew(home: &Home, validity_days: u32) -> Result<Renewed> {
+    let old = home.load_identity()?;
+    let cert = certificate::self_signed(
+        old.key.signing_key(),
+        &CertParams::for_days(
+            old.config.party_id.clone(),
+            old.config.ip.clone(),
+            validity_days,
+        ),
+    )?;
+    let path = home.cert_path();
+    let io = |action, source| Error::Io {
+        action,
+        path: path.clone(),
+        source,
+    };
+    let mut staged = atomic::stage(&path, false).map_err(|e| io("write", e))?;
+    staged
+        .file()
+        .write_all(cert.to_pem().as_bytes())
+        .map_err(|e| io("write", e))?;
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut backup = PathBuf::from(format!("{}.bak-{secs}", path.display()));
+    let mut n = 1;
+    while backup.exists() {
+        backup = PathBuf::from(format!("{}.bak-{secs}-{n}", path.display()));
+        n += 1;
+    }
+    rename(&path, &backup)?;
+    if let Err(e) = staged.commit_new() {
+        // Put the old certificate back: a home without cert.pem is no identity.
+        let _ = fs::rename(&backup, &path);
+        return Err(io("move into place", e));
+    }
+    Ok(Renewed {
+        identity: Identity {
+            config: old.config,
+            key: old.key,
+            certificate: cert,
+        },
+        backup,
+    })
+}
+
 /// Creates the home (and parents); a new home directory is private (0700).
 pub fn create_home_dir(root: &Path) -> Result<()> {
     let mut builder = fs::DirBuilder::new();

@@ -87,6 +87,26 @@ const MIGRATIONS: &[&str] = &[
     INSERT OR IGNORE INTO file_masks (federation, round, label, researcher, participants, used_at)
         SELECT federation, round, label, '', participants, MIN(used_at)
         FROM mask_journal GROUP BY federation, round, label;",
+    // 4: federation rosters: the last version this party created or imported, and its members
+    "CREATE TABLE federations (
+        name               TEXT PRIMARY KEY NOT NULL,
+        version            INTEGER NOT NULL CHECK (version >= 1),
+        roster_fingerprint TEXT NOT NULL,
+        researcher_id      TEXT NOT NULL,
+        researcher_ip      TEXT NOT NULL,
+        researcher_port    INTEGER NOT NULL CHECK (researcher_port BETWEEN 1 AND 65535),
+        researcher_der     BLOB NOT NULL,
+        updated_at         INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE federation_members (
+        federation  TEXT NOT NULL REFERENCES federations (name) ON DELETE CASCADE,
+        party_id    TEXT NOT NULL,
+        role        TEXT NOT NULL CHECK (role IN ('node', 'researcher')),
+        ip          TEXT NOT NULL,
+        port        INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+        fingerprint TEXT NOT NULL,
+        PRIMARY KEY (federation, party_id)
+    ) STRICT;",
 ];
 
 /// Errors about the registry.
