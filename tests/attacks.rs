@@ -17,8 +17,9 @@ use secagg::round::messages::{
 };
 use secagg::round::node2::{Action, Culprit, Error, Event, Node, Phase};
 use secagg::round::schedule::{
-    Advert, RoundSecrets, ShareKey, SharePair, pairwise_mask, sign_advert,
+    Advert, RoundSecrets, ShareKey, SharePair, pairwise_mask, self_mask_key, sign_advert,
 };
+use secagg::secagg::keys::Sign;
 use secagg::secagg::prg::PeerMask;
 use secagg::secagg::shamir::{self, Commitments};
 
@@ -115,29 +116,29 @@ fn prefix_of_dropped_node_stays_masked() {
     c.cut.insert(x, half);
     c.run_to_unmask(&all, &u3);
     let (ctx, plan) = (c.ctx.clone(), c.plan);
-    // The honest sum still comes out exact, the prefix left aside.
-    let (sum, w) = c.inbox.unmask(&ctx, &plan, &all, &u3).expect("unmask");
-    assert_eq!((sum, w), fed.plain_sum(&u3));
-    // Every share the researcher could get: the s-shares of X from every survivor,
-    // never a b-share.
-    assert_eq!(c.kinds_revealed(&x), BTreeSet::from(["s"]));
-    assert!(c.inbox.rebuild(&ctx, &x, ShareKind::B).is_none());
-    assert!(c.inbox.revealed(&ctx, &x, ShareKind::B).is_empty());
+    // Everything the researcher can rebuild from every Unmask it received: X's s (the
+    // survivors reveal it, X having dropped) and, were any revealed, X's b.
     let s_x = c
         .inbox
         .rebuild(&ctx, &x, ShareKind::S)
         .expect("s_X rebuilt");
     let s_x = Option::<NonZeroScalar>::from(NonZeroScalar::new(s_x)).expect("s");
-    // Strip every pairwise mask of X from its prefix: what is left is p_X + PRG(b_X).
     let s_pub = c.inbox.adverts[&x].advert.s_pub;
-    let masks: Vec<PeerMask> = u3
+    let mut masks: Vec<PeerMask> = u3
         .iter()
         .map(|v| pairwise_mask(&s_x, &x, &s_pub, v, &c.inbox.adverts[v].advert.s_pub, &ctx))
         .collect();
+    if let Some(b_x) = c.inbox.rebuild(&ctx, &x, ShareKind::B) {
+        masks.push(PeerMask {
+            key: self_mask_key(&b_x, &ctx, &x),
+            sign: Sign::Add,
+        });
+    }
+    // Strip every mask it can from X's prefix: what is left is p_X + PRG(b_X).
     let mut est = c.inbox.streams[&x].clone();
     assert_eq!(est.len(), half);
-    let pairwise = mask_words(&plan, LEN as usize + 1, &masks);
-    sub_words(&plan, &mut est, &pairwise[..half]);
+    let known = mask_words(&plan, LEN as usize + 1, &masks);
+    sub_words(&plan, &mut est, &known[..half]);
     let m = fed.member(&x);
     let truth: Vec<f64> = m.values[..half]
         .iter()
@@ -146,11 +147,17 @@ fn prefix_of_dropped_node_stays_masked() {
     let guess: Vec<f64> = est.iter().map(|w| signed(&plan, *w) as f64).collect();
     let r = correlation(&guess, &truth);
     assert!(r.abs() < 0.05, "the prefix leaks: correlation {r}");
-    // Nor does the low word (a mask is uniform in every bit).
+    // Nor does the low byte (a mask is uniform in every bit).
     let low: Vec<f64> = est.iter().map(|w| (w & 0xff) as f64).collect();
     let truth_low: Vec<f64> = truth.iter().map(|t| ((*t as i64) & 0xff) as f64).collect();
     let r = correlation(&low, &truth_low);
     assert!(r.abs() < 0.05, "the low byte leaks: correlation {r}");
+    // Why: the survivors revealed X's s-shares, never a b-share.
+    assert_eq!(c.kinds_revealed(&x), BTreeSet::from(["s"]));
+    assert!(c.inbox.revealed(&ctx, &x, ShareKind::B).is_empty());
+    // And the honest sum still comes out exact, the prefix left aside.
+    let (sum, w) = c.inbox.unmask(&ctx, &plan, &all, &u3).expect("unmask");
+    assert_eq!((sum, w), fed.plain_sum(&u3));
 }
 
 #[test]
