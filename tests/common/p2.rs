@@ -548,7 +548,7 @@ impl<'f> Cluster<'f> {
             cut: BTreeMap::new(),
             journal: None,
             journal_refused: BTreeMap::new(),
-            rng: TestRng::new(0x5eca_66),
+            rng: TestRng::new(0x5e_ca66),
             announce,
             ctx,
             plan,
