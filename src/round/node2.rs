@@ -576,18 +576,21 @@ impl<'k> Node<'k> {
                     format!("forwarded an advert of '{}', who was not invited", peer.id),
                 ));
             }
-            if verify_advert(&peer.key, &k.ctx, &advert, &sig).is_err() {
+            // Our own entry first: if the researcher altered it, the signature check
+            // below would fail too, and blame this node for the researcher's change.
+            let valid = verify_advert(&peer.key, &k.ctx, &advert, &sig).is_ok();
+            if fp == self.setup.me && (advert != k.advert || !valid) {
+                return Err(Self::researcher_fault(
+                    phase,
+                    "altered this node's own advert",
+                ));
+            }
+            if !valid {
                 return Err(Error::Misbehaviour {
                     culprit: self.peer_name(&fp),
                     phase,
                     what: "its advertised keys are not signed by its registered certificate".into(),
                 });
-            }
-            if fp == self.setup.me && advert != k.advert {
-                return Err(Self::researcher_fault(
-                    phase,
-                    "altered this node's own advert",
-                ));
             }
             if u1.insert(fp, advert).is_some() {
                 return Err(Self::researcher_fault(phase, "forwarded an advert twice"));
