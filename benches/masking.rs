@@ -16,7 +16,7 @@ fn key(i: u8) -> MaskKey {
         &MaskContext {
             federation: "bench".into(),
             round: 1,
-            attempt: 0,
+            researcher: fp,
             participants: vec![],
             label: "update".into(),
         },

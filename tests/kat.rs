@@ -46,7 +46,11 @@ fn key_schedule_matches_vectors() {
         let ctx = MaskContext {
             federation: v["context"]["federation"].as_str().expect("fed").into(),
             round: v["context"]["round"].as_u64().expect("round"),
-            attempt: v["context"]["attempt"].as_u64().expect("attempt") as u32,
+            researcher: v["context"]["researcher"]
+                .as_str()
+                .expect("researcher")
+                .parse()
+                .expect("fp"),
             participants: v["context"]["participants"]
                 .as_array()
                 .expect("ids")

@@ -266,7 +266,7 @@ fn round_errors_are_clear() {
         "missing participant(s): node_3",
     );
     assert!(!Path::new(mean).exists());
-    // Mask reuse: same round and attempt, even with another input.
+    // Mask reuse: same round, even with another input.
     let again = fed.lab.path("again.masked");
     fed.nodes[0].fails(
         &mask_args(
@@ -276,7 +276,7 @@ fn round_errors_are_clear() {
             "2",
             &[],
         ),
-        "already masked for federation 'fed', round 5, attempt 0",
+        "already masked for federation 'fed', round 5, label 'update'",
     );
     assert!(!again.exists());
     // Header mismatch: node_3 masks round 6 instead.
@@ -373,4 +373,278 @@ fn round_errors_are_clear() {
         "only nodes mask updates",
     );
     assert!(!again.exists());
+}
+
+/// Every row of the journal tables and the peers, to show a refusal changed nothing.
+fn journal(party: &Party) -> Vec<String> {
+    let conn = rusqlite::Connection::open(party.home.join("registry.sqlite")).expect("open");
+    let mut rows = Vec::new();
+    for sql in [
+        "SELECT federation || '|' || round || '|' || label || '|' || researcher || '|' || participants FROM file_masks ORDER BY 1",
+        "SELECT digest || '|' || mode || '|' || federation || '|' || round FROM releases ORDER BY 1",
+        "SELECT party_id || '|' || role || '|' || fingerprint FROM peers ORDER BY 1",
+    ] {
+        let mut stmt = conn.prepare(sql).expect("prepare");
+        let got = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .expect("query")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("rows");
+        rows.extend(got);
+    }
+    rows
+}
+
+/// Runs, asserts exit 1 and exactly these `error:` and `hint:` lines; returns stderr.
+fn refused(party: &Party, args: &[&str], error: &str, hint: &str) -> String {
+    let out = party.run(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "secagg {args:?}: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines.contains(&format!("error: {error}").as_str()),
+        "secagg {args:?}: expected 'error: {error}', got:\n{err}"
+    );
+    assert!(
+        lines.contains(&format!("hint: {hint}").as_str()),
+        "secagg {args:?}: expected 'hint: {hint}', got:\n{err}"
+    );
+    err
+}
+
+fn npy64(n: u64) -> Layout {
+    Layout {
+        container: Container::Npy,
+        tensors: vec![TensorSpec {
+            name: String::new(),
+            shape: vec![n],
+            dtype: DType::F64,
+        }],
+    }
+}
+
+fn fp(party: &Party) -> String {
+    party.instructions()["fingerprint"]
+        .as_str()
+        .expect("fp")
+        .to_owned()
+}
+
+#[test]
+fn an_update_is_released_once_and_a_round_is_masked_once() {
+    let fed = federation(3);
+    let node = &fed.nodes[0];
+    let input = fed.lab.path("u.npy");
+    tensor::write_values(&input, &npy64(64), values(1, 64).into_iter()).expect("write");
+    let input = input.to_str().expect("utf8");
+    let first = fed.lab.path("first.masked");
+    node.ok(&mask_args(
+        input,
+        first.to_str().expect("utf8"),
+        "10",
+        "1",
+        &[],
+    ));
+    let before = journal(node);
+    assert_eq!(
+        before.iter().filter(|r| r.contains("|file|fed|10")).count(),
+        1
+    );
+    let first_bytes = std::fs::read(&first).expect("read");
+
+    // The same update again, for another round: refused, nothing written or journaled.
+    let again = fed.lab.path("again.masked");
+    let released = "this update was already released (file mode, federation 'fed', round 10); releasing one input to two sums lets the aggregator subtract them";
+    let hint =
+        "train a new update (or pass a different --input); the same update is never released twice";
+    refused(
+        node,
+        &mask_args(input, again.to_str().expect("utf8"), "11", "1", &[]),
+        released,
+        hint,
+    );
+    assert!(!again.exists());
+    assert_eq!(journal(node), before);
+    // The same content under another name, for another federation: the same refusal.
+    let copy = fed.lab.path("copy.npy");
+    std::fs::copy(input, &copy).expect("copy");
+    let mut other_fed = mask_args(
+        copy.to_str().expect("utf8"),
+        again.to_str().expect("utf8"),
+        "12",
+        "1",
+        &[],
+    );
+    other_fed[4] = "another-fed";
+    refused(node, &other_fed, released, hint);
+    assert!(!again.exists());
+    assert_eq!(journal(node), before);
+
+    // A different update for the round already masked: refused whatever the input.
+    let other = fed.lab.path("other.npy");
+    tensor::write_values(&other, &npy64(64), values(2, 64).into_iter()).expect("write");
+    refused(
+        node,
+        &mask_args(
+            other.to_str().expect("utf8"),
+            again.to_str().expect("utf8"),
+            "10",
+            "1",
+            &[],
+        ),
+        "already masked for federation 'fed', round 10, label 'update'; reusing a mask would leak the difference of two inputs",
+        "keep the masked file you made for that round, or ask the researcher for a new --round number",
+    );
+    assert!(!again.exists());
+    // Not even over the file already made.
+    refused(
+        node,
+        &mask_args(
+            other.to_str().expect("utf8"),
+            first.to_str().expect("utf8"),
+            "10",
+            "1",
+            &[],
+        ),
+        "already masked for federation 'fed', round 10, label 'update'; reusing a mask would leak the difference of two inputs",
+        "keep the masked file you made for that round, or ask the researcher for a new --round number",
+    );
+    assert_eq!(std::fs::read(&first).expect("read"), first_bytes);
+    assert_eq!(journal(node), before);
+    // The different update in a new round is fine.
+    node.ok(&mask_args(
+        other.to_str().expect("utf8"),
+        again.to_str().expect("utf8"),
+        "11",
+        "1",
+        &[],
+    ));
+    assert!(again.exists());
+}
+
+#[test]
+fn the_researcher_is_bound_into_the_file() {
+    let fed = federation(3);
+    let second = fed.lab.party("researcher_2", "researcher", 7100);
+    for node in &fed.nodes {
+        node.register(&second);
+        second.register(node);
+    }
+    let mut files = Vec::new();
+    // Two researchers registered: the node must say which one the file is for.
+    let input = fed.lab.path("in0.npy");
+    tensor::write_values(&input, &npy64(32), values(7, 32).into_iter()).expect("write");
+    let out = fed.lab.path("n0.masked");
+    let before = journal(&fed.nodes[0]);
+    refused(
+        &fed.nodes[0],
+        &mask_args(
+            input.to_str().expect("utf8"),
+            out.to_str().expect("utf8"),
+            "1",
+            "1",
+            &[],
+        ),
+        "2 researchers are registered here (researcher_1, researcher_2); a masked file is bound to one of them",
+        "pass --researcher ID to say which one the file is for",
+    );
+    assert!(!out.exists());
+    assert_eq!(journal(&fed.nodes[0]), before);
+    refused(
+        &fed.nodes[0],
+        &mask_args(
+            input.to_str().expect("utf8"),
+            out.to_str().expect("utf8"),
+            "1",
+            "1",
+            &["--researcher", "node_2"],
+        ),
+        "'node_2' is not registered here as a researcher",
+        "see 'secagg certificate list' for the researchers registered here",
+    );
+    assert!(!out.exists());
+    assert_eq!(journal(&fed.nodes[0]), before);
+    // node_1 and node_2 mask for researcher_1, node_3 for researcher_2.
+    for (i, node) in fed.nodes.iter().enumerate() {
+        let input = fed.lab.path(&format!("in{i}.npy"));
+        tensor::write_values(&input, &npy64(32), values(7 + i as u64, 32).into_iter())
+            .expect("write");
+        let out = fed.lab.path(&format!("n{i}.masked"));
+        let who = if i == 2 {
+            "researcher_2"
+        } else {
+            "researcher_1"
+        };
+        node.ok(&mask_args(
+            input.to_str().expect("utf8"),
+            out.to_str().expect("utf8"),
+            "1",
+            "1",
+            &["--researcher", who],
+        ));
+        files.push(out.to_str().expect("utf8").to_owned());
+    }
+    let header = |f: &str| -> serde_json::Value {
+        let bytes = std::fs::read(f).expect("read");
+        assert_eq!(&bytes[..8], b"SECAGGM2");
+        let hlen = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+        serde_json::from_slice(&bytes[12..12 + hlen]).expect("header")
+    };
+    let hex = |fp: String| fp.replace(':', "").to_lowercase();
+    let h = header(&files[0]);
+    assert_eq!(h["format_version"], 2);
+    assert_eq!(h["researcher"], hex(fp(&fed.researcher)));
+    assert!(h.get("attempt").is_none(), "{h}");
+    assert_eq!(header(&files[2])["researcher"], hex(fp(&second)));
+
+    let mean = fed.lab.path("mean.npy");
+    let mean = mean.to_str().expect("utf8");
+    let args = ["aggregate", &files[0], &files[1], &files[2], "--out", mean];
+    let hint = "only that researcher can aggregate it; ask the nodes to mask new updates for you (secagg mask --researcher YOUR-ID) in a new round";
+    let own = fp(&fed.researcher);
+    refused(
+        &fed.researcher,
+        &args,
+        &format!(
+            "{}: masked for researcher {} (not registered here), not for this party ({own})",
+            files[2],
+            fp(&second)
+        ),
+        hint,
+    );
+    assert!(!Path::new(mean).exists());
+    // researcher_2 knows itself and refuses node_1's file, naming researcher_1 if registered.
+    second.register(&fed.researcher);
+    refused(
+        &second,
+        &args,
+        &format!(
+            "{}: masked for researcher 'researcher_1' ({own}), not for this party ({})",
+            files[0],
+            fp(&second)
+        ),
+        hint,
+    );
+    assert!(!Path::new(mean).exists());
+    // A version-1 file is refused by name.
+    let old = fed.lab.path("old.masked");
+    let mut bytes = std::fs::read(&files[0]).expect("read");
+    bytes[..8].copy_from_slice(b"SECAGGM1");
+    std::fs::write(&old, &bytes).expect("write");
+    refused(
+        &fed.researcher,
+        &[
+            "aggregate",
+            old.to_str().expect("utf8"),
+            &files[1],
+            "--out",
+            mean,
+        ],
+        &format!(
+            "{}: masked file format version 1 (with attempts, no researcher); this secagg reads only version 2",
+            old.display()
+        ),
+        "ask the node to mask a new update with this secagg version, in a new round",
+    );
+    assert!(!Path::new(mean).exists());
 }

@@ -1,13 +1,14 @@
-//! `masked::stream_update` (the network round's masking, block by block) against
-//! `masked::mask_update` (the whole vector at once): same words, same journal entry;
-//! and where each reports a NaN, and what each journals when it fails.
+//! `job::stream_masked` (a round's masking, block by block) against `job::mask_update`
+//! (file mode, the whole vector at once): same words for the same plan and masks; where
+//! each reports a NaN; and what file mode journals (the mask key and the input's digest)
+//! when it succeeds and when it fails.
 
 mod common;
 
 use std::path::Path;
 
 use common::{Lab, Party, values};
-use secagg::files::job::{RoundSpec, Stopped};
+use secagg::files::job::{self, MaskSpec, Stopped};
 use secagg::files::masked::{self, AnyMasked};
 use secagg::files::tensor::{self};
 use secagg::layout::{Container, DType, Layout, TensorSpec};
@@ -35,13 +36,15 @@ fn registry(home: &Path) -> Registry {
         .expect("exists")
 }
 
-/// Three registered nodes; returns the lab and node_1.
+/// Three registered nodes and a researcher registered at each; returns the lab and node_1.
 fn nodes() -> (Lab, Party) {
     let lab = Lab::new();
+    let researcher = lab.party("researcher_1", "researcher", 21000);
     let nodes: Vec<Party> = (1..=3)
         .map(|i| lab.party(&format!("node_{i}"), "node", 21000 + i))
         .collect();
     for a in &nodes {
+        a.register(&researcher);
         for b in nodes.iter().filter(|b| b.home != a.home) {
             a.register(b);
         }
@@ -64,12 +67,12 @@ fn npy(n: u64, dtype: DType) -> Layout {
     }
 }
 
-fn spec(quant: QuantParams, round: u64) -> RoundSpec {
-    RoundSpec {
+fn spec(quant: QuantParams, round: u64) -> MaskSpec {
+    MaskSpec {
         federation: "fed".into(),
         round,
-        attempt: 1,
         label: "update".into(),
+        researcher: None,
         participants: ["node_1", "node_2", "node_3"]
             .iter()
             .map(|s| s.parse::<PartyId>().expect("id"))
@@ -79,13 +82,12 @@ fn spec(quant: QuantParams, round: u64) -> RoundSpec {
 }
 
 #[test]
-fn streamed_blocks_equal_the_whole_masked_vector_and_are_journaled() {
+fn streamed_blocks_equal_the_whole_masked_vector_and_file_mode_journals_key_and_input() {
     let (lab, node) = nodes();
-    let input = lab.path("u.npy");
-    let layout = npy(10_007, DType::F32);
-    tensor::write_values(&input, &layout, values(5, 10_007).into_iter()).expect("write");
     let me = Home::new(&node.home).load_identity().expect("identity");
-    // The same party twice (copied home), so both functions may journal the same round.
+    let layout = npy(10_007, DType::F32);
+    // The same party twice (copied home), so the twin can prepare the round file mode
+    // has already journaled.
     let twin = lab.path("twin");
     copy_dir(&node.home, &twin);
     for (round, quant, word_bytes) in [
@@ -100,33 +102,38 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_are_journaled() {
             4,
         ),
     ] {
+        // One input per round: file mode releases an input once.
+        let input = lab.path(&format!("u{round}.npy"));
+        tensor::write_values(&input, &layout, values(5 + round, 10_007).into_iter())
+            .expect("write");
         let spec = spec(quant, round);
-        let whole =
-            secagg::files::job::mask_update(&me, &mut registry(&node.home), &spec, &input, 7, 2, 0)
-                .expect("mask");
+        let mut reg = registry(&node.home);
+        let digest = job::input_digest(&input).expect("digest");
+        assert!(!reg.input_released(&digest).expect("query"));
+        let whole = job::mask_update(&me, &mut reg, &spec, &input, 7, 2, 0).expect("mask");
         assert!(whole.clipped() > 0, "some values are clipped");
+        // Journaled: the key is used, and the input (by its digest) released.
+        assert!(reg.file_mask_used("fed", round, "update").expect("query"));
+        assert!(reg.input_released(&digest).expect("query"));
+        assert!(matches!(
+            job::prepare(&me, &reg, &spec, 7),
+            Err(masked::Error::Registry(registry::Error::MaskReuse { .. }))
+        ));
+        let twin_reg = registry(&twin);
+        let (plan, ctx) = job::prepare(&me, &twin_reg, &spec, 7).expect("twin prepares");
+        assert_eq!(&ctx, &whole.header().context());
+        let masks = job::peer_masks(&me, &twin_reg, &ctx).expect("masks");
         let mut streamed: Vec<u8> = Vec::new();
         let mut offsets = Vec::new();
-        let mut reg = registry(&twin);
         macro_rules! stream {
             ($w:ty) => {
-                secagg::files::job::stream_update::<$w, ()>(
-                    &me,
-                    &mut reg,
-                    &spec,
-                    &input,
-                    7,
-                    2,
-                    0,
-                    1000,
-                    |at, words| {
-                        offsets.push(at);
-                        words
-                            .iter()
-                            .for_each(|w| streamed.extend_from_slice(&w.to_le_bytes()));
-                        Ok(())
-                    },
-                )
+                job::stream_masked::<$w, ()>(&plan, &masks, &input, 7, 2, 1000, |at, words| {
+                    offsets.push(at);
+                    words
+                        .iter()
+                        .for_each(|w| streamed.extend_from_slice(&w.to_le_bytes()));
+                    Ok(())
+                })
             };
         }
         let done = match &whole {
@@ -148,23 +155,22 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_are_journaled() {
             (done.layout, done.clipped),
             (layout.clone(), whole.clipped())
         );
-        // Journaled before anything was emitted: a second stream is refused.
-        let again = secagg::files::job::stream_update::<u64, ()>(
-            &me,
-            &mut reg,
-            &spec,
-            &input,
-            7,
-            2,
-            0,
-            1000,
-            |_, _| panic!("nothing may be emitted"),
-        );
+        // The wrong word size for the plan is refused before anything is emitted.
+        let wrong = match &whole {
+            AnyMasked::M32(_) => {
+                job::stream_masked::<u64, ()>(&plan, &masks, &input, 7, 2, 1000, |_, _| {
+                    panic!("nothing may be emitted")
+                })
+            }
+            AnyMasked::M64(_) => {
+                job::stream_masked::<u32, ()>(&plan, &masks, &input, 7, 2, 1000, |_, _| {
+                    panic!("nothing may be emitted")
+                })
+            }
+        };
         assert!(matches!(
-            again,
-            Err(Stopped::Masking(masked::Error::Registry(
-                registry::Error::MaskReuse { .. }
-            )))
+            wrong,
+            Err(Stopped::Masking(masked::Error::Malformed { .. }))
         ));
     }
 }
@@ -178,41 +184,26 @@ fn a_failing_emit_stops_the_stream_and_a_nan_is_reported_where_it_is() {
     let mut vals = values(9, 5000);
     vals[4321] = f64::NAN;
     tensor::write_values(&input, &layout, vals.into_iter()).expect("write");
-    let mut reg = registry(&node.home);
+    let reg = registry(&node.home);
+    let (plan, ctx) = job::prepare(&me, &reg, &spec(QuantParams::default(), 1), 1).expect("plan");
+    let masks = job::peer_masks(&me, &reg, &ctx).expect("masks");
     let mut calls = 0;
-    let stopped = secagg::files::job::stream_update::<u64, &str>(
-        &me,
-        &mut reg,
-        &spec(QuantParams::default(), 1),
-        &input,
-        1,
-        1,
-        0,
-        1000,
-        |_, _| {
-            calls += 1;
-            if calls == 2 { Err("link down") } else { Ok(()) }
-        },
-    );
+    let stopped = job::stream_masked::<u64, &str>(&plan, &masks, &input, 1, 1, 1000, |_, _| {
+        calls += 1;
+        if calls == 2 { Err("link down") } else { Ok(()) }
+    });
     assert!(matches!(stopped, Err(Stopped::Emit("link down"))));
     assert_eq!(calls, 2, "no block after the failing one");
-    let mut spec2 = spec(QuantParams::default(), 1);
-    spec2.attempt = 2;
-    let stopped = secagg::files::job::stream_update::<u64, ()>(
-        &me,
-        &mut reg,
-        &spec2,
-        &input,
-        1,
-        1,
-        0,
-        1000,
-        |_, _| Ok(()),
-    );
+    let mut emitted = 0u64;
+    let stopped = job::stream_masked::<u64, ()>(&plan, &masks, &input, 1, 1, 1000, |_, w| {
+        emitted += w.len() as u64;
+        Ok(())
+    });
     match stopped {
         Err(Stopped::Masking(e)) => assert!(e.to_string().contains("element 4321"), "{e}"),
         other => panic!("expected a NaN error, got {other:?}"),
     }
+    assert_eq!(emitted, 4000, "the blocks before the NaN's block went out");
 }
 
 #[test]
@@ -227,12 +218,46 @@ fn file_mode_reports_a_nan_where_it_is_and_journals_nothing() {
     tensor::write_values(&input, &layout, vals.iter().copied()).expect("write");
     let spec = spec(QuantParams::default(), 7);
     let mut reg = registry(&node.home);
-    let err = secagg::files::job::mask_update(&me, &mut reg, &spec, &input, 1, 2, 0)
+    let err = job::mask_update(&me, &mut reg, &spec, &input, 1, 2, 0)
         .err()
         .expect("NaN refused");
     assert!(err.to_string().contains("element 150000"), "{err}");
+    assert!(!reg.file_mask_used("fed", 7, "update").expect("query"));
     // Nothing was journaled: once the file is fixed, the same round masks.
     vals[150_000] = 0.5;
     tensor::write_values(&input, &layout, vals.into_iter()).expect("write");
-    assert!(secagg::files::job::mask_update(&me, &mut reg, &spec, &input, 1, 2, 0).is_ok());
+    assert!(job::mask_update(&me, &mut reg, &spec, &input, 1, 2, 0).is_ok());
+    let digest = job::input_digest(&input).expect("digest");
+    assert!(reg.input_released(&digest).expect("query"));
+}
+
+#[test]
+fn the_researcher_is_resolved_or_refused_by_name() {
+    let (lab, node) = nodes();
+    let me = Home::new(&node.home).load_identity().expect("identity");
+    let reg = registry(&node.home);
+    let quant = QuantParams::default();
+    let (_, ctx) = job::prepare(&me, &reg, &spec(quant, 1), 1).expect("the only researcher");
+    let (id, fp) = job::researcher(&reg, None).expect("resolved");
+    assert_eq!((id.as_str(), ctx.researcher), ("researcher_1", fp));
+    let named = MaskSpec {
+        researcher: Some("node_2".parse().expect("id")),
+        ..spec(quant, 1)
+    };
+    assert!(matches!(
+        job::prepare(&me, &reg, &named, 1),
+        Err(masked::Error::UnknownResearcher(id)) if id.as_str() == "node_2"
+    ));
+    let second = lab.party("researcher_2", "researcher", 21010);
+    node.register(&second);
+    assert!(matches!(
+        job::prepare(&me, &reg, &spec(quant, 1), 1),
+        Err(masked::Error::ManyResearchers(2, ids)) if ids == "researcher_1, researcher_2"
+    ));
+    let chosen = MaskSpec {
+        researcher: Some("researcher_2".parse::<PartyId>().expect("id")),
+        ..spec(quant, 1)
+    };
+    let (_, ctx2) = job::prepare(&me, &reg, &chosen, 1).expect("chosen");
+    assert_ne!(ctx2.researcher, ctx.researcher);
 }

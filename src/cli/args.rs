@@ -268,12 +268,13 @@ pub struct MaskArgs {
     /// Round number.
     #[arg(long, value_name = "N")]
     pub round: u64,
-    /// Attempt number (the researcher increments it after a dropout).
-    #[arg(long, value_name = "K", default_value_t = 0)]
-    pub attempt: u32,
     /// Every node of the round, this one included, comma separated.
     #[arg(long, value_name = "ID,ID,...", value_delimiter = ',', required = true)]
     pub participants: Vec<String>,
+    /// The researcher the file is for (its certificate is bound into the masks; only it
+    /// can aggregate the file). Default: the only researcher registered here.
+    #[arg(long, value_name = "ID")]
+    pub researcher: Option<String>,
     /// This node's weight: the number of samples it trained on.
     #[arg(long, value_name = "W", default_value_t = 1)]
     pub weight: u64,

@@ -86,7 +86,7 @@ mod registry {
                 ),
                 Error::UnknownParty(_) => "run 'secagg certificate list' to see registered parties".into(),
                 Error::BadRow { .. } => "delete and re-register that party".into(),
-                Error::MaskReuse { .. } => "ask the researcher to start a new round or attempt number".into(),
+                Error::MaskReuse { .. } => "keep the masked file you made for that round, or ask the researcher for a new --round number".into(),
                 Error::RoundNotFresh { last, .. } => format!(
                     "ask the researcher for a round number above {last}; 'secagg round list' shows this party's rounds"
                 ),
@@ -115,6 +115,16 @@ mod masked {
                 Error::BadSignature { sender, .. } => format!(
                     "do not use this file; ask '{sender}' to send it again, and check its registered certificate"
                 ),
+                Error::Version1 { .. } => {
+                    "ask the node to mask a new update with this secagg version, in a new round".into()
+                }
+                Error::NoResearcher => {
+                    "register the researcher's certificate with 'secagg certificate register --role researcher ...'".into()
+                }
+                Error::ManyResearchers(..) => "pass --researcher ID to say which one the file is for".into(),
+                Error::UnknownResearcher(_) => {
+                    "see 'secagg certificate list' for the researchers registered here".into()
+                }
                 Error::NotANode(_) => "run 'secagg mask' in a node's home (see --home)".into(),
                 Error::NotParticipant(_) => "list this party's id in --participants".into(),
                 Error::DuplicateParticipant(_) => "list each participant once".into(),
@@ -142,9 +152,11 @@ mod aggregate {
         fn hint(&self) -> Option<String> {
             Some(match self {
                 Error::NoInputs => "pass the masked files: secagg aggregate a.masked b.masked ... --out mean.npy".into(),
-                Error::Missing(_) => "collect every participant's file, or start attempt+1 with the survivors as participants".into(),
+                Error::Missing(_) => "collect every participant's file; without it the round fails, and the next round (a new --round, with new updates) can leave that node out".into(),
                 Error::Stranger { .. } | Error::Duplicate { .. } => "pass exactly one file per participant of the round".into(),
-                Error::Mismatch { .. } => "all files must come from the same federation, round, attempt, participants and parameters".into(),
+                Error::OtherResearcher { .. } => "only that researcher can aggregate it; ask the nodes to mask new updates for you (secagg mask --researcher YOUR-ID) in a new round".into(),
+                Error::Mismatch { .. } => "all files must come from the same federation, round, researcher, participants and parameters".into(),
+                Error::Registry(e) => return e.hint(),
                 Error::Sum(e) => return e.hint(),
                 Error::Masked(e) => return e.hint(),
                 Error::Quantize(e) => return e.hint(),

@@ -6,7 +6,7 @@ use super::Failure;
 use super::args::{AggregateArgs, BenchArgs, MaskArgs, QuantArgs};
 use secagg::clock::unix_secs;
 use secagg::files::aggregate::{self, Progress};
-use secagg::files::job::RoundSpec;
+use secagg::files::job::MaskSpec;
 use secagg::files::masked::{self, AnyMasked};
 use secagg::files::tensor::{self};
 use secagg::party::PartyId;
@@ -40,20 +40,24 @@ pub(super) fn mask(home: &Home, a: MaskArgs) -> Result<(), Failure> {
             Some("name masked files e.g. node_1.masked".into()),
         ));
     }
-    let spec = RoundSpec {
+    let researcher = a
+        .researcher
+        .as_deref()
+        .map(|id| id.trim().parse::<PartyId>())
+        .transpose()?;
+    let spec = MaskSpec {
         federation: a.federation,
         round: a.round,
-        attempt: a.attempt,
         label: a.label,
         participants: parse_ids(&a.participants)?,
+        researcher,
         quant: quant(a.quant),
     };
     let t = Instant::now();
     eprintln!(
-        "masking {} for round {} attempt {} with {} other node(s)...",
+        "masking {} for round {} with {} other node(s)...",
         a.input.display(),
         spec.round,
-        spec.attempt,
         spec.participants.len().saturating_sub(1)
     );
     let now = unix_secs(SystemTime::now());
@@ -97,9 +101,11 @@ pub(super) fn aggregate(home: &Home, a: AggregateArgs) -> Result<(), Failure> {
             Some("register the nodes first with 'secagg certificate register'".into()),
         )
     })?;
+    let me = home.load_identity()?;
     let t = Instant::now();
     let n = a.files.len();
-    let (header, mean) = aggregate::aggregate_files(&reg, &a.files, |p| match p {
+    let own = me.certificate.fingerprint();
+    let (header, mean) = aggregate::aggregate_files(&reg, &own, &a.files, |p| match p {
         Progress::Checked(k) => eprintln!("checked {k} header(s); summing..."),
         Progress::Summed(i, who) => eprintln!("  [{i}/{n}] {who}: signature ok"),
     })?;

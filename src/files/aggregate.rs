@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use crate::files::job;
 use crate::files::masked::{Header, Reader};
-use crate::party::PartyId;
+use crate::party::{Fingerprint, PartyId};
 use crate::pki::registry::Registry;
 use crate::secagg::quantize::Plan;
 use crate::secagg::sum::{self, AnyAccumulator, Mean};
@@ -38,6 +38,16 @@ pub enum Error {
         /// Sender.
         sender: PartyId,
     },
+    /// A file masked for another researcher: its masks are bound to that researcher.
+    #[error("{}: masked for researcher {who}, not for this party ({own})", path.display())]
+    OtherResearcher {
+        /// File.
+        path: PathBuf,
+        /// The researcher named in the file: its id here if registered, and fingerprint.
+        who: String,
+        /// This party's fingerprint.
+        own: Fingerprint,
+    },
     /// Headers disagree.
     #[error("{}: header disagrees with {} on {field}", path.display(), first.display())]
     Mismatch {
@@ -54,6 +64,9 @@ pub enum Error {
     /// A masked-file error.
     #[error(transparent)]
     Masked(#[from] crate::files::masked::Error),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] crate::pki::registry::Error),
     /// A plan error (header parameters out of range).
     #[error(transparent)]
     Quantize(#[from] crate::secagg::quantize::Error),
@@ -71,11 +84,13 @@ pub enum Progress<'a> {
 
 /// Verifies and sums masked files into the weighted mean.
 ///
-/// All headers are checked first (agreement, membership, registration, completeness),
+/// All headers are checked first (made for `own`, the aggregating researcher's
+/// fingerprint; agreement, membership, registration, completeness),
 /// so a missing participant fails before any payload is read. Each payload is then summed
 /// while it is hashed, and its signature checked at its end; any failure discards the sum.
 pub fn aggregate_files(
     reg: &Registry,
+    own: &Fingerprint,
     paths: &[PathBuf],
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<(Header, Mean)> {
@@ -86,6 +101,17 @@ pub fn aggregate_files(
     for path in paths {
         let r = Reader::open(path)?;
         let h = r.header();
+        if h.researcher != *own {
+            let who = match reg.get_by_fingerprint(&h.researcher)? {
+                Some((peer, _)) => format!("'{}' ({})", peer.party_id, h.researcher),
+                None => format!("{} (not registered here)", h.researcher),
+            };
+            return Err(Error::OtherResearcher {
+                path: path.clone(),
+                who,
+                own: *own,
+            });
+        }
         if let Some(first) = readers.first().map(Reader::header) {
             if let Some(field) = disagreement(first, h) {
                 return Err(Error::Mismatch {
@@ -147,8 +173,8 @@ fn disagreement(a: &Header, b: &Header) -> Option<&'static str> {
         Some("federation")
     } else if a.round != b.round {
         Some("round")
-    } else if a.attempt != b.attempt {
-        Some("attempt")
+    } else if a.researcher != b.researcher {
+        Some("researcher")
     } else if a.label != b.label {
         Some("label")
     } else if a.participants != b.participants {

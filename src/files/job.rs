@@ -1,9 +1,15 @@
 //! The node-side masking job (file mode and the streaming used by rounds): check the
 //! round against the registry and the journal, read and quantize the update, fold in
 //! the masks, and hand the words to a writer or a sender.
+//!
+//! File mode ([`mask_update`]) masks once per (federation, round, label) for one named
+//! researcher, and releases an input (by its [`input_digest`]) once: both are journaled
+//! in one transaction before the masked file exists.
 
 use std::collections::BTreeSet;
 use std::path::Path;
+
+use sha2::{Digest, Sha256};
 
 use crate::files::masked::{self, AnyMasked, Error, Header, Masked};
 use crate::files::tensor;
@@ -11,6 +17,7 @@ use crate::layout::Layout;
 use crate::party::{Fingerprint, PartyId, Role};
 use crate::pki::certificate::PeerCertificate;
 use crate::pki::identity::Identity;
+use crate::pki::journal::FileMask;
 use crate::pki::registry::{self, Registry};
 use crate::secagg::keys::{MaskContext, MaskKey, PairwiseSecret, Sign};
 use crate::secagg::prg::{self, PeerMask};
@@ -49,10 +56,21 @@ pub fn registered_node(reg: &Registry, id: &PartyId) -> Result<PeerCertificate> 
     }
 }
 
-/// Per-peer mask keys for our side of every pair in `ctx`.
+/// Per-peer file-mode mask keys for our side of every pair in `ctx`.
 pub fn peer_masks(me: &Identity, reg: &Registry, ctx: &MaskContext) -> Result<Vec<PeerMask>> {
+    masks_with(me, reg, &ctx.participants, |pw| MaskKey::derive(pw, ctx))
+}
+
+/// Per-peer mask keys for our side of every pair among `participants`, each derived
+/// from the pair's secret by `derive`.
+fn masks_with(
+    me: &Identity,
+    reg: &Registry,
+    participants: &[PartyId],
+    derive: impl Fn(&PairwiseSecret) -> MaskKey,
+) -> Result<Vec<PeerMask>> {
     let own_fp = me.certificate.fingerprint();
-    ctx.participants
+    participants
         .iter()
         .filter(|id| **id != me.config.party_id)
         .map(|id| {
@@ -60,60 +78,101 @@ pub fn peer_masks(me: &Identity, reg: &Registry, ctx: &MaskContext) -> Result<Ve
             let peer_fp: Fingerprint = cert.fingerprint();
             let pw = PairwiseSecret::derive(&me.key, &own_fp, cert.public_key(), &peer_fp);
             Ok(PeerMask {
-                key: MaskKey::derive(&pw, ctx),
+                key: derive(&pw),
                 sign: Sign::for_pair(&own_fp, &peer_fp),
             })
         })
         .collect()
 }
 
-/// A round as the node sees it.
+/// The researcher a masked file is for: `chosen` if given, else the only researcher
+/// registered here. Returns its id and certificate fingerprint.
+pub fn researcher(reg: &Registry, chosen: Option<&PartyId>) -> Result<(PartyId, Fingerprint)> {
+    let peer = match chosen {
+        Some(id) => match reg.get(id)? {
+            Some((p, _)) if p.role == Role::Researcher => p,
+            _ => return Err(Error::UnknownResearcher(id.clone())),
+        },
+        None => {
+            let mut all: Vec<_> = reg
+                .list()?
+                .into_iter()
+                .filter(|p| p.role == Role::Researcher)
+                .collect();
+            match all.len() {
+                0 => return Err(Error::NoResearcher),
+                1 => all.remove(0),
+                n => {
+                    let ids: Vec<&str> = all.iter().map(|p| p.party_id.as_str()).collect();
+                    return Err(Error::ManyResearchers(n, ids.join(", ")));
+                }
+            }
+        }
+    };
+    Ok((peer.party_id, peer.fingerprint))
+}
+
+/// A file-mode round as the node sees it.
 #[derive(Clone, Debug)]
-pub struct RoundSpec {
+pub struct MaskSpec {
     /// Federation id.
     pub federation: String,
     /// Round number.
     pub round: u64,
-    /// Attempt number.
-    pub attempt: u32,
     /// Vector label.
     pub label: String,
     /// Participants (any order; sorted here).
     pub participants: Vec<PartyId>,
+    /// The researcher the file is for; `None`: the only researcher registered here.
+    pub researcher: Option<PartyId>,
     /// Quantization knobs.
     pub quant: QuantParams,
 }
 
-/// Checks a round before any heavy work: role, membership, plan, weight, registrations,
-/// and the journal. Returns the plan and the sorted context.
-pub fn prepare(
+/// The checks every masking makes before any heavy work: role, membership, plan,
+/// weight, registrations. Returns the plan and the sorted participants.
+fn check_round(
     me: &Identity,
     reg: &Registry,
-    spec: &RoundSpec,
+    participants: &[PartyId],
+    quant: QuantParams,
     weight: u64,
-) -> Result<(Plan, MaskContext)> {
+) -> Result<(Plan, Vec<PartyId>)> {
     if me.config.role != Role::Node {
         return Err(Error::NotANode(me.config.role));
     }
-    let ids = participants(&spec.participants)?;
+    let ids = self::participants(participants)?;
     if !ids.contains(&me.config.party_id) {
         return Err(Error::NotParticipant(me.config.party_id.clone()));
     }
-    let plan = Plan::new(spec.quant, ids.len())?;
-    if weight == 0 || weight > spec.quant.max_weight {
+    let plan = Plan::new(quant, ids.len())?;
+    if weight == 0 || weight > quant.max_weight {
         return Err(Error::BadWeight {
             weight,
-            max: spec.quant.max_weight,
+            max: quant.max_weight,
         });
     }
     for id in ids.iter().filter(|id| **id != me.config.party_id) {
         registered_node(reg, id)?;
     }
-    if reg.journal_has(&spec.federation, spec.round, spec.attempt, &spec.label)? {
+    Ok((plan, ids))
+}
+
+/// Checks a file-mode round before any heavy work: role, membership, plan, weight,
+/// registrations, the researcher, and the journal (a mask key already used is refused
+/// here, before the input is read). Returns the plan and the context.
+pub fn prepare(
+    me: &Identity,
+    reg: &Registry,
+    spec: &MaskSpec,
+    weight: u64,
+) -> Result<(Plan, MaskContext)> {
+    let (plan, ids) = check_round(me, reg, &spec.participants, spec.quant, weight)?;
+    let (_, researcher) = researcher(reg, spec.researcher.as_ref())?;
+    if reg.file_mask_used(&spec.federation, spec.round, &spec.label)? {
         return Err(registry::Error::MaskReuse {
             federation: spec.federation.clone(),
             round: spec.round,
-            attempt: spec.attempt,
             label: spec.label.clone(),
         }
         .into());
@@ -121,20 +180,22 @@ pub fn prepare(
     let ctx = MaskContext {
         federation: spec.federation.clone(),
         round: spec.round,
-        attempt: spec.attempt,
+        researcher,
         participants: ids,
         label: spec.label.clone(),
     };
     Ok((plan, ctx))
 }
 
-/// Reads, quantizes, weights and masks an update; records the mask in the journal.
-/// The journal entry is written before the result is returned, so a second call for
-/// the same (federation, round, attempt, label) fails whatever the input.
+/// Reads, quantizes, weights and masks an update in one pass, digesting the input as it
+/// is read; then journals the mask key and the input's release in one transaction
+/// ([`Registry::journal_file_mask`]) before the result is returned. A second call for
+/// the same (federation, round, label) fails whatever the input, and a second call
+/// with the same input fails whatever the round: the caller writes the file only after.
 pub fn mask_update(
     me: &Identity,
     reg: &mut Registry,
-    spec: &RoundSpec,
+    spec: &MaskSpec,
     input: &Path,
     weight: u64,
     threads: usize,
@@ -142,33 +203,97 @@ pub fn mask_update(
 ) -> Result<AnyMasked> {
     let (plan, ctx) = prepare(me, reg, spec, weight)?;
     let masks = peer_masks(me, reg, &ctx)?;
-    let result = match plan.modulus {
-        Modulus::M32 => AnyMasked::M32(quantize_and_mask::<u32>(
-            me, &plan, &ctx, &masks, input, weight, threads,
-        )?),
-        Modulus::M64 => AnyMasked::M64(quantize_and_mask::<u64>(
-            me, &plan, &ctx, &masks, input, weight, threads,
-        )?),
+    let (result, digest) = match plan.modulus {
+        Modulus::M32 => {
+            let (m, d) = quantize_and_mask::<u32>(me, &plan, &ctx, &masks, input, weight, threads)?;
+            (AnyMasked::M32(m), d)
+        }
+        Modulus::M64 => {
+            let (m, d) = quantize_and_mask::<u64>(me, &plan, &ctx, &masks, input, weight, threads)?;
+            (AnyMasked::M64(m), d)
+        }
     };
-    journal(reg, &ctx, now)?;
+    let ids: Vec<&str> = ctx.participants.iter().map(PartyId::as_str).collect();
+    reg.journal_file_mask(
+        &FileMask {
+            federation: &ctx.federation,
+            round: ctx.round,
+            label: &ctx.label,
+            researcher: &ctx.researcher,
+            participants: &ids.join(","),
+            digest: &digest,
+        },
+        now,
+    )?;
     Ok(result)
 }
 
-/// Records in the journal that this node masked under `ctx`.
-fn journal(reg: &mut Registry, ctx: &MaskContext, now: i64) -> Result<()> {
-    let ids: Vec<&str> = ctx.participants.iter().map(PartyId::as_str).collect();
-    reg.journal_mask(
-        &ctx.federation,
-        ctx.round,
-        ctx.attempt,
-        &ctx.label,
-        &ids.join(","),
-        now,
-    )?;
-    Ok(())
+/// The content digest of an update: SHA-256 over `"secagg input v1"`, then per tensor
+/// `u32be(len(name)) || name || dtype (one byte: 4 for f32, 8 for f64) || u32be(ndim) ||
+/// u64be(dim)...`, then every value as f64 little-endian, in layout order. The same
+/// update is recognised in both modes, whatever the file is called.
+pub fn input_digest(input: &Path) -> Result<[u8; 32]> {
+    let mut digest = None;
+    let read = tensor::read_value_blocks(input, |layout| {
+        let d = digest.insert(InputDigest::new(layout));
+        |xs: &[f64]| {
+            d.values(xs);
+            Ok::<(), std::convert::Infallible>(())
+        }
+    })?;
+    if let Err(never) = read {
+        match never {}
+    }
+    // read_value_blocks calls make_visit before returning Ok.
+    digest
+        .map(InputDigest::finish)
+        .ok_or_else(|| Error::Malformed {
+            path: input.to_owned(),
+            reason: "no layout was read (our bug)".into(),
+        })
 }
 
-/// Why [`stream_update`] stopped early.
+/// The running hash behind [`input_digest`].
+struct InputDigest {
+    hash: Sha256,
+    bytes: Vec<u8>,
+}
+
+impl InputDigest {
+    fn new(layout: &Layout) -> InputDigest {
+        let mut hash = Sha256::new();
+        hash.update(b"secagg input v1");
+        for t in &layout.tensors {
+            hash.update((t.name.len() as u32).to_be_bytes());
+            hash.update(t.name.as_bytes());
+            hash.update([t.dtype.bytes() as u8]);
+            hash.update((t.shape.len() as u32).to_be_bytes());
+            for d in &t.shape {
+                hash.update(d.to_be_bytes());
+            }
+        }
+        InputDigest {
+            hash,
+            bytes: Vec::with_capacity(8 * 4096),
+        }
+    }
+
+    fn values(&mut self, xs: &[f64]) {
+        for chunk in xs.chunks(4096) {
+            self.bytes.clear();
+            chunk
+                .iter()
+                .for_each(|x| self.bytes.extend_from_slice(&x.to_le_bytes()));
+            self.hash.update(&self.bytes);
+        }
+    }
+
+    fn finish(self) -> [u8; 32] {
+        self.hash.finalize().into()
+    }
+}
+
+/// Why [`stream_masked`] (or [`stream_update`]) stopped early.
 #[derive(Debug)]
 pub enum Stopped<E> {
     /// Reading, quantizing, the registry or the journal failed.
@@ -183,46 +308,13 @@ impl<E> From<Error> for Stopped<E> {
     }
 }
 
-/// What [`stream_update`] streamed.
+/// What [`stream_masked`] streamed.
 #[derive(Debug)]
 pub struct Streamed {
     /// The update's layout as read.
     pub layout: Layout,
     /// Values that were outside [-clip, clip] and were clipped.
     pub clipped: u64,
-}
-
-/// The network round's form of [`mask_update`]: the same checks, then the journal entry
-/// (before any masked word exists), then the update read, quantized, weighted and
-/// masked `block` words at a time, each block handed to `emit` with its offset. Memory
-/// is one block, whatever the update's size. `W` must be the plan's word.
-#[allow(clippy::too_many_arguments)]
-pub fn stream_update<W: Word, E>(
-    me: &Identity,
-    reg: &mut Registry,
-    spec: &RoundSpec,
-    input: &Path,
-    weight: u64,
-    threads: usize,
-    now: i64,
-    block: usize,
-    emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
-) -> std::result::Result<Streamed, Stopped<E>> {
-    let (plan, ctx) = prepare(me, reg, spec, weight)?;
-    if plan.modulus.word_bytes() != W::BYTES {
-        return Err(Error::Malformed {
-            path: input.to_owned(),
-            reason: format!(
-                "{}-byte words for modulus 2^{} (our bug)",
-                W::BYTES,
-                plan.modulus.bits()
-            ),
-        }
-        .into());
-    }
-    let masks = peer_masks(me, reg, &ctx)?;
-    journal(reg, &ctx, now)?;
-    stream_masked(&plan, &masks, input, weight, threads, block, emit)
 }
 
 /// Reads, quantizes, weights and masks `input` `block` words at a time, handing each
@@ -239,6 +331,9 @@ pub fn stream_masked<W: Word, E>(
     block: usize,
     mut emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
 ) -> std::result::Result<Streamed, Stopped<E>> {
+    if plan.modulus.word_bytes() != W::BYTES {
+        return Err(wrong_word::<W>(plan, input).into());
+    }
     let block = block.max(1);
     let w = weight as i64; // weight <= max_weight, and the plan bounds weight * L < 2^63
     let mut buf: Vec<W> = Vec::with_capacity(block);
@@ -339,6 +434,19 @@ pub fn inspect_input(input: &Path) -> Result<InputSummary> {
     })
 }
 
+fn wrong_word<W: Word>(plan: &Plan, input: &Path) -> Error {
+    Error::Malformed {
+        path: input.to_owned(),
+        reason: format!(
+            "{}-byte words for modulus 2^{} (our bug)",
+            W::BYTES,
+            plan.modulus.bits()
+        ),
+    }
+}
+
+/// Reads, quantizes, weights and masks a whole update into memory, digesting the input
+/// in the same pass (so the digest journaled is that of the values masked).
 fn quantize_and_mask<W: Word>(
     me: &Identity,
     plan: &Plan,
@@ -347,27 +455,36 @@ fn quantize_and_mask<W: Word>(
     input: &Path,
     weight: u64,
     threads: usize,
-) -> Result<Masked<W>> {
+) -> Result<(Masked<W>, [u8; 32])> {
     let mut words: Vec<W> = Vec::new();
     let mut clipped = 0u64;
+    let mut digest = None;
     let w = weight as i64; // weight <= max_weight, and the plan bounds weight * L < 2^63
     let layout = tensor::read_value_blocks(input, |layout| {
         words.reserve_exact(layout.elements() as usize + 1);
+        let d = digest.insert(InputDigest::new(layout));
         |xs: &[f64]| {
             let at = words.len();
             clipped += plan
                 .quantize_into(xs, w, &mut words)
                 .map_err(|i| quantize::Error::NonFinite((at + i) as u64))?;
+            d.values(xs);
             Ok::<(), quantize::Error>(())
         }
     })??;
+    let digest = digest
+        .map(InputDigest::finish)
+        .ok_or_else(|| Error::Malformed {
+            path: input.to_owned(),
+            reason: "no layout was read (our bug)".into(),
+        })?;
     words.push(W::from_u64(weight));
     prg::apply_masks(&mut words, masks, threads);
     let header = Header {
         format_version: masked::FORMAT_VERSION,
         federation: ctx.federation.clone(),
         round: ctx.round,
-        attempt: ctx.attempt,
+        researcher: ctx.researcher,
         label: ctx.label.clone(),
         participants: ctx.participants.clone(),
         quant: plan.params,
@@ -376,9 +493,50 @@ fn quantize_and_mask<W: Word>(
         layout,
         sender: me.config.party_id.clone(),
     };
-    Ok(Masked {
+    let masked = Masked {
         header,
         words,
         clipped,
-    })
+    };
+    Ok((masked, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{Container, DType, TensorSpec};
+
+    #[test]
+    fn input_digest_hashes_names_types_shapes_and_f64_values() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("u.safetensors");
+        let layout = Layout {
+            container: Container::Safetensors,
+            tensors: vec![
+                TensorSpec {
+                    name: "a".into(),
+                    shape: vec![2],
+                    dtype: DType::F32,
+                },
+                TensorSpec {
+                    name: "bb".into(),
+                    shape: vec![1, 1],
+                    dtype: DType::F64,
+                },
+            ],
+        };
+        tensor::write_values(&path, &layout, [0.5, -1.0, 0.1].into_iter()).expect("write");
+        // The bytes spelled out, as docs/protocol.md gives them.
+        let mut m = b"secagg input v1".to_vec();
+        m.extend_from_slice(&[0, 0, 0, 1, b'a', 4, 0, 0, 0, 1]);
+        m.extend_from_slice(&2u64.to_be_bytes());
+        m.extend_from_slice(&[0, 0, 0, 2, b'b', b'b', 8, 0, 0, 0, 2]);
+        m.extend_from_slice(&1u64.to_be_bytes());
+        m.extend_from_slice(&1u64.to_be_bytes());
+        for x in [0.5f64, -1.0, 0.1] {
+            m.extend_from_slice(&x.to_le_bytes());
+        }
+        let expected: [u8; 32] = Sha256::digest(&m).into();
+        assert_eq!(input_digest(&path).expect("digest"), expected);
+    }
 }

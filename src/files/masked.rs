@@ -2,10 +2,12 @@
 //! file, and that file's format.
 //!
 //! ```text
-//! "SECAGGM1" | u32le header_len | header (JSON) | payload: elements x word, little-endian
+//! "SECAGGM2" | u32le header_len | header (JSON) | payload: elements x word, little-endian
 //!            | u16le sig_len | ECDSA-P256 signature (DER) over SHA-256 of everything before sig_len
 //! ```
-//! The last payload element is the node's masked weight.
+//! The last payload element is the node's masked weight. Version 2 has no attempt and
+//! names the researcher the file is for (`researcher`, its certificate fingerprint in
+//! lowercase hex); a version-1 file (`"SECAGGM1"`) is refused by name.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -19,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::atomic;
 use crate::files::tensor::{self};
 use crate::layout::Layout;
-use crate::party::{PartyId, Role};
+use crate::party::{Fingerprint, PartyId, Role};
 use crate::pki::identity::Identity;
 use crate::pki::registry::{self};
 use crate::secagg::keys::MaskContext;
@@ -27,10 +29,12 @@ use crate::secagg::quantize::{self, QuantParams};
 use crate::secagg::ring::Modulus;
 use crate::secagg::ring::Word;
 
-/// File magic and format version 1.
-pub const MAGIC: &[u8; 8] = b"SECAGGM1";
+/// File magic of format version 2.
+pub const MAGIC: &[u8; 8] = b"SECAGGM2";
+/// The magic of format version 1 (attempts, no researcher), recognised only to refuse it.
+pub const MAGIC_V1: &[u8; 8] = b"SECAGGM1";
 /// Current header format version.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Headers larger than this are refused (a bound on hostile input).
 pub const MAX_HEADER: u32 = 1 << 20;
 
@@ -43,8 +47,9 @@ pub struct Header {
     pub federation: String,
     /// Round number.
     pub round: u64,
-    /// Attempt number.
-    pub attempt: u32,
+    /// Certificate fingerprint of the researcher the file is for (lowercase hex).
+    #[serde(with = "fingerprint_hex")]
+    pub researcher: Fingerprint,
     /// Vector label.
     pub label: String,
     /// Sorted participant ids.
@@ -67,7 +72,7 @@ impl Header {
         MaskContext {
             federation: self.federation.clone(),
             round: self.round,
-            attempt: self.attempt,
+            researcher: self.researcher,
             participants: self.participants.clone(),
             label: self.label.clone(),
         }
@@ -83,6 +88,26 @@ impl Header {
 
     fn payload_bytes(&self) -> Option<u64> {
         self.elements.checked_mul(self.modulus.word_bytes() as u64)
+    }
+}
+
+/// The header's `researcher`: 64 lowercase hex digits.
+mod fingerprint_hex {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::party::Fingerprint;
+
+    pub fn serialize<S: Serializer>(fp: &Fingerprint, s: S) -> Result<S::Ok, S::Error> {
+        let hex: String = fp.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        s.serialize_str(&hex)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Fingerprint, D::Error> {
+        let hex = String::deserialize(d)?;
+        if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(D::Error::custom("researcher: expected 64 hex digits"));
+        }
+        hex.parse().map_err(D::Error::custom)
     }
 }
 
@@ -115,6 +140,21 @@ pub enum Error {
         /// Claimed sender.
         sender: PartyId,
     },
+    /// A format-version-1 file (from a secagg with attempts).
+    #[error("{}: masked file format version 1 (with attempts, no researcher); this secagg reads only version {FORMAT_VERSION}", path.display())]
+    Version1 {
+        /// File.
+        path: PathBuf,
+    },
+    /// No researcher is registered, so a file cannot be bound to one.
+    #[error("no researcher is registered here; a masked file is bound to the researcher it is for")]
+    NoResearcher,
+    /// Several researchers are registered and none was chosen.
+    #[error("{0} researchers are registered here ({1}); a masked file is bound to one of them")]
+    ManyResearchers(usize, String),
+    /// The chosen researcher is not registered as one.
+    #[error("'{0}' is not registered here as a researcher")]
+    UnknownResearcher(PartyId),
     /// Our own identity is not a node.
     #[error("this party is a {0}; only nodes mask updates")]
     NotANode(Role),
@@ -270,6 +310,11 @@ impl Reader {
         let mut fixed = [0u8; 12];
         file.read_exact(&mut fixed)
             .map_err(|_| bad("too short".into()))?;
+        if &fixed[..8] == MAGIC_V1 {
+            return Err(Error::Version1 {
+                path: path.to_owned(),
+            });
+        }
         if &fixed[..8] != MAGIC {
             return Err(bad("wrong magic bytes".into()));
         }
@@ -355,5 +400,23 @@ impl Reader {
         VerifyingKey::from(key)
             .verify_prehash(&self.hash.clone().finalize(), &sig)
             .map_err(|_| bad_sig())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("old.masked");
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        bytes.extend_from_slice(b"{}");
+        std::fs::write(&path, &bytes).expect("write");
+        let err = Reader::open(&path).err().expect("refused");
+        assert!(matches!(err, Error::Version1 { .. }), "{err}");
+        assert!(err.to_string().contains("format version 1"), "{err}");
     }
 }

@@ -4,7 +4,9 @@
 //! restarts. Protocol-2 writes run with `synchronous = FULL` inside `BEGIN IMMEDIATE`
 //! transactions, so what the journal says has happened survives a power cut.
 
-use rusqlite::{ErrorCode, OptionalExtension, TransactionBehavior, params};
+use std::path::Path;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use crate::party::{Fingerprint, Role};
 use crate::pki::registry::{Error, Registry, classify};
@@ -15,73 +17,74 @@ pub const MAX_ROUND_JUMP: u64 = 1_000_000;
 
 type Result<T> = std::result::Result<T, Error>;
 
+/// A masked file about to be released, for [`Registry::journal_file_mask`].
+#[derive(Clone, Copy, Debug)]
+pub struct FileMask<'a> {
+    /// Federation.
+    pub federation: &'a str,
+    /// Round.
+    pub round: u64,
+    /// Vector label.
+    pub label: &'a str,
+    /// The researcher the file is for.
+    pub researcher: &'a Fingerprint,
+    /// Participants, comma separated.
+    pub participants: &'a str,
+    /// Content digest of the input masked.
+    pub digest: &'a [u8; 32],
+}
+
 impl Registry {
-    /// Records that we masked for `(federation, round, attempt, label)`; refuses a second time.
-    pub fn journal_mask(
-        &mut self,
-        federation: &str,
-        round: u64,
-        attempt: u32,
-        label: &str,
-        participants: &str,
-        now: i64,
-    ) -> Result<()> {
+    /// Journals a masked file before it is written, in one `BEGIN IMMEDIATE` transaction:
+    /// the mask key (federation, round, label) in `file_masks`, refused if used before
+    /// whatever the input ([`Error::MaskReuse`]), and the input's release, refused if
+    /// that input was released before in any federation or mode ([`Error::InputReleased`]).
+    /// Either refusal leaves both tables as they were.
+    pub fn journal_file_mask(&mut self, m: &FileMask<'_>, now: i64) -> Result<()> {
+        self.durable()?;
         let path = self.path.clone();
-        let round_i = i64::try_from(round).map_err(|_| Error::BadRow {
-            path: path.clone(),
-            party: String::new(),
-            reason: "round number too large".into(),
-        })?;
-        let res = self.conn.execute(
-            "INSERT INTO mask_journal (federation, round, attempt, label, participants, used_at)
+        let sql = |e| classify(&path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let res = tx.execute(
+            "INSERT INTO file_masks (federation, round, label, researcher, participants, used_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![federation, round_i, attempt, label, participants, now],
+            params![
+                m.federation,
+                round_i(m.round),
+                m.label,
+                m.researcher.to_string(),
+                m.participants,
+                now
+            ],
         );
         match res {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == ErrorCode::ConstraintViolation =>
-            {
-                Err(Error::MaskReuse {
-                    federation: federation.to_owned(),
-                    round,
-                    attempt,
-                    label: label.to_owned(),
-                })
+            Ok(_) => {}
+            Err(e) if violated(&e) => {
+                return Err(Error::MaskReuse {
+                    federation: m.federation.to_owned(),
+                    round: m.round,
+                    label: m.label.to_owned(),
+                });
             }
-            Err(e) => Err(classify(&path, e)),
+            Err(e) => return Err(sql(e)),
         }
+        insert_release(&tx, &path, m.digest, "file", m.federation, m.round, now)?;
+        tx.commit().map_err(sql)
     }
 
-    /// Whether we already masked for `(federation, round, attempt, label)`.
-    pub fn journal_has(
-        &self,
-        federation: &str,
-        round: u64,
-        attempt: u32,
-        label: &str,
-    ) -> Result<bool> {
-        let round_i = i64::try_from(round).unwrap_or(i64::MAX);
+    /// Whether this party already masked a file for (federation, round, label).
+    pub fn file_mask_used(&self, federation: &str, round: u64, label: &str) -> Result<bool> {
         self.conn
             .query_row(
-                "SELECT 1 FROM mask_journal WHERE federation = ?1 AND round = ?2 AND attempt = ?3 AND label = ?4",
-                params![federation, round_i, attempt, label],
+                "SELECT 1 FROM file_masks WHERE federation = ?1 AND round = ?2 AND label = ?3",
+                params![federation, round_i(round), label],
                 |_| Ok(()),
             )
             .optional()
             .map(|r| r.is_some())
-            .map_err(|e| self.err(e))
-    }
-
-    /// How many attempts of a round we have masked for (any label).
-    pub fn journal_attempts(&self, federation: &str, round: u64) -> Result<u32> {
-        let round_i = i64::try_from(round).unwrap_or(i64::MAX);
-        self.conn
-            .query_row(
-                "SELECT COUNT(DISTINCT attempt) FROM mask_journal WHERE federation = ?1 AND round = ?2",
-                params![federation, round_i],
-                |r| r.get(0),
-            )
             .map_err(|e| self.err(e))
     }
 }
@@ -142,6 +145,46 @@ pub struct RoundRecord {
 fn round_i(round: u64) -> i64 {
     // Rounds above i64::MAX cannot be stored; policy caps jumps at 10^6 per round.
     i64::try_from(round).unwrap_or(i64::MAX)
+}
+
+fn hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Inserts a release row on `conn` (a plain connection or an open transaction).
+fn insert_release(
+    conn: &Connection,
+    path: &Path,
+    digest: &[u8; 32],
+    mode: &str,
+    federation: &str,
+    round: u64,
+    now: i64,
+) -> Result<()> {
+    let hex = hex(digest);
+    let res = conn.execute(
+        "INSERT INTO releases (digest, mode, federation, round, released_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![hex, mode, federation, round_i(round), now],
+    );
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) if violated(&e) => {
+            let (mode, federation, round): (String, String, i64) = conn
+                .query_row(
+                    "SELECT mode, federation, round FROM releases WHERE digest = ?1",
+                    [&hex],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .map_err(|e| classify(path, e))?;
+            Err(Error::InputReleased {
+                mode,
+                federation,
+                round: u64::try_from(round).unwrap_or(0),
+            })
+        }
+        Err(e) => Err(classify(path, e)),
+    }
 }
 
 fn violated(e: &rusqlite::Error) -> bool {
@@ -292,41 +335,18 @@ impl Registry {
         now: i64,
     ) -> Result<()> {
         self.durable()?;
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        let res = self.conn.execute(
-            "INSERT INTO releases (digest, mode, federation, round, released_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![hex, mode, federation, round_i(round), now],
-        );
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if violated(&e) => {
-                let (mode, federation, round): (String, String, i64) = self
-                    .conn
-                    .query_row(
-                        "SELECT mode, federation, round FROM releases WHERE digest = ?1",
-                        [&hex],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .map_err(|e| self.err(e))?;
-                Err(Error::InputReleased {
-                    mode,
-                    federation,
-                    round: u64::try_from(round).unwrap_or(0),
-                })
-            }
-            Err(e) => Err(self.err(e)),
-        }
+        insert_release(&self.conn, &self.path, digest, mode, federation, round, now)
     }
 
     /// Whether an input digest was released before (checked before a round starts, so
     /// a node does not spend a round number on an input it may not release).
     pub fn input_released(&self, digest: &[u8; 32]) -> Result<bool> {
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         self.conn
-            .query_row("SELECT 1 FROM releases WHERE digest = ?1", [&hex], |_| {
-                Ok(())
-            })
+            .query_row(
+                "SELECT 1 FROM releases WHERE digest = ?1",
+                [hex(digest)],
+                |_| Ok(()),
+            )
             .optional()
             .map(|r| r.is_some())
             .map_err(|e| self.err(e))
@@ -398,22 +418,79 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+mod file_tests {
     use super::*;
 
+    fn entry<'a>(round: u64, fp: &'a Fingerprint, digest: &'a [u8; 32]) -> FileMask<'a> {
+        FileMask {
+            federation: "f",
+            round,
+            label: "update",
+            researcher: fp,
+            participants: "a,b",
+            digest,
+        }
+    }
+
     #[test]
-    fn journal_refuses_reuse() {
+    fn a_file_mask_key_and_an_input_are_each_used_once() {
         let dir = tempfile::tempdir().expect("tmp");
         let mut reg = Registry::open(&dir.path().join("r.sqlite")).expect("open");
-        reg.journal_mask("f", 1, 0, "update", "a,b", 0)
-            .expect("first");
+        let r = Fingerprint::of_der(b"r");
+        let (d1, d2, d3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        assert!(!reg.file_mask_used("f", 1, "update").expect("query"));
+        reg.journal_file_mask(&entry(1, &r, &d1), 0).expect("first");
+        assert!(reg.file_mask_used("f", 1, "update").expect("query"));
+        assert!(!reg.file_mask_used("f", 1, "other").expect("query"));
+        // Same key, another input: refused, and the other input stays unreleased.
         assert!(matches!(
-            reg.journal_mask("f", 1, 0, "update", "a,b,c", 0),
+            reg.journal_file_mask(&entry(1, &r, &d2), 0),
+            Err(Error::MaskReuse { round: 1, .. })
+        ));
+        assert!(!reg.input_released(&d2).expect("query"));
+        // Same input, another round: refused, and that round's key stays unused.
+        let e = reg
+            .journal_file_mask(&entry(2, &r, &d1), 0)
+            .expect_err("input twice");
+        assert!(
+            matches!(&e, Error::InputReleased { mode, round: 1, .. } if mode == "file"),
+            "{e}"
+        );
+        assert!(!reg.file_mask_used("f", 2, "update").expect("query"));
+        // An input a round released is refused in file mode too.
+        reg.release_input(&d3, "round", "g", 4, 0).expect("round");
+        assert!(matches!(
+            reg.journal_file_mask(&entry(2, &r, &d3), 0),
+            Err(Error::InputReleased { round: 4, .. })
+        ));
+        reg.journal_file_mask(&entry(2, &r, &d2), 0)
+            .expect("new key, new input");
+    }
+
+    #[test]
+    fn migration_3_carries_old_file_masks_over() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut reg = Registry::open(&dir.path().join("r.sqlite")).expect("open");
+        // The same statement migration 3 ran, on a row the old journal would have held.
+        reg.conn
+            .execute(
+                "INSERT INTO mask_journal (federation, round, attempt, label, participants, used_at)
+                 VALUES ('f', 7, 2, 'update', 'a,b', 0)",
+                [],
+            )
+            .expect("old row");
+        reg.conn
+            .execute_batch(
+                "INSERT OR IGNORE INTO file_masks (federation, round, label, researcher, participants, used_at)
+                 SELECT federation, round, label, '', participants, MIN(used_at)
+                 FROM mask_journal GROUP BY federation, round, label;",
+            )
+            .expect("carry over");
+        let r = Fingerprint::of_der(b"r");
+        assert!(matches!(
+            reg.journal_file_mask(&entry(7, &r, &[5; 32]), 0),
             Err(Error::MaskReuse { .. })
         ));
-        reg.journal_mask("f", 1, 1, "update", "a,b", 0)
-            .expect("next attempt");
-        assert_eq!(reg.journal_attempts("f", 1).expect("count"), 2);
     }
 }
 

@@ -1,4 +1,4 @@
-//! The peer registry and the mask-reuse journal, in one SQLite file per home.
+//! The peer registry and the mask-reuse journal (see `journal.rs`), in one SQLite file per home.
 //!
 //! - WAL mode and a busy timeout let many processes register at once.
 //! - Every write is one `BEGIN IMMEDIATE` transaction, so checks and the write see the
@@ -170,17 +170,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// This exact mask was used before.
+    /// A masked file was already made for this (federation, round, label).
     #[error(
-        "already masked for federation '{federation}', round {round}, attempt {attempt}, label '{label}'; reusing a mask would leak the difference of two inputs"
+        "already masked for federation '{federation}', round {round}, label '{label}'; reusing a mask would leak the difference of two inputs"
     )]
     MaskReuse {
         /// Federation id.
         federation: String,
         /// Round number.
         round: u64,
-        /// Attempt number.
-        attempt: u32,
         /// Vector label.
         label: String,
     },

@@ -321,7 +321,7 @@ mod tests {
             }],
         };
         let mut s = Store::new(dir.path(), &plan, 2, width, 1, 1).expect("store");
-        let big = (1u64 << 45).to_le_bytes()[..width].to_vec();
+        let big = (1u64 << 35).to_le_bytes()[..width].to_vec();
         let one = 1u64.to_le_bytes()[..width].to_vec();
         s.absorb(&Fingerprint::of_der(b"a"), 0, &[big, one].concat())
             .expect("absorb");

@@ -4,15 +4,17 @@
 //! shared   = x-coordinate of ECDH(own P-256 key, peer's certified P-256 key)   (32 bytes)
 //! lo, hi   = the two certificate fingerprints (SHA-256 of DER), sorted bytewise
 //! pairwise = HKDF-SHA256(salt = lo || hi, ikm = shared, info = "secagg v1 pairwise", L = 32)
-//! context  = str(federation) || u64be(round) || u32be(attempt)
+//! context  = str(federation) || u64be(round) || fp_researcher (32 bytes)
 //!            || u32be(count) || str(id_1) || ... || str(id_count)   (ids sorted, unique)
 //!            || str(label)                 where str(s) = u32be(len(s)) || utf8(s)
-//! mask_key = HKDF-SHA256(salt = empty, ikm = pairwise, info = "secagg v1 mask" || context, L = 16)
+//! mask_key = HKDF-SHA256(salt = empty, ikm = pairwise, info = "secagg v1.1 mask" || context, L = 16)
 //! mask     = AES-128-CTR keystream under mask_key, IV = 0, 64-bit big-endian block counter;
 //!            element i uses keystream bytes [i*w, (i+1)*w) as a little-endian w-byte word.
 //! sign     = +mask for the party whose fingerprint sorts first, -mask for the other.
 //! ```
-//! Raw ECDH output is never used as a key. See `docs/protocol.md` for the rationale and
+//! File mode has no attempts: a node masks once per (federation, round, label), and the
+//! context binds the researcher the file is for. (Rounds use protocol 2's own schedule,
+//! `round::schedule`.) Raw ECDH output is never used as a key. See `docs/protocol.md` for the rationale and
 //! `tests/data/kat.json` for known-answer vectors.
 
 use std::fmt;
@@ -27,8 +29,8 @@ use crate::pki::identity::PartyKey;
 
 /// Version label bound into every derivation.
 pub const PAIRWISE_INFO: &[u8] = b"secagg v1 pairwise";
-/// Label for per-use mask keys.
-pub const MASK_INFO: &[u8] = b"secagg v1 mask";
+/// Label for file-mode mask keys (v1.1: the researcher's fingerprint is bound, no attempt).
+pub const MASK_INFO: &[u8] = b"secagg v1.1 mask";
 
 /// The long-term secret two parties share, derived from their certified keys.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
@@ -68,16 +70,29 @@ impl PairwiseSecret {
     }
 }
 
-/// What a mask is bound to. Two uses differ in at least one field, so a pair never
-/// reuses a mask stream across federations, rounds, attempts, participant sets or labels.
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_ids(out: &mut Vec<u8>, ids: &[PartyId]) {
+    out.extend_from_slice(&(ids.len() as u32).to_be_bytes());
+    for p in ids {
+        put_str(out, p.as_str());
+    }
+}
+
+/// What a file-mode mask is bound to. Two uses differ in at least one field, so a pair
+/// never reuses a mask stream across federations, rounds, researchers, participant sets
+/// or labels; the journal refuses a second use of the same (federation, round, label).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MaskContext {
     /// Federation id.
     pub federation: String,
     /// Round number.
     pub round: u64,
-    /// Attempt within the round (0, then +1 per dropout recovery).
-    pub attempt: u32,
+    /// Certificate fingerprint of the researcher the masked file is for.
+    pub researcher: Fingerprint,
     /// Participants, sorted and unique.
     pub participants: Vec<PartyId>,
     /// Which vector of the round ("update").
@@ -87,18 +102,11 @@ pub struct MaskContext {
 impl MaskContext {
     /// The context's canonical encoding (see the module docs).
     pub fn encode(&self) -> Vec<u8> {
-        fn put_str(out: &mut Vec<u8>, s: &str) {
-            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-            out.extend_from_slice(s.as_bytes());
-        }
         let mut out = Vec::new();
         put_str(&mut out, &self.federation);
         out.extend_from_slice(&self.round.to_be_bytes());
-        out.extend_from_slice(&self.attempt.to_be_bytes());
-        out.extend_from_slice(&(self.participants.len() as u32).to_be_bytes());
-        for p in &self.participants {
-            put_str(&mut out, p.as_str());
-        }
+        out.extend_from_slice(self.researcher.as_bytes());
+        put_ids(&mut out, &self.participants);
         put_str(&mut out, &self.label);
         out
     }
@@ -115,11 +123,15 @@ impl fmt::Debug for MaskKey {
 }
 
 impl MaskKey {
-    /// Derives the per-use key.
+    /// Derives the per-use key for a masked file.
     pub fn derive(pairwise: &PairwiseSecret, ctx: &MaskContext) -> MaskKey {
+        Self::expand(pairwise, MASK_INFO, &ctx.encode())
+    }
+
+    fn expand(pairwise: &PairwiseSecret, label: &[u8], context: &[u8]) -> MaskKey {
         let hk = Hkdf::<Sha256>::new(None, &pairwise.0);
-        let mut info = MASK_INFO.to_vec();
-        info.extend_from_slice(&ctx.encode());
+        let mut info = label.to_vec();
+        info.extend_from_slice(context);
         let mut out = [0u8; 16];
         if hk.expand(&info, &mut out).is_err() {
             unreachable!("HKDF output length is fixed and valid");
@@ -169,7 +181,7 @@ mod tests {
         let ctx = MaskContext {
             federation: "f".into(),
             round: 1,
-            attempt: 0,
+            researcher: Fingerprint::of_der(b"r"),
             participants: vec!["a".parse().expect("id"), "b".parse().expect("id")],
             label: "update".into(),
         };
@@ -177,7 +189,7 @@ mod tests {
         let k2 = MaskKey::derive(
             &ab,
             &MaskContext {
-                attempt: 1,
+                researcher: Fingerprint::of_der(b"another researcher"),
                 ..ctx.clone()
             },
         );

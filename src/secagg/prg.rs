@@ -104,7 +104,7 @@ mod tests {
         let ctx = MaskContext {
             federation: "f".into(),
             round: 7,
-            attempt: 0,
+            researcher: Fingerprint::of_der(b"researcher"),
             participants: (0..n)
                 .map(|i| format!("n{i}").parse().expect("id"))
                 .collect(),
