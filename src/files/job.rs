@@ -293,7 +293,7 @@ impl InputDigest {
     }
 }
 
-/// Why [`stream_masked`] (or [`stream_update`]) stopped early.
+/// Why [`stream_masked`] stopped early.
 #[derive(Debug)]
 pub enum Stopped<E> {
     /// Reading, quantizing, the registry or the journal failed.
@@ -385,51 +385,37 @@ pub struct InputSummary {
 /// Reads a whole update before a round: parses it, refuses NaN and infinities (naming
 /// the index), and computes its content digest. Nothing is allocated per value.
 pub fn inspect_input(input: &Path) -> Result<InputSummary> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(b"secagg input v1");
+    let mut digest = None;
     let mut at = 0u64;
     let mut bad: Option<u64> = None;
-    let mut bytes = Vec::with_capacity(8 * 4096);
-    let layout = tensor::read_value_blocks(input, |layout| {
-        for t in &layout.tensors {
-            h.update((t.name.len() as u32).to_be_bytes());
-            h.update(t.name.as_bytes());
-            h.update([match t.dtype {
-                crate::layout::DType::F32 => 4u8,
-                crate::layout::DType::F64 => 8u8,
-            }]);
-            h.update((t.shape.len() as u32).to_be_bytes());
-            for d in &t.shape {
-                h.update(d.to_be_bytes());
-            }
-        }
+    let read = tensor::read_value_blocks(input, |layout| {
+        let d = digest.insert(InputDigest::new(layout));
         |xs: &[f64]| {
-            for chunk in xs.chunks(4096) {
-                bytes.clear();
-                for (i, x) in chunk.iter().enumerate() {
-                    if !x.is_finite() && bad.is_none() {
-                        bad = Some(at + i as u64);
-                    }
-                    bytes.extend_from_slice(&x.to_le_bytes());
-                }
-                h.update(&bytes);
-                at += chunk.len() as u64;
+            if bad.is_none() {
+                bad = xs
+                    .iter()
+                    .position(|x| !x.is_finite())
+                    .map(|i| at + i as u64);
             }
+            d.values(xs);
+            at += xs.len() as u64;
             Ok::<(), std::convert::Infallible>(())
         }
     })?;
-    let _ = layout.as_ref();
-    let layout = match layout {
+    let layout = match read {
         Ok(l) => l,
         Err(never) => match never {},
     };
     if let Some(i) = bad {
         return Err(quantize::Error::NonFinite(i).into());
     }
+    let digest = digest.ok_or_else(|| Error::Malformed {
+        path: input.to_owned(),
+        reason: "no layout was read (our bug)".into(),
+    })?;
     Ok(InputSummary {
         layout,
-        digest: h.finalize().into(),
+        digest: digest.finish(),
         values: at,
     })
 }
