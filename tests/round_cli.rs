@@ -386,12 +386,18 @@ fn idle_connections_cannot_lock_nodes_out() {
     let idle: Vec<std::net::TcpStream> = (0..40)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", fed.port)).expect("idle connect"))
         .collect();
+    // node_1 runs with -q: no progress lines at all on success.
     let nodes: Vec<Proc> = (0..3)
-        .map(|i| join(&fed, i, &inputs[i].0, 1, &[]))
+        .map(|i| join(&fed, i, &inputs[i].0, 1, if i == 0 { &["-q"] } else { &[] }))
         .collect();
-    for n in nodes {
+    for (i, n) in nodes.into_iter().enumerate() {
         let (code, err) = n.finish();
         assert_eq!(code, Some(0), "{err}");
+        if i == 0 {
+            assert_eq!(err, "", "-q prints nothing on success");
+        } else {
+            assert!(err.contains("round 1 complete"), "{err}");
+        }
     }
     let (code, err) = server.finish();
     assert_eq!(code, Some(0), "{err}");

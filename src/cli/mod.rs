@@ -95,7 +95,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Federation(cmd) => federation::run(home(), cmd),
         Command::Mask(a) => secure::mask(&home()?, a),
         Command::Aggregate(a) => secure::aggregate(&home()?, a),
-        Command::Round(cmd) => round::run(&home()?, cmd),
+        Command::Round(cmd) => round::run(&home()?, cmd, cli.quiet),
         Command::Bench(a) => secure::bench(a),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "secagg", &mut std::io::stdout());

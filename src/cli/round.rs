@@ -22,10 +22,10 @@ use secagg::round::policy::{Policy, default_threshold, tolerated_colluders};
 use secagg::round::serve::{self, ServeEvent, ServeParams};
 use secagg::secagg::prg;
 
-pub(super) fn run(home: &Home, cmd: RoundCmd) -> Result<(), Failure> {
+pub(super) fn run(home: &Home, cmd: RoundCmd, quiet: bool) -> Result<(), Failure> {
     match cmd {
-        RoundCmd::Serve(a) => serve(home, a),
-        RoundCmd::Join(a) => join(home, a),
+        RoundCmd::Serve(a) => serve(home, a, quiet),
+        RoundCmd::Join(a) => join(home, a, quiet),
         RoundCmd::List(a) => list(home, a),
     }
 }
@@ -39,17 +39,19 @@ fn registry(home: &Home) -> Result<Registry, Failure> {
     })
 }
 
-/// Progress on stderr: phase lines always; the sending bar only on a terminal.
+/// Progress on stderr: phase lines unless `-q`; the sending bar only on a terminal.
 struct Board {
     tty: bool,
+    quiet: bool,
     drawn: bool,
     last: Option<Instant>,
 }
 
 impl Board {
-    fn new() -> Board {
+    fn new(quiet: bool) -> Board {
         Board {
-            tty: std::io::stderr().is_terminal(),
+            tty: std::io::stderr().is_terminal() && !quiet,
+            quiet,
             drawn: false,
             last: None,
         }
@@ -57,7 +59,9 @@ impl Board {
 
     fn say(&mut self, line: &str) {
         self.clear();
-        eprintln!("{line}");
+        if !self.quiet {
+            eprintln!("{line}");
+        }
     }
 
     fn clear(&mut self) {
@@ -154,7 +158,7 @@ fn model_digest(model: Option<&Path>) -> Result<Option<[u8; 32]>, Failure> {
         .transpose()
 }
 
-fn serve(home: &Home, a: ServeArgs) -> Result<(), Failure> {
+fn serve(home: &Home, a: ServeArgs, quiet: bool) -> Result<(), Failure> {
     let me = home.load_identity()?;
     let mut reg = registry(home)?;
     let nodes = parse_ids(&a.nodes)?;
@@ -201,7 +205,7 @@ fn serve(home: &Home, a: ServeArgs) -> Result<(), Failure> {
     };
     let addr = listen_addr(home, &a)?;
     let started = Instant::now();
-    let mut board = Board::new();
+    let mut board = Board::new(quiet);
     let result = serve::serve(&me, &mut reg, &params, &addr, |ev| {
         match ev {
         ServeEvent::Listening(addr) => board.say(&format!(
@@ -325,7 +329,7 @@ fn policy(reg: &Registry, cfg: &PolicyConfig, a: &JoinArgs) -> Result<Policy, Fa
     })
 }
 
-fn join(home: &Home, a: JoinArgs) -> Result<(), Failure> {
+fn join(home: &Home, a: JoinArgs, quiet: bool) -> Result<(), Failure> {
     let me = home.load_identity()?;
     let mut reg = registry(home)?;
     let input_kind = tensor::container_of(&a.input)?;
@@ -358,7 +362,7 @@ fn join(home: &Home, a: JoinArgs) -> Result<(), Failure> {
             .map(|after| (after, Duration::from_secs(a.insecure_test_stall_secs))),
     };
     let started = Instant::now();
-    let mut board = Board::new();
+    let mut board = Board::new(quiet);
     let joined = join::join(&me, &mut reg, &params, |ev| {
         match ev {
         JoinEvent::Waiting { addr, left } => {

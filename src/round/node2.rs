@@ -626,7 +626,7 @@ impl<'k> Node<'k> {
                 culprit,
                 phase,
                 what: format!(
-                    "advertised a key with the same x-coordinate as {}'s",
+                    "advertised a key with the same x-coordinate as {}'s (one of the two copied the other's key; a third party cannot tell which)",
                     self.label(if fps[i] == self.setup.me {
                         &fps[i]
                     } else {
