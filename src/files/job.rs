@@ -18,7 +18,7 @@ use crate::party::{Fingerprint, PartyId, Role};
 use crate::pki::certificate::PeerCertificate;
 use crate::pki::identity::Identity;
 use crate::pki::journal::FileMask;
-use crate::pki::registry::{self, Registry};
+use crate::pki::registry::{self, NoResearcher, Registry};
 use crate::secagg::keys::{MaskContext, MaskKey, PairwiseSecret, Sign};
 use crate::secagg::prg::{self, PeerMask};
 use crate::secagg::quantize::{self, Plan, QuantParams};
@@ -88,27 +88,14 @@ fn masks_with(
 /// The researcher a masked file is for: `chosen` if given, else the only researcher
 /// registered here. Returns its id and certificate fingerprint.
 pub fn researcher(reg: &Registry, chosen: Option<&PartyId>) -> Result<(PartyId, Fingerprint)> {
-    let peer = match chosen {
-        Some(id) => match reg.get(id)? {
-            Some((p, _)) if p.role == Role::Researcher => p,
-            _ => return Err(Error::UnknownResearcher(id.clone())),
-        },
-        None => {
-            let mut all: Vec<_> = reg
-                .list()?
-                .into_iter()
-                .filter(|p| p.role == Role::Researcher)
-                .collect();
-            match all.len() {
-                0 => return Err(Error::NoResearcher),
-                1 => all.remove(0),
-                n => {
-                    let ids: Vec<&str> = all.iter().map(|p| p.party_id.as_str()).collect();
-                    return Err(Error::ManyResearchers(n, ids.join(", ")));
-                }
-            }
+    let peer = reg.researcher(chosen)?.map_err(|e| match e {
+        NoResearcher::None => Error::NoResearcher,
+        NoResearcher::Many(ids) => {
+            let ids: Vec<&str> = ids.iter().map(PartyId::as_str).collect();
+            Error::ManyResearchers(ids.len(), ids.join(", "))
         }
-    };
+        NoResearcher::Unknown(id) => Error::UnknownResearcher(id),
+    })?;
     Ok((peer.party_id, peer.fingerprint))
 }
 

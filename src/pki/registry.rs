@@ -228,6 +228,17 @@ pub enum Error {
 
 type Result<T> = std::result::Result<T, Error>;
 
+/// Why no single researcher could be chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoResearcher {
+    /// None is registered.
+    None,
+    /// Several are, and none was chosen.
+    Many(Vec<PartyId>),
+    /// The chosen id is not registered as a researcher.
+    Unknown(PartyId),
+}
+
 /// A registered peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
@@ -518,6 +529,32 @@ impl Registry {
         .map_err(sql)?;
         tx.commit().map_err(sql)?;
         Ok(outcome)
+    }
+
+    /// The researcher a node works with: `chosen` if given (it must be registered as a
+    /// researcher), else the only researcher registered here.
+    pub fn researcher(
+        &self,
+        chosen: Option<&PartyId>,
+    ) -> Result<std::result::Result<Peer, NoResearcher>> {
+        if let Some(id) = chosen {
+            return Ok(match self.get(id)? {
+                Some((p, _)) if p.role == Role::Researcher => Ok(p),
+                _ => Err(NoResearcher::Unknown(id.clone())),
+            });
+        }
+        let mut all: Vec<Peer> = self
+            .list()?
+            .into_iter()
+            .filter(|p| p.role == Role::Researcher)
+            .collect();
+        Ok(match all.len() {
+            0 => Err(NoResearcher::None),
+            1 => Ok(all.remove(0)),
+            _ => Err(NoResearcher::Many(
+                all.into_iter().map(|p| p.party_id).collect(),
+            )),
+        })
     }
 
     /// Deletes a peer; an unknown id is an error.

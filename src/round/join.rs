@@ -26,7 +26,7 @@ use crate::party::{Fingerprint, PartyId, Role};
 use crate::pki::certificate::PeerCertificate;
 use crate::pki::identity::Identity;
 use crate::pki::journal::{Revealed, RoundEnd};
-use crate::pki::registry::Registry;
+use crate::pki::registry::{NoResearcher, Registry};
 use crate::round::messages::{self, Message2, ShareKind};
 use crate::secagg::quantize::Plan;
 use crate::secagg::ring::{Modulus, Word};
@@ -587,27 +587,14 @@ fn researcher(
     reg: &Registry,
     chosen: Option<&PartyId>,
 ) -> Result<(PartyId, String, PeerCertificate)> {
-    let peer = match chosen {
-        Some(id) => match reg.get(id)? {
-            Some((p, _)) if p.role == Role::Researcher => p,
-            _ => return Err(Error::UnknownResearcher(id.clone())),
-        },
-        None => {
-            let mut all: Vec<_> = reg
-                .list()?
-                .into_iter()
-                .filter(|p| p.role == Role::Researcher)
-                .collect();
-            match all.len() {
-                0 => return Err(Error::NoResearcher),
-                1 => all.remove(0),
-                n => {
-                    let ids: Vec<&str> = all.iter().map(|p| p.party_id.as_str()).collect();
-                    return Err(Error::ManyResearchers(n, ids.join(", ")));
-                }
-            }
+    let peer = reg.researcher(chosen)?.map_err(|e| match e {
+        NoResearcher::None => Error::NoResearcher,
+        NoResearcher::Many(ids) => {
+            let ids: Vec<&str> = ids.iter().map(PartyId::as_str).collect();
+            Error::ManyResearchers(ids.len(), ids.join(", "))
         }
-    };
+        NoResearcher::Unknown(id) => Error::UnknownResearcher(id),
+    })?;
     let Some((_, der)) = reg.get(&peer.party_id)? else {
         return Err(Error::UnknownResearcher(peer.party_id));
     };
