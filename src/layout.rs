@@ -56,21 +56,82 @@ impl DType {
     }
 }
 
-impl Layout {
-    /// Bytes of the values alone, each in its tensor's type (see [`encode_values`]).
-    pub fn encoded_len(&self) -> u64 {
-        self.tensors
+/// A shape whose size does not fit in 64 bits (a hostile or corrupt header).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The element count or byte size of a tensor, or of the whole layout, overflows.
+    #[error("tensor '{tensor}' of shape {shape:?} is too large: its size overflows 64 bits")]
+    TooLarge {
+        /// The tensor's name (empty for `.npy`).
+        tensor: String,
+        /// Its declared shape.
+        shape: Vec<u64>,
+    },
+}
+
+impl TensorSpec {
+    /// The number of values, with checked arithmetic.
+    pub fn checked_elements(&self) -> Result<u64, Error> {
+        self.shape
             .iter()
-            .map(|t| t.shape.iter().product::<u64>() * t.dtype.bytes() as u64)
-            .sum()
+            .try_fold(1u64, |a, d| a.checked_mul(*d))
+            .ok_or_else(|| self.too_large())
     }
 
-    /// Total number of values.
+    /// The bytes of the values, with checked arithmetic.
+    pub fn checked_bytes(&self) -> Result<u64, Error> {
+        self.checked_elements()?
+            .checked_mul(self.dtype.bytes() as u64)
+            .ok_or_else(|| self.too_large())
+    }
+
+    fn too_large(&self) -> Error {
+        Error::TooLarge {
+            tensor: self.name.clone(),
+            shape: self.shape.clone(),
+        }
+    }
+}
+
+impl Layout {
+    /// Checks that every size of this layout fits in 64 bits (and in memory indices),
+    /// so that [`Layout::elements`] and [`Layout::encoded_len`] are exact. Every parser of
+    /// outside bytes calls this before using a layout.
+    pub fn check(&self) -> Result<(), Error> {
+        self.checked_encoded_len()?;
+        self.checked_elements()?;
+        Ok(())
+    }
+
+    /// Bytes of the values alone, with checked arithmetic.
+    pub fn checked_encoded_len(&self) -> Result<u64, Error> {
+        self.tensors.iter().try_fold(0u64, |a, t| {
+            a.checked_add(t.checked_bytes()?)
+                .filter(|n| usize::try_from(*n).is_ok())
+                .ok_or_else(|| t.too_large())
+        })
+    }
+
+    /// Total number of values, with checked arithmetic; the weight word that follows
+    /// them in a masked vector is counted as fitting too.
+    pub fn checked_elements(&self) -> Result<u64, Error> {
+        self.tensors.iter().try_fold(0u64, |a, t| {
+            a.checked_add(t.checked_elements()?)
+                .filter(|n| n.checked_add(1).is_some())
+                .ok_or_else(|| t.too_large())
+        })
+    }
+
+    /// Bytes of the values alone, each in its tensor's type (see [`encode_values`]).
+    /// Saturates at `u64::MAX` for a layout that fails [`Layout::check`].
+    pub fn encoded_len(&self) -> u64 {
+        self.checked_encoded_len().unwrap_or(u64::MAX)
+    }
+
+    /// Total number of values. Saturates at `u64::MAX` for a layout that fails
+    /// [`Layout::check`].
     pub fn elements(&self) -> u64 {
-        self.tensors
-            .iter()
-            .map(|t| t.shape.iter().product::<u64>())
-            .sum()
+        self.checked_elements().unwrap_or(u64::MAX)
     }
 }
 
@@ -90,13 +151,17 @@ pub fn decode_block(dtype: DType, bytes: &[u8]) -> impl Iterator<Item = f64> + '
 /// of the data sections of the file [`write_values`] would write. A missing value is
 /// written as 0 (callers pass exactly `layout.elements()` values).
 pub fn encode_values(layout: &Layout, values: impl Iterator<Item = f64>) -> Vec<u8> {
-    let mut out = vec![0u8; layout.encoded_len() as usize];
+    // A layout that fails `Layout::check` encodes to nothing (callers check first).
+    let mut out = vec![0u8; layout.checked_encoded_len().unwrap_or(0) as usize];
     let mut values = values;
-    let mut at = 0;
+    let mut at = 0usize;
     for spec in &layout.tensors {
-        let n = spec.shape.iter().product::<u64>() as usize;
-        let size = n * spec.dtype.bytes();
-        let dst = &mut out[at..at + size];
+        // `out` holds `encoded_len` bytes, so every checked size below fits in it.
+        let n = spec.checked_elements().unwrap_or(0) as usize;
+        let size = spec.checked_bytes().unwrap_or(0) as usize;
+        let Some(dst) = out.get_mut(at..at.saturating_add(size)) else {
+            break;
+        };
         match spec.dtype {
             DType::F32 => dst
                 .chunks_exact_mut(4)
@@ -115,11 +180,43 @@ pub fn encode_values(layout: &Layout, values: impl Iterator<Item = f64>) -> Vec<
 /// The values of bytes from [`encode_values`], in layout order. `bytes` must be
 /// `layout.encoded_len()` long (a shorter one yields fewer values).
 pub fn decode_values<'a>(layout: &'a Layout, bytes: &'a [u8]) -> impl Iterator<Item = f64> + 'a {
-    let mut at = 0;
+    let mut at = 0usize;
     layout.tensors.iter().flat_map(move |spec| {
-        let size = spec.shape.iter().product::<u64>() as usize * spec.dtype.bytes();
-        let part = bytes.get(at..at + size).unwrap_or(&[]);
-        at += size;
+        let size = spec.checked_bytes().unwrap_or(0) as usize;
+        let part = bytes.get(at..at.saturating_add(size)).unwrap_or(&[]);
+        at = at.saturating_add(size);
         decode_block(spec.dtype, part)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn npy(shape: Vec<u64>) -> Layout {
+        Layout {
+            container: Container::Npy,
+            tensors: vec![TensorSpec {
+                name: String::new(),
+                shape,
+                dtype: DType::F64,
+            }],
+        }
+    }
+
+    #[test]
+    fn sizes_are_checked_arithmetic() {
+        assert_eq!(npy(vec![2, 3]).checked_encoded_len(), Ok(48));
+        assert_eq!(npy(vec![]).checked_elements(), Ok(1));
+        for shape in [vec![1 << 62, 4], vec![u64::MAX, 2], vec![1 << 61, 1]] {
+            let l = npy(shape.clone());
+            assert!(
+                matches!(l.check(), Err(Error::TooLarge { .. })),
+                "{shape:?}"
+            );
+            // The unchecked forms saturate instead of wrapping or panicking.
+            assert_eq!(l.encoded_len(), u64::MAX);
+        }
+        assert!(encode_values(&npy(vec![1 << 62, 4]), std::iter::empty()).is_empty());
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! The library is split into folders by domain, lowest first (see docs/architecture.md):
 //! - leaf modules shared by everyone: [`party`] (party ids, roles, hosts, fingerprints),
-//!   [`clock`] (time formatting), [`layout`] (tensor shapes), [`atomic`] (atomic writes);
+//!   [`clock`] (time formatting), [`layout`] (tensor shapes), [`atomic`] (atomic writes),
+//!   [`text`] (printing words that came from a peer or a file);
 //! - [`pki`]: this party's identity, certificates, the peer registry and the journal;
 //! - [`secagg`]: the key schedule, PRG masks, quantization, ring words and sums;
 //! - [`files`]: `.npy` / `.safetensors` tensors, the masked-file format, and file mode;
@@ -16,6 +17,7 @@ pub mod atomic;
 pub mod clock;
 pub mod layout;
 pub mod party;
+pub mod text;
 
 pub mod files;
 pub mod net;

@@ -305,6 +305,7 @@ fn instructions_without_identity_fail_with_hint() {
     let p = Party {
         home: lab.path("empty"),
     };
+    std::fs::create_dir(&p.home).expect("mkdir");
     p.fails(&["certificate", "registration-instructions"], "no identity");
 }
 

@@ -278,7 +278,7 @@ fn status(not_after: i64, now: i64) -> &'static str {
 }
 
 fn list(home: &Home, a: ListArgs) -> Result<(), Failure> {
-    let peers = match Registry::open_existing(&home.registry_path())? {
+    let peers = match Registry::open_read_only(&home.registry_path())? {
         Some(reg) => reg.list()?,
         None => Vec::new(),
     };

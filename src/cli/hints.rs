@@ -138,6 +138,9 @@ mod masked {
                 Error::Quantize(e) => return e.hint(),
                 Error::Registry(e) => return e.hint(),
                 Error::Certificate { id, .. } => format!("delete and re-register '{id}'"),
+                Error::PeerExpired { id, .. } => format!(
+                    "ask '{id}' to renew its certificate ('secagg certificate generate --force') and re-register it here with 'secagg certificate register --upsert'"
+                ),
                 Error::Sign => return None,
             })
         }
@@ -190,7 +193,7 @@ mod tensor {
 
 mod quantize {
     use super::Hint;
-    use secagg::secagg::quantize::Error;
+    use secagg::secagg::quantize::{self, Error};
 
     impl Hint for Error {
         fn hint(&self) -> Option<String> {
@@ -198,6 +201,16 @@ mod quantize {
                 Error::BadParam(_) => {
                     Some("see 'secagg mask --help' for the allowed ranges".into())
                 }
+                Error::ClipOutOfRange { .. } => Some(format!(
+                    "pass --clip from {:e} to {:e}: about the largest magnitude a coordinate of the update should have",
+                    quantize::MIN_CLIP,
+                    quantize::MAX_CLIP
+                )),
+                Error::BitsOutOfRange { .. } => Some(format!(
+                    "pass --bits from {} to {} (16 is a good default)",
+                    quantize::MIN_BITS,
+                    quantize::MAX_BITS
+                )),
                 Error::Overflow {
                     max_bits,
                     max_weight_fit,
@@ -215,7 +228,6 @@ mod quantize {
 
 mod round {
     use super::Hint;
-    use secagg::net::error as transport;
     use secagg::party::Role;
     use secagg::round::Error;
     use secagg::round::node2::Error as NodeError;
@@ -229,18 +241,7 @@ mod round {
                 Error::Tensor(e) => return e.hint(),
                 Error::Quantize(e) => return e.hint(),
                 Error::Sum(e) => return e.hint(),
-                Error::Transport(transport::Error::Handshake { .. }) => {
-                    "the peer's certificate is not registered here with the role this round needs, or ours is not registered there; compare 'secagg certificate list' on both sides".into()
-                }
-                Error::Transport(transport::Error::Timeout { .. }) => {
-                    "the other side did not answer in time: check that it is running, and the registered ip and port ('secagg certificate list')".into()
-                }
-                Error::Transport(transport::Error::Closed { .. }) => {
-                    "the other side closed the connection: see its log; the round may have ended there".into()
-                }
-                Error::Transport(_) => {
-                    "check the network path to the registered ip and port, and that both sides registered each other".into()
-                }
+                Error::Transport(e) => return super::network::transport(e),
                 Error::Node(NodeError::Refused { .. }) => {
                     "nothing of this node's was used; ask the researcher for a round within this node's policy, or change the policy ([policy] in config.toml, or the round join flags)".into()
                 }
@@ -274,9 +275,7 @@ mod round {
                 }
                 Error::ManyResearchers(..) => "say which with --researcher ID".into(),
                 Error::UnknownResearcher(_) => "see 'secagg certificate list'".into(),
-                Error::Unreachable { .. } => {
-                    "check that 'round serve' is running there and that the registered ip and port are right ('secagg certificate list')".into()
-                }
+                Error::Unreachable { reason, .. } => super::network::unreachable(reason),
                 Error::CertificateRefused { .. } => {
                     "ask the researcher to register this node's certificate with role node and to name this node in --nodes".into()
                 }
@@ -371,6 +370,68 @@ mod federation {
     }
 }
 
+/// What to check when the network fails: connection refused, timed out, TLS refused.
+/// Public to the CLI so every round command (and protocol 2) gives the same advice.
+pub(crate) mod network {
+    use secagg::net::error::Error;
+    use std::io::ErrorKind;
+
+    /// Nobody listens at the registered address.
+    pub(crate) const REFUSED: &str = "nothing is listening there: check that the other side is running ('secagg round serve' on the researcher) and that the ip and port registered here for it are right ('secagg certificate list')";
+    /// No answer in time.
+    pub(crate) const TIMED_OUT: &str = "no answer in time: check the ip and port registered here for the other side ('secagg certificate list'), that it is running, and that no firewall drops the connection";
+    /// The TLS handshake was refused.
+    pub(crate) const TLS_REFUSED: &str = "the TLS handshake was refused: both sides must have registered each other ('secagg certificate register' with the other's certificate, with the right role); compare the fingerprints in 'secagg certificate list' on both sides";
+
+    /// The hint for a transport failure.
+    pub(crate) fn transport(e: &Error) -> Option<String> {
+        match e {
+            Error::Io { source, .. } => io_kind(source.kind()).map(str::to_owned),
+            Error::Timeout { .. } => Some(TIMED_OUT.into()),
+            Error::Handshake { .. } => Some(TLS_REFUSED.into()),
+            Error::Tls { source, .. } if is_refusal(source) => Some(TLS_REFUSED.into()),
+            Error::Tls { .. }
+            | Error::OwnIdentity(_)
+            | Error::Wire { .. }
+            | Error::Closed { .. } => None,
+        }
+    }
+
+    /// The hint for an I/O error kind on a connection, if it is a network failure.
+    pub(crate) fn io_kind(kind: ErrorKind) -> Option<&'static str> {
+        match kind {
+            ErrorKind::ConnectionRefused
+            | ErrorKind::HostUnreachable
+            | ErrorKind::NetworkUnreachable
+            | ErrorKind::AddrNotAvailable => Some(REFUSED),
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => Some(TIMED_OUT),
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => Some(TLS_REFUSED),
+            _ => None,
+        }
+    }
+
+    /// The hint for a failure to reach a peer, from its (OS-worded) reason.
+    pub(crate) fn unreachable(reason: &str) -> String {
+        let r = reason.to_ascii_lowercase();
+        if r.contains("timed out") || r.contains("did not answer") {
+            TIMED_OUT.into()
+        } else if r.contains("certificate") || r.contains("handshake") || r.contains("alert") {
+            TLS_REFUSED.into()
+        } else {
+            REFUSED.into()
+        }
+    }
+
+    fn is_refusal(e: &rustls::Error) -> bool {
+        matches!(
+            e,
+            rustls::Error::AlertReceived(_)
+                | rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+        )
+    }
+}
+
 mod party {
     use super::Hint;
     use secagg::party::Error;
@@ -415,6 +476,79 @@ mod sum {
 #[cfg(test)]
 mod tests {
     use super::Hint;
+    use secagg::net::error::Error as Transport;
+    use std::io;
+
+    fn io_err(kind: io::ErrorKind) -> secagg::round::Error {
+        secagg::round::Error::Transport(Transport::Io {
+            peer: "researcher".into(),
+            action: "connecting",
+            source: io::Error::from(kind),
+        })
+    }
+
+    #[test]
+    fn connection_refused_says_check_the_address_and_that_the_other_side_runs() {
+        let hint = io_err(io::ErrorKind::ConnectionRefused)
+            .hint()
+            .expect("hint");
+        assert!(
+            hint.contains("running") && hint.contains("ip and port registered"),
+            "{hint}"
+        );
+        assert!(hint.contains("secagg certificate list"), "{hint}");
+    }
+
+    #[test]
+    fn timeouts_say_check_the_address_the_peer_and_the_firewall() {
+        for e in [
+            io_err(io::ErrorKind::TimedOut),
+            secagg::round::Error::Transport(Transport::Timeout {
+                peer: "node-a".into(),
+                secs: 30,
+            }),
+        ] {
+            let hint = e.hint().expect("hint");
+            assert!(hint.starts_with("no answer in time"), "{hint}");
+            assert!(
+                hint.contains("firewall") && hint.contains("registered"),
+                "{hint}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls_refusals_say_both_sides_must_register_each_other() {
+        for e in [
+            secagg::round::Error::Transport(Transport::Handshake {
+                peer: "researcher".into(),
+                source: rustls::Error::NoCertificatesPresented,
+            }),
+            secagg::round::Error::Transport(Transport::Tls {
+                peer: "researcher".into(),
+                source: rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate),
+            }),
+            io_err(io::ErrorKind::ConnectionReset),
+        ] {
+            let hint = e.hint().expect("hint");
+            assert!(hint.contains("registered each other"), "{hint}");
+        }
+    }
+
+    #[test]
+    fn unreachable_hints_follow_the_reason() {
+        let at = |reason: &str| {
+            secagg::round::Error::Unreachable {
+                id: "researcher".parse().expect("id"),
+                addr: "127.0.0.1:1".into(),
+                reason: reason.into(),
+            }
+            .hint()
+            .expect("hint")
+        };
+        assert!(at("Connection refused (os error 111)").contains("nothing is listening"));
+        assert!(at("connection timed out").starts_with("no answer in time"));
+    }
     use secagg::secagg::quantize::{Plan, QuantParams};
 
     #[test]

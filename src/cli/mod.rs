@@ -18,6 +18,7 @@ use clap::{CommandFactory, Parser};
 use args::{Cli, Command};
 use hints::Hint;
 use secagg::pki::identity::Home;
+use secagg::text::sanitize;
 
 /// A user-facing failure: one line of what went wrong and an optional `hint:` line.
 #[derive(Debug)]
@@ -79,9 +80,11 @@ pub fn run() -> ExitCode {
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {}", f.message);
+            // Messages quote certificate names, file names and tensor names that came
+            // from peers or files: never let their control characters reach the terminal.
+            eprintln!("error: {}", sanitize(&f.message));
             if let Some(hint) = f.hint {
-                eprintln!("hint: {hint}");
+                eprintln!("hint: {}", sanitize(&hint));
             }
             ExitCode::FAILURE
         }
@@ -89,7 +92,18 @@ pub fn run() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> Result<(), Failure> {
-    let home = || resolve_home(cli.home.clone());
+    // Only `certificate generate` creates a home; every other command needs one.
+    let creates_home = matches!(
+        cli.command,
+        Command::Certificate(args::CertificateCmd::Generate(_))
+    );
+    let home = || {
+        let home = resolve_home(cli.home.clone())?;
+        if !creates_home {
+            require_home(&home)?;
+        }
+        Ok::<Home, Failure>(home)
+    };
     match cli.command {
         Command::Certificate(cmd) => certificate::run(&home()?, cmd),
         Command::Federation(cmd) => federation::run(home(), cmd),
@@ -134,6 +148,23 @@ fn collect_pages(cmd: &clap::Command, pages: &mut Vec<clap::Command>) {
     pages.push(cmd.clone());
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         collect_pages(sub, pages);
+    }
+}
+
+/// Refuses a home directory that does not exist (a typo in `--home` must not silently
+/// start an empty registry somewhere else).
+fn require_home(home: &Home) -> Result<(), Failure> {
+    let root = home.root();
+    match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Failure::new(
+            format!("home {} is not a directory", root.display()),
+            Some("check --home (or SECAGG_HOME): it must name this party's home directory".into()),
+        )),
+        Err(_) => Err(Failure::new(
+            format!("home directory {} does not exist", root.display()),
+            Some("run 'secagg certificate generate' to create this party's home, or check --home (or SECAGG_HOME)".into()),
+        )),
     }
 }
 

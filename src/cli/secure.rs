@@ -95,7 +95,7 @@ pub(super) fn report_clipped(clipped: u64, total: u64, clip: f64) {
 }
 
 pub(super) fn aggregate(home: &Home, a: AggregateArgs) -> Result<(), Failure> {
-    let reg = Registry::open_existing(&home.registry_path())?.ok_or_else(|| {
+    let reg = Registry::open_read_only(&home.registry_path())?.ok_or_else(|| {
         Failure::new(
             format!("no registry in {}", home.root().display()),
             Some("register the nodes first with 'secagg certificate register'".into()),
@@ -105,7 +105,8 @@ pub(super) fn aggregate(home: &Home, a: AggregateArgs) -> Result<(), Failure> {
     let t = Instant::now();
     let n = a.files.len();
     let own = me.certificate.fingerprint();
-    let (header, mean) = aggregate::aggregate_files(&reg, &own, &a.files, |p| match p {
+    let now = unix_secs(SystemTime::now());
+    let (header, mean) = aggregate::aggregate_files(&reg, &own, &a.files, now, |p| match p {
         Progress::Checked(k) => eprintln!("checked {k} header(s); summing..."),
         Progress::Summed(i, who) => eprintln!("  [{i}/{n}] {who}: signature ok"),
     })?;

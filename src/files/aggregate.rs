@@ -88,10 +88,15 @@ pub enum Progress<'a> {
 /// fingerprint; agreement, membership, registration, completeness),
 /// so a missing participant fails before any payload is read. Each payload is then summed
 /// while it is hashed, and its signature checked at its end; any failure discards the sum.
+///
+/// Each header is authenticated (its own signature, against the sender's registered,
+/// unexpired certificate at `now`, unix seconds) before anything it declares is
+/// allocated: a forged header claiming a huge vector is refused at its signature.
 pub fn aggregate_files(
     reg: &Registry,
     own: &Fingerprint,
     paths: &[PathBuf],
+    now: i64,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<(Header, Mean)> {
     let first_path = paths.first().ok_or(Error::NoInputs)?;
@@ -99,7 +104,9 @@ pub fn aggregate_files(
     let mut seen = BTreeMap::new();
     let mut keys = Vec::with_capacity(paths.len());
     for path in paths {
-        let r = Reader::open(path)?;
+        let mut r = Reader::open(path)?;
+        let key = *job::registered_node_at(reg, &r.header().sender, now)?.public_key();
+        r.authenticate(&key)?;
         let h = r.header();
         if h.researcher != *own {
             let who = match reg.get_by_fingerprint(&h.researcher)? {
@@ -133,7 +140,7 @@ pub fn aggregate_files(
                 sender: h.sender.clone(),
             });
         }
-        keys.push(*job::registered_node(reg, &h.sender)?.public_key());
+        keys.push(key);
         readers.push(r);
     }
     let header = readers[0].header().clone();

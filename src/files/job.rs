@@ -56,6 +56,20 @@ pub fn registered_node(reg: &Registry, id: &PartyId) -> Result<PeerCertificate> 
     }
 }
 
+/// Like [`registered_node`], and refuses a certificate that expired before `now`
+/// (unix seconds), as rounds do: file mode must not keep trusting a key its owner may
+/// have retired.
+pub fn registered_node_at(reg: &Registry, id: &PartyId, now: i64) -> Result<PeerCertificate> {
+    let cert = registered_node(reg, id)?;
+    if cert.not_after_unix() < now {
+        return Err(Error::PeerExpired {
+            id: id.clone(),
+            not_after: crate::clock::format_time(cert.not_after_unix()),
+        });
+    }
+    Ok(cert)
+}
+
 /// Per-peer file-mode mask keys for our side of every pair in `ctx`.
 pub fn peer_masks(me: &Identity, reg: &Registry, ctx: &MaskContext) -> Result<Vec<PeerMask>> {
     masks_with(me, reg, &ctx.participants, |pw| MaskKey::derive(pw, ctx))
@@ -189,6 +203,13 @@ pub fn mask_update(
     now: i64,
 ) -> Result<AnyMasked> {
     let (plan, ctx) = prepare(me, reg, spec, weight)?;
+    for id in ctx
+        .participants
+        .iter()
+        .filter(|id| **id != me.config.party_id)
+    {
+        registered_node_at(reg, id, now)?;
+    }
     let masks = peer_masks(me, reg, &ctx)?;
     let (result, digest) = match plan.modulus {
         Modulus::M32 => {

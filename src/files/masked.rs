@@ -2,15 +2,20 @@
 //! file, and that file's format.
 //!
 //! ```text
-//! "SECAGGM2" | u32le header_len | header (JSON) | payload: elements x word, little-endian
+//! "SECAGGM2" | u32le header_len | header (JSON)
+//!            | u16le hsig_len | ECDSA-P256 signature (DER) over
+//!              SHA-256("secagg masked header v2" || "SECAGGM2" || u32le header_len || header)
+//!            | payload: elements x word, little-endian
 //!            | u16le sig_len | ECDSA-P256 signature (DER) over SHA-256 of everything before sig_len
 //! ```
 //! The last payload element is the node's masked weight. Version 2 has no attempt and
 //! names the researcher the file is for (`researcher`, its certificate fingerprint in
-//! lowercase hex); a version-1 file (`"SECAGGM1"`) is refused by name.
+//! lowercase hex); a version-1 file (`"SECAGGM1"`) is refused by name. The header
+//! signature lets a reader authenticate what a header declares before it allocates
+//! anything for it.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use p256::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
@@ -31,10 +36,15 @@ use crate::secagg::ring::Word;
 
 /// File magic of format version 2.
 pub const MAGIC: &[u8; 8] = b"SECAGGM2";
-/// The magic of format version 1 (attempts, no researcher), recognised only to refuse it.
+/// The magic of format version 1 (attempts, no researcher, no header signature),
+/// recognised only to refuse it.
 pub const MAGIC_V1: &[u8; 8] = b"SECAGGM1";
 /// Current header format version.
 pub const FORMAT_VERSION: u32 = 2;
+/// Domain separation of the header signature.
+pub const HEADER_SIG_LABEL: &[u8] = b"secagg masked header v2";
+/// The longest DER ECDSA P-256 signature.
+const MAX_SIG: usize = 72;
 /// Headers larger than this are refused (a bound on hostile input).
 pub const MAX_HEADER: u32 = 1 << 20;
 
@@ -109,6 +119,14 @@ mod fingerprint_hex {
         }
         hex.parse().map_err(D::Error::custom)
     }
+}
+
+/// The digest the header signature covers: the label, then the encoded header block.
+fn header_digest(head: &[u8]) -> sha2::digest::Output<Sha256> {
+    let mut h = Sha256::new();
+    h.update(HEADER_SIG_LABEL);
+    h.update(head);
+    h.finalize()
 }
 
 /// Errors of masking and of masked files.
@@ -197,6 +215,14 @@ pub enum Error {
         /// Why.
         source: crate::pki::certificate::Error,
     },
+    /// A participant's registered certificate has expired.
+    #[error("the registered certificate of '{id}' expired on {not_after}")]
+    PeerExpired {
+        /// Who.
+        id: PartyId,
+        /// When (RFC 3339).
+        not_after: String,
+    },
     /// Signing failed (internal).
     #[error("signing failed")]
     Sign,
@@ -262,8 +288,17 @@ pub fn write_file<W: Word>(path: &Path, m: &Masked<W>, me: &Identity) -> Result<
     let mut out = BufWriter::with_capacity(1 << 20, staged.file());
     let mut hash = Sha256::new();
     let head = encode_header(&m.header);
-    hash.update(&head);
-    out.write_all(&head).map_err(|e| io("write", e))?;
+    let hsig: Signature = me
+        .key
+        .signing_key()
+        .sign_prehash(&header_digest(&head))
+        .map_err(|_| Error::Sign)?;
+    let hsig = hsig.to_der();
+    let mut head_block = head;
+    head_block.extend_from_slice(&(hsig.as_bytes().len() as u16).to_le_bytes());
+    head_block.extend_from_slice(hsig.as_bytes());
+    hash.update(&head_block);
+    out.write_all(&head_block).map_err(|e| io("write", e))?;
     let mut buf = Vec::with_capacity(1 << 20);
     for chunk in m.words.chunks((1 << 20) / W::BYTES) {
         buf.clear();
@@ -286,41 +321,60 @@ pub fn write_file<W: Word>(path: &Path, m: &Masked<W>, me: &Identity) -> Result<
 }
 
 /// Reads a masked file: header first, then the payload in chunks, then the signature.
-pub struct Reader {
+///
+/// [`Reader::open`] bounds everything by the file's length; [`Reader::authenticate`]
+/// checks the header signature against the sender's registered key. The payload can
+/// only be streamed after that, so nothing a forged header declares is ever allocated.
+pub struct Reader<R = BufReader<File>> {
     path: PathBuf,
-    file: BufReader<File>,
+    file: R,
     header: Header,
+    header_sig: Vec<u8>,
+    head: Vec<u8>,
+    authenticated: bool,
     hash: Sha256,
 }
 
 impl Reader {
     /// Opens a masked file and checks its header and size.
     pub fn open(path: &Path) -> Result<Reader> {
-        let bad = |reason: String| Error::Malformed {
-            path: path.to_owned(),
-            reason,
-        };
-        let file = File::open(path).map_err(|source| Error::Io {
-            action: "open",
+        let io = |action, source| Error::Io {
+            action,
             path: path.to_owned(),
             source,
-        })?;
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut file = BufReader::with_capacity(1 << 20, file);
+        };
+        let file = File::open(path).map_err(|e| io("open", e))?;
+        let len = file.metadata().map_err(|e| io("read", e))?.len();
+        Reader::from_reader(path, BufReader::with_capacity(1 << 20, file), len)
+    }
+}
+
+impl<R: Read> Reader<R> {
+    /// [`Reader::open`] over any reader of `len` bytes (a file, or a `Cursor` over bytes
+    /// in memory: the entry point for fuzzing). `name` only labels errors. Reads the
+    /// header block (at most [`MAX_HEADER`] bytes, and never more than `len`) and checks
+    /// that the payload it declares, plus a signature, is exactly the rest of the file.
+    pub fn from_reader(name: &Path, mut file: R, len: u64) -> Result<Reader<R>> {
+        let bad = |reason: String| Error::Malformed {
+            path: name.to_owned(),
+            reason,
+        };
         let mut fixed = [0u8; 12];
         file.read_exact(&mut fixed)
             .map_err(|_| bad("too short".into()))?;
         if &fixed[..8] == MAGIC_V1 {
             return Err(Error::Version1 {
-                path: path.to_owned(),
+                path: name.to_owned(),
             });
         }
         if &fixed[..8] != MAGIC {
             return Err(bad("wrong magic bytes".into()));
         }
         let hlen = u32::from_le_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]);
-        if hlen > MAX_HEADER {
-            return Err(bad(format!("header of {hlen} bytes is too large")));
+        if hlen > MAX_HEADER || u64::from(hlen) > len.saturating_sub(12) {
+            return Err(bad(format!(
+                "header of {hlen} bytes is too large for a file of {len} bytes"
+            )));
         }
         let mut json = vec![0u8; hlen as usize];
         file.read_exact(&mut json)
@@ -333,27 +387,68 @@ impl Reader {
                 header.format_version
             )));
         }
-        if header.elements != header.layout.elements() + 1 {
+        header.layout.check().map_err(|e| bad(e.to_string()))?;
+        let elements = header
+            .layout
+            .checked_elements()
+            .map_err(|e| bad(e.to_string()))?;
+        if elements.checked_add(1) != Some(header.elements) {
             return Err(bad("element count does not match the tensor shapes".into()));
         }
-        let expected = header
+        let mut l = [0u8; 2];
+        file.read_exact(&mut l)
+            .map_err(|_| bad("truncated header signature".into()))?;
+        let hsig_len = usize::from(u16::from_le_bytes(l));
+        if hsig_len > MAX_SIG {
+            return Err(bad(format!("header signature of {hsig_len} bytes")));
+        }
+        let mut header_sig = vec![0u8; hsig_len];
+        file.read_exact(&mut header_sig)
+            .map_err(|_| bad("truncated header signature".into()))?;
+        let before = 12 + u64::from(hlen) + 2 + hsig_len as u64;
+        let payload = header
             .payload_bytes()
-            .and_then(|p| p.checked_add(12 + u64::from(hlen) + 2))
             .ok_or_else(|| bad("sizes overflow".into()))?;
-        if len < expected || len > expected + 80 {
+        let held = len.saturating_sub(before);
+        // The payload must be the rest of the file but a u16 length and a signature.
+        if payload.checked_add(2 + 8).is_none_or(|min| held < min)
+            || held - payload > 2 + MAX_SIG as u64
+        {
             return Err(bad(format!(
-                "file is {len} bytes; the header implies {expected} plus a signature (truncated?)"
+                "the header declares {payload} payload bytes, but the file holds {held} bytes after the header (truncated or padded?)"
             )));
         }
+        let mut head = Vec::with_capacity(12 + json.len());
+        head.extend_from_slice(&fixed);
+        head.extend_from_slice(&json);
         let mut hash = Sha256::new();
-        hash.update(fixed);
-        hash.update(&json);
+        hash.update(&head);
+        hash.update(l);
+        hash.update(&header_sig);
         Ok(Reader {
-            path: path.to_owned(),
+            path: name.to_owned(),
             file,
             header,
+            header_sig,
+            head,
+            authenticated: false,
             hash,
         })
+    }
+
+    /// Checks the header signature against the sender's registered key. Until this
+    /// succeeds, [`Reader::stream`] refuses to read the payload.
+    pub fn authenticate(&mut self, key: &p256::PublicKey) -> Result<()> {
+        let bad_sig = || Error::BadSignature {
+            path: self.path.clone(),
+            sender: self.header.sender.clone(),
+        };
+        let sig = Signature::from_der(&self.header_sig).map_err(|_| bad_sig())?;
+        VerifyingKey::from(key)
+            .verify_prehash(&header_digest(&self.head), &sig)
+            .map_err(|_| bad_sig())?;
+        self.authenticated = true;
+        Ok(())
     }
 
     /// The header.
@@ -361,11 +456,19 @@ impl Reader {
         &self.header
     }
 
-    /// Streams the payload in chunks of whole words. Call once, then [`Self::verify`].
+    /// Streams the payload in chunks of whole words. Call once, after
+    /// [`Self::authenticate`], then [`Self::verify`].
     pub fn stream(&mut self, mut f: impl FnMut(u64, &[u8])) -> Result<()> {
+        if !self.authenticated {
+            return Err(Error::Malformed {
+                path: self.path.clone(),
+                reason: "payload read before the header was authenticated (our bug)".into(),
+            });
+        }
         let total = self.header.payload_bytes().unwrap_or(0);
         let wb = self.header.modulus.word_bytes() as u64;
-        let mut buf = vec![0u8; (1 << 20) - (1 << 20) % wb as usize];
+        let block = (1u64 << 20) - (1 << 20) % wb;
+        let mut buf = vec![0u8; block.min(total) as usize];
         let mut done = 0u64;
         while done < total {
             let n = (total - done).min(buf.len() as u64) as usize;
@@ -389,11 +492,15 @@ impl Reader {
         };
         let mut l = [0u8; 2];
         self.file.read_exact(&mut l).map_err(|_| bad_sig())?;
-        let mut der = vec![0u8; u16::from_le_bytes(l) as usize];
+        let n = usize::from(u16::from_le_bytes(l));
+        if n > MAX_SIG {
+            return Err(bad_sig());
+        }
+        let mut der = vec![0u8; n];
         self.file.read_exact(&mut der).map_err(|_| bad_sig())?;
-        let pos = self.file.stream_position().unwrap_or(0);
-        let end = self.file.seek(SeekFrom::End(0)).unwrap_or(0);
-        if pos != end {
+        // Nothing may follow the signature.
+        let mut extra = [0u8; 1];
+        if !matches!(self.file.read(&mut extra), Ok(0)) {
             return Err(bad_sig());
         }
         let sig = Signature::from_der(&der).map_err(|_| bad_sig())?;

@@ -139,6 +139,19 @@ impl PolicyConfig {
     }
 }
 
+impl Config {
+    /// Parses the bytes of a `config.toml` (the entry point for fuzzing; `path` only
+    /// labels errors).
+    pub fn from_toml(path: &Path, bytes: &[u8]) -> Result<Config> {
+        let bad = |reason: String| Error::BadConfig {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
+        toml::from_str(text).map_err(|e| bad(e.message().to_owned()))
+    }
+}
+
 /// The files of one party's home directory.
 #[derive(Clone, Debug)]
 pub struct Home {
@@ -189,10 +202,7 @@ impl Home {
     pub fn load_config(&self) -> Result<Config> {
         let path = self.config_path();
         let text = read_identity_file(self, &path)?;
-        toml::from_str(&text).map_err(|e| Error::BadConfig {
-            path,
-            reason: e.message().to_owned(),
-        })
+        Config::from_toml(&path, text.as_bytes())
     }
 
     /// Reads our own certificate, if there is one.
@@ -286,9 +296,39 @@ impl PartyKey {
             .map_err(|_| Error::KeyEncoding)
     }
 
-    /// The ECDH secret scalar, for pairwise secrets.
-    pub fn secret_scalar(&self) -> p256::NonZeroScalar {
-        *self.0.as_nonzero_scalar()
+    /// The ECDH secret scalar, for pairwise secrets: a copy that is wiped when dropped.
+    pub fn secret_scalar(&self) -> SecretScalar {
+        SecretScalar(*self.0.as_nonzero_scalar())
+    }
+}
+
+/// A copy of a secret P-256 scalar: not `Copy`, wiped on drop, redacted in `Debug`.
+/// Borrow it as a [`p256::NonZeroScalar`] for ECDH.
+pub struct SecretScalar(p256::NonZeroScalar);
+
+impl std::borrow::Borrow<p256::NonZeroScalar> for SecretScalar {
+    fn borrow(&self) -> &p256::NonZeroScalar {
+        &self.0
+    }
+}
+
+impl zeroize::Zeroize for SecretScalar {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl Drop for SecretScalar {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(self);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for SecretScalar {}
+
+impl fmt::Debug for SecretScalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretScalar(<secret>)")
     }
 }
 

@@ -303,12 +303,150 @@ impl Registry {
     }
 
     fn open_once(path: &Path) -> Result<Registry> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if !path.exists() {
+            Self::create(path)?;
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut reg = Self::open_with(path, flags)?;
         reg.migrate()?;
         Ok(reg)
+    }
+
+    /// Creates a new registry atomically: built and migrated under a temporary name in
+    /// the same directory, then linked into place only if nothing is there yet. No
+    /// process ever sees a half-made (empty) registry, so an empty file at `path` is
+    /// always damage, never a registry being created.
+    fn create(path: &Path) -> Result<()> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let read_only = |reason: String| Error::ReadOnly {
+            path: path.to_owned(),
+            reason,
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".registry-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|e| read_only(format!("cannot create a file in {}: {e}", dir.display())))?;
+        {
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn =
+                Connection::open_with_flags(tmp.path(), flags).map_err(|e| classify(path, e))?;
+            let mut fresh = Registry {
+                conn,
+                path: tmp.path().to_owned(),
+            };
+            fresh.migrate()?;
+            let mode: String = fresh
+                .conn
+                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                .map_err(|e| classify(path, e))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(read_only(format!(
+                    "cannot switch to WAL mode (got '{mode}')"
+                )));
+            }
+            // Closing checkpoints and removes the temporary -wal and -shm files.
+            fresh.conn.close().map_err(|(_, e)| classify(path, e))?;
+        }
+        match tmp.persist_noclobber(path) {
+            Ok(_) => Ok(()),
+            // Another process created it first: use theirs.
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(read_only(format!("cannot create it: {}", e.error))),
+        }
+    }
+
+    /// Opens an existing registry read-only (no write, no migration, no new file, and
+    /// it works in a read-only home); `None` if there is none yet. A registry older than
+    /// this secagg is read as it is, if it has the tables being read.
+    pub fn open_read_only(path: &Path) -> Result<Option<Registry>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let uri = format!("file:{}?immutable=1", uri_path(path));
+        let immutable = || {
+            retry_busy(|| Self::open_checked(path, flags | OpenFlags::SQLITE_OPEN_URI, Some(&uri)))
+        };
+        // Without a -wal file every committed change is in the main file (the last
+        // connection checkpointed and removed it), so the file can be read as immutable:
+        // SQLite then creates no -wal or -shm file, which a read-only home could not hold.
+        // With one, another connection may be live: read through the WAL as usual.
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let reg = if !Path::new(&wal).exists() {
+            immutable()?
+        } else {
+            match retry_busy(|| Self::open_checked(path, flags, None)) {
+                // In a read-only directory SQLite cannot create the WAL index (-shm);
+                // nobody can write the registry there either.
+                Err(Error::ReadOnly { .. }) => immutable()?,
+                other => other?,
+            }
+        };
+        let version = reg.user_version()?;
+        if version > MIGRATIONS.len() as i64 {
+            return Err(Error::TooNew {
+                path: path.to_owned(),
+                found: version,
+                known: MIGRATIONS.len() as i64,
+            });
+        }
+        Ok(Some(reg))
+    }
+
+    /// Opens `path` (or `uri`) with `flags` and checks that it is a secagg registry,
+    /// writing nothing.
+    fn open_checked(path: &Path, flags: OpenFlags, uri: Option<&str>) -> Result<Registry> {
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            return Err(Error::Corrupt {
+                path: path.to_owned(),
+                reason: "the file is empty".into(),
+            });
+        }
+        let target = uri.map_or_else(|| path.to_string_lossy().into_owned(), str::to_owned);
+        let conn = Connection::open_with_flags(&target, flags).map_err(|e| classify(path, e))?;
+        let reg = Registry {
+            conn,
+            path: path.to_owned(),
+        };
+        reg.conn.busy_timeout(BUSY_WAIT).map_err(|e| reg.err(e))?;
+        reg.check_secagg()?;
+        Ok(reg)
+    }
+
+    /// Refuses an SQLite database that is not a secagg registry, before any write.
+    fn check_secagg(&self) -> Result<()> {
+        let version = self.user_version()?;
+        let tables: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+                .map_err(|e| self.err(e))?;
+            stmt.query_map([], |r| r.get(0))
+                .map_err(|e| self.err(e))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(|e| self.err(e))?
+        };
+        let corrupt = |reason: String| Error::Corrupt {
+            path: self.path.clone(),
+            reason,
+        };
+        if version == 0 && !tables.is_empty() {
+            return Err(corrupt(format!(
+                "an SQLite database with other tables ({}) and no secagg schema",
+                tables.join(", ")
+            )));
+        }
+        if version > 0 && !tables.iter().any(|t| t == "peers") {
+            return Err(corrupt(format!(
+                "schema version {version} but no peers table"
+            )));
+        }
+        Ok(())
     }
 
     /// Opens an existing registry without writing to it; `None` if there is none yet.
@@ -339,14 +477,8 @@ impl Registry {
     }
 
     fn open_with(path: &Path, flags: OpenFlags) -> Result<Registry> {
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| classify(path, e))?;
-        let reg = Registry {
-            conn,
-            path: path.to_owned(),
-        };
-        reg.conn.busy_timeout(BUSY_WAIT).map_err(|e| reg.err(e))?;
-        // Reading the schema first tells a corrupt file apart before any write.
-        reg.user_version()?;
+        // Reading the schema first tells a corrupt or foreign file apart before any write.
+        let reg = Self::open_checked(path, flags, None)?;
         let mut mode: String = reg
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -661,6 +793,19 @@ impl Error {
             } if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
         )
     }
+}
+
+/// `path` as the path part of an SQLite `file:` URI.
+fn uri_path(path: &Path) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut out = String::new();
+    for b in abs.to_string_lossy().bytes() {
+        match b {
+            b'?' | b'#' | b'%' | 0x80.. => out.push_str(&format!("%{b:02X}")),
+            _ => out.push(char::from(b)),
+        }
+    }
+    out
 }
 
 pub(super) fn classify(path: &Path, e: rusqlite::Error) -> Error {

@@ -38,12 +38,36 @@ impl Default for QuantParams {
     }
 }
 
+/// The smallest clip bound accepted.
+pub const MIN_CLIP: f64 = 1e-6;
+/// The largest clip bound accepted.
+pub const MAX_CLIP: f64 = 1e6;
+/// The fewest bits per value.
+pub const MIN_BITS: u32 = 2;
+/// The most bits per value.
+pub const MAX_BITS: u32 = 32;
+
 /// Why a plan was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A knob is out of range.
     #[error("{0}")]
     BadParam(String),
+    /// The clip bound is outside [`MIN_CLIP`, `MAX_CLIP`] (or not a number): beyond it
+    /// the quantization step under- or overflows what a decoded f32 mean can hold.
+    #[error(
+        "clip {clip:e} is out of range: it must be a finite number from {MIN_CLIP:e} to {MAX_CLIP:e}"
+    )]
+    ClipOutOfRange {
+        /// Given.
+        clip: f64,
+    },
+    /// Bits per value outside [`MIN_BITS`, `MAX_BITS`].
+    #[error("bits {bits} is out of range: it must be from {MIN_BITS} to {MAX_BITS}")]
+    BitsOutOfRange {
+        /// Given.
+        bits: u32,
+    },
     /// The sum could overflow even 2^64.
     #[error(
         "overflow risk: {nodes} nodes x max weight {max_weight} x {levels} levels (bits {bits}) = {bound:.3e}, which does not fit in a signed 64-bit sum (limit {limit:.3e})"
@@ -85,20 +109,23 @@ pub struct Plan {
 impl Plan {
     /// Checks the knobs and picks the smallest modulus that cannot overflow.
     pub fn new(params: QuantParams, nodes: usize) -> Result<Plan, Error> {
-        if !(params.clip.is_finite() && params.clip > 0.0) {
-            return Err(Error::BadParam(format!(
-                "--clip must be a positive number, got {}",
-                params.clip
-            )));
+        // NaN fails every comparison, so it is refused here too.
+        if !(params.clip.is_finite() && (MIN_CLIP..=MAX_CLIP).contains(&params.clip)) {
+            return Err(Error::ClipOutOfRange { clip: params.clip });
         }
-        if !(2..=32).contains(&params.bits) {
-            return Err(Error::BadParam(format!(
-                "--bits must be from 2 to 32, got {}",
-                params.bits
-            )));
+        if !(MIN_BITS..=MAX_BITS).contains(&params.bits) {
+            return Err(Error::BitsOutOfRange { bits: params.bits });
+        }
+        // With the ranges above the step lies in [4.6e-16, 1e6]: a normal f32 with
+        // 2^24 of margin at both ends (checked, not assumed, in case the ranges change).
+        let step = params.clip / levels(params.bits) as f64;
+        let margin = f64::from(1u32 << 24);
+        if !(step >= f64::from(f32::MIN_POSITIVE) * margin && step * margin <= f64::from(f32::MAX))
+        {
+            return Err(Error::ClipOutOfRange { clip: params.clip });
         }
         if params.max_weight == 0 {
-            return Err(Error::BadParam("--max-weight must be at least 1".into()));
+            return Err(Error::BadParam("the max weight must be at least 1".into()));
         }
         if nodes < 2 {
             return Err(Error::BadParam(format!(
@@ -240,6 +267,52 @@ impl fmt::Display for Plan {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn clip_and_bits_outside_their_range_are_refused() {
+        let p = |clip: f64, bits: u32| {
+            Plan::new(
+                QuantParams {
+                    clip,
+                    bits,
+                    max_weight: 10,
+                },
+                3,
+            )
+        };
+        for clip in [
+            1e300,
+            1e-7,
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            1e6 * 1.0001,
+        ] {
+            assert!(
+                matches!(p(clip, 16), Err(Error::ClipOutOfRange { .. })),
+                "{clip}"
+            );
+        }
+        for bits in [0, 1, 33, 64] {
+            assert!(
+                matches!(p(1.0, bits), Err(Error::BitsOutOfRange { .. })),
+                "{bits}"
+            );
+        }
+        for (clip, bits) in [(MIN_CLIP, MAX_BITS), (MAX_CLIP, MIN_BITS), (1.0, 16)] {
+            let plan = p(clip, bits).expect("in range");
+            assert!(
+                plan.step() > f64::from(f32::MIN_POSITIVE) && plan.step() < f64::from(f32::MAX)
+            );
+        }
+        let msg = p(1e300, 16).expect_err("refused").to_string();
+        assert_eq!(
+            msg,
+            "clip 1e300 is out of range: it must be a finite number from 1e-6 to 1e6"
+        );
+        assert!(!msg.contains("--"));
+    }
 
     #[test]
     fn modulus_choice_and_overflow() {

@@ -1,0 +1,7 @@
+#![no_main]
+//! Fuzz target `config`: see `fuzz/entry.rs`.
+
+#[path = "../entry.rs"]
+mod entry;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| entry::config(data));
