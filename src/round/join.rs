@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use super::node2::{Action, Event, Input, Node, NodeSetup, Peer, Summary};
 use super::policy::Policy;
-use super::{Error, MAX_ELEMENTS, Result, sanitize};
+use super::{Error, MAX_ELEMENTS, Result};
 use crate::clock::unix_secs;
 use crate::files::job::{self, Stopped};
 use crate::files::tensor;
@@ -30,6 +30,7 @@ use crate::pki::registry::{NoResearcher, Registry};
 use crate::round::messages::{self, Message2, ShareKind};
 use crate::secagg::quantize::Plan;
 use crate::secagg::ring::{Modulus, Word};
+use crate::text::sanitize;
 
 /// What `round join` needs.
 #[derive(Clone, Debug)]
@@ -444,7 +445,7 @@ impl Driver<'_> {
                     self.ch.recycle(c.data);
                 }
                 Message::End if mean.len() as u64 == total => break,
-                Message::Abort(a) => return Err(Error::Aborted(sanitize(&a.reason))),
+                Message::Abort(a) => return Err(Error::Aborted(sanitize(&a.reason).into_owned())),
                 other => {
                     return Err(protocol(
                         &self.rid,
@@ -488,7 +489,7 @@ fn recv(ch: &mut Channel, deadline: Instant) -> Result<Message2> {
                 what: e.to_string(),
             })
         }
-        Message::Abort(a) => Err(Error::Aborted(sanitize(&a.reason))),
+        Message::Abort(a) => Err(Error::Aborted(sanitize(&a.reason).into_owned())),
         other => Err(Error::Protocol {
             peer: ch.peer().to_string(),
             what: format!("sent an unexpected {} frame", other.name()),

@@ -118,23 +118,3 @@ pub enum Error {
 }
 
 type Result<T> = std::result::Result<T, Error>;
-
-/// Text that came from a peer, made safe for a terminal or a log: control characters
-/// (escape sequences included) become `?`, and the length is capped.
-pub fn sanitize(text: &str) -> String {
-    text.chars()
-        .take(500)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sanitize;
-
-    #[test]
-    fn peer_text_loses_control_characters() {
-        assert_eq!(sanitize("bad\x1b[31m red\n"), "bad?[31m red?");
-        assert_eq!(sanitize(&"x".repeat(600)).len(), 500);
-    }
-}

@@ -20,7 +20,7 @@ use rustls::ServerConfig;
 
 use super::researcher::{self, Action, Event, Invitee, Researcher, ResearcherSetup};
 use super::spill::Store;
-use super::{Error, LABEL, MAX_ELEMENTS, POLL, Result, sanitize};
+use super::{Error, LABEL, MAX_ELEMENTS, POLL, Result};
 use crate::clock::unix_secs;
 use crate::layout::Layout;
 use crate::net::channel::Channel;
@@ -34,6 +34,7 @@ use crate::pki::journal::RoundEnd;
 use crate::pki::registry::Registry;
 use crate::round::messages::{self, Message2, ResultHeader};
 use crate::secagg::quantize::{Plan, QuantParams};
+use crate::text::sanitize;
 
 /// The longest a TLS handshake may take before the connection is dropped.
 const HANDSHAKE: Duration = Duration::from_secs(10);
@@ -368,7 +369,7 @@ impl Coordinator<'_> {
                     self.members.remove(&from);
                     Event::Lost {
                         from,
-                        reason: sanitize(&reason),
+                        reason: sanitize(&reason).into_owned(),
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => Event::Deadline,
@@ -459,7 +460,7 @@ impl Coordinator<'_> {
                     }
                 }
                 Action::Drop { who, why } => {
-                    let why = sanitize(&why.to_string());
+                    let why = sanitize(&why.to_string()).into_owned();
                     let name = self.name(&who);
                     events(ServeEvent::Dropped {
                         party: &name,
