@@ -160,27 +160,7 @@ pub fn serve(
         )));
     }
     let plan = Plan::new(params.quant, nodes.len())?;
-    let mut pins = Pins::default();
-    let mut invitees = BTreeMap::new();
-    let mut names = BTreeMap::new();
-    let now = SystemTime::now();
-    for id in &nodes {
-        let cert: PeerCertificate = crate::files::job::registered_node(reg, id)?;
-        cert.check_validity(now).map_err(|e| {
-            Error::Setup(format!(
-                "the registered certificate of node '{id}' is unusable: {e}"
-            ))
-        })?;
-        pins.insert(id.clone(), &cert);
-        invitees.insert(
-            cert.fingerprint(),
-            Invitee {
-                id: id.clone(),
-                key: *cert.public_key(),
-            },
-        );
-        names.insert(cert.fingerprint(), id.clone());
-    }
+    let (pins, invitees, names) = invited(reg, &nodes)?;
     let (machine, announce) = Researcher::new(ResearcherSetup {
         me: me.certificate.fingerprint(),
         federation: params.federation.clone(),
@@ -263,7 +243,51 @@ pub fn serve(
     c.close_all(why.clone());
     drop(rx);
     let _ = acceptor.join();
-    let (outcome, detail) = match &result {
+    record_end(reg, params, &result);
+    result.map(|mut s| {
+        s.names = names;
+        s
+    })
+}
+
+/// The invited nodes: each registered here as a node with a certificate valid now; their
+/// TLS pins, the state machine's view of them, and their local ids for printing.
+#[allow(clippy::type_complexity)]
+fn invited(
+    reg: &Registry,
+    nodes: &[PartyId],
+) -> Result<(
+    Pins,
+    BTreeMap<Fingerprint, Invitee>,
+    BTreeMap<Fingerprint, PartyId>,
+)> {
+    let mut pins = Pins::default();
+    let mut invitees = BTreeMap::new();
+    let mut names = BTreeMap::new();
+    let now = SystemTime::now();
+    for id in nodes {
+        let cert: PeerCertificate = crate::files::job::registered_node(reg, id)?;
+        cert.check_validity(now).map_err(|e| {
+            Error::Setup(format!(
+                "the registered certificate of node '{id}' is unusable: {e}"
+            ))
+        })?;
+        pins.insert(id.clone(), &cert);
+        invitees.insert(
+            cert.fingerprint(),
+            Invitee {
+                id: id.clone(),
+                key: *cert.public_key(),
+            },
+        );
+        names.insert(cert.fingerprint(), id.clone());
+    }
+    Ok((pins, invitees, names))
+}
+
+/// Journals how the round ended (best effort: the outcome is already decided).
+fn record_end(reg: &mut Registry, params: &ServeParams, result: &Result<Served>) {
+    let (outcome, detail) = match result {
         Ok(s) => (
             "completed".to_string(),
             serde_json::json!({
@@ -272,6 +296,11 @@ pub fn serve(
                 "u3": s.outcome.u3.len(),
                 "u5": s.outcome.u5.len(),
                 "total_weight": s.total_weight,
+                "dropouts": s.outcome.dropouts.iter().map(|d| serde_json::json!({
+                    "node": sanitize(&d.who.to_string()),
+                    "phase": d.phase.to_string(),
+                    "why": sanitize(&d.why.to_string()),
+                })).collect::<Vec<_>>(),
             })
             .to_string(),
         ),
@@ -291,10 +320,6 @@ pub fn serve(
         },
         unix_secs(SystemTime::now()),
     );
-    result.map(|mut s| {
-        s.names = names;
-        s
-    })
 }
 
 struct Coordinator<'a> {
