@@ -9,3 +9,4 @@ pub mod identity;
 pub mod journal;
 pub mod registry;
 pub mod roster;
+pub mod schema;

@@ -4,16 +4,19 @@
 //! they protect, the masked input streamed block by block, the mean checked and written.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use p256::elliptic_curve::rand_core::UnwrapErr;
 use zeroize::Zeroizing;
 
-use super::node2::{Action, Event, Input, Node, NodeSetup, Peer, Summary};
+pub use super::dial::check_out;
+use super::dial::{
+    LocalChecks, open, protocol, recv, registered_nodes, researcher, validate_input,
+};
+use super::node2::{Action, Event, Node, NodeSetup, Peer, Summary};
 use super::policy::Policy;
-use super::{Error, MAX_ELEMENTS, Result};
+use super::{Error, Result};
 use crate::clock::unix_secs;
 use crate::files::job::{self, Stopped};
 use crate::files::tensor;
@@ -23,11 +26,10 @@ use crate::net::error as transport;
 use crate::net::frame::{self, Abort, Message, RoundId};
 use crate::net::tls::Pins;
 use crate::party::{Fingerprint, PartyId, Role};
-use crate::pki::certificate::PeerCertificate;
 use crate::pki::identity::Identity;
 use crate::pki::journal::{Revealed, RoundEnd};
-use crate::pki::registry::{NoResearcher, Registry};
-use crate::round::messages::{self, Message2, ShareKind};
+use crate::pki::registry::Registry;
+use crate::round::messages::{Message2, ShareKind};
 use crate::secagg::quantize::Plan;
 use crate::secagg::ring::{Modulus, Word};
 use crate::text::sanitize;
@@ -128,7 +130,16 @@ pub fn join(
     }
     let deadline = Instant::now() + p.timeout;
     // Everything local first: nothing of a round is used up by a local mistake.
-    let input = validate_input(reg, p)?;
+    let input = validate_input(
+        reg,
+        &LocalChecks {
+            input: &p.input,
+            weight: p.weight,
+            fixed_weight: p.policy.fixed_weight,
+            out: p.out.as_deref(),
+            force: p.force,
+        },
+    )?;
     let (rid, addr, cert) = researcher(reg, p.researcher.as_ref())?;
     let mut peers = registered_nodes(reg)?;
     peers.insert(
@@ -147,7 +158,9 @@ pub fn join(
     let mut pins = Pins::default();
     pins.insert(rid.clone(), &cert);
     let config = crate::net::tls::client_config(me, pins)?;
-    let (ch, announce) = open(&rid, &addr, config, deadline, &mut events)?;
+    let (ch, announce) = open(&rid, &addr, config, deadline, &mut |addr, left| {
+        events(JoinEvent::Waiting { addr, left })
+    })?;
     if ch.round() != Some(RoundId::new(&announce.federation, announce.round)) {
         return Err(protocol(
             &rid,
@@ -477,267 +490,6 @@ impl Driver<'_> {
             );
         }
     }
-}
-
-/// The next protocol-2 message, within the round's deadline.
-fn recv(ch: &mut Channel, deadline: Instant) -> Result<Message2> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    match ch.recv_within(left)? {
-        Message::Protocol { kind, payload } => {
-            messages::decode(kind, &payload).map_err(|e| Error::Protocol {
-                peer: ch.peer().to_string(),
-                what: e.to_string(),
-            })
-        }
-        Message::Abort(a) => Err(Error::Aborted(sanitize(&a.reason).into_owned())),
-        other => Err(Error::Protocol {
-            peer: ch.peer().to_string(),
-            what: format!("sent an unexpected {} frame", other.name()),
-        }),
-    }
-}
-
-/// The whole input, validated before any connection: it parses, every value is
-/// finite, its weight is usable, it was never released, and the output can be written.
-fn validate_input(reg: &Registry, p: &JoinParams) -> Result<Input> {
-    if p.weight == 0 {
-        return Err(Error::Setup("the weight must be at least 1".into()));
-    }
-    if p.policy.fixed_weight && p.weight != 1 {
-        return Err(Error::Setup(
-            "this node's policy is fixed-weight: its weight must be 1".into(),
-        ));
-    }
-    if let Some(out) = &p.out {
-        check_out(out, p.force)?;
-    }
-    let summary = job::inspect_input(&p.input)?;
-    if summary.values == 0 || summary.values > MAX_ELEMENTS {
-        return Err(Error::Setup(format!(
-            "the update has {} values (allowed 1..={MAX_ELEMENTS})",
-            summary.values
-        )));
-    }
-    if reg.input_released(&summary.digest)? {
-        return Err(Error::Setup(format!(
-            "{} was already released in an earlier round or masked file; the same update is never released twice",
-            p.input.display()
-        )));
-    }
-    Ok(Input {
-        layout: summary.layout,
-        digest: summary.digest,
-        weight: p.weight,
-    })
-}
-
-/// An output path is usable: its directory exists, and it does not exist yet (unless
-/// `force`).
-pub fn check_out(out: &std::path::Path, force: bool) -> Result<()> {
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    if !dir.is_dir() {
-        return Err(Error::Output(format!(
-            "cannot write {}: directory {} does not exist",
-            out.display(),
-            dir.display()
-        )));
-    }
-    if out.exists() && !force {
-        return Err(Error::Output(format!("{} already exists", out.display())));
-    }
-    tensor::container_of(out)?;
-    let probe = crate::atomic::stage(out, false)
-        .map_err(|e| Error::Output(format!("cannot write in {}: {e}", dir.display())))?;
-    drop(probe);
-    Ok(())
-}
-
-/// Every node registered here whose certificate is valid now, by fingerprint.
-fn registered_nodes(reg: &Registry) -> Result<BTreeMap<Fingerprint, Peer>> {
-    let now = SystemTime::now();
-    let mut out = BTreeMap::new();
-    for peer in reg.list()? {
-        if peer.role != Role::Node {
-            continue;
-        }
-        let Some((_, der)) = reg.get(&peer.party_id)? else {
-            continue;
-        };
-        let Ok(cert) = PeerCertificate::from_der(&der) else {
-            continue;
-        };
-        if cert.check_validity(now).is_err() {
-            continue; // an expired peer is not a registered peer for a round
-        }
-        out.insert(
-            cert.fingerprint(),
-            Peer {
-                id: peer.party_id,
-                key: *cert.public_key(),
-            },
-        );
-    }
-    Ok(out)
-}
-
-/// The researcher to join: its id, address and certificate.
-fn researcher(
-    reg: &Registry,
-    chosen: Option<&PartyId>,
-) -> Result<(PartyId, String, PeerCertificate)> {
-    let peer = reg.researcher(chosen)?.map_err(|e| match e {
-        NoResearcher::None => Error::NoResearcher,
-        NoResearcher::Many(ids) => {
-            let ids: Vec<&str> = ids.iter().map(PartyId::as_str).collect();
-            Error::ManyResearchers(ids.len(), ids.join(", "))
-        }
-        NoResearcher::Unknown(id) => Error::UnknownResearcher(id),
-    })?;
-    let Some((_, der)) = reg.get(&peer.party_id)? else {
-        return Err(Error::UnknownResearcher(peer.party_id));
-    };
-    let cert = PeerCertificate::from_der(&der).map_err(|e| Error::Protocol {
-        peer: peer.party_id.to_string(),
-        what: format!("registered certificate is unusable: {e}"),
-    })?;
-    cert.check_validity(SystemTime::now())
-        .map_err(|e| Error::Protocol {
-            peer: peer.party_id.to_string(),
-            what: format!("registered certificate is unusable: {e}"),
-        })?;
-    let addr = match peer.ip.ip() {
-        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{}", peer.port),
-        _ => format!("{}:{}", peer.ip.as_str(), peer.port),
-    };
-    Ok((peer.party_id, addr, cert))
-}
-
-/// Connects, authenticates and reads the announcement, retrying with backoff while the
-/// researcher is not up or turns connections away (it caps pending handshakes); a TLS
-/// refusal is final.
-fn open(
-    rid: &PartyId,
-    addr: &str,
-    config: std::sync::Arc<rustls::ClientConfig>,
-    deadline: Instant,
-    events: &mut impl FnMut(JoinEvent<'_>),
-) -> Result<(Channel, messages::Announce)> {
-    let host = addr
-        .rsplit_once(':')
-        .map_or(addr, |(h, _)| h)
-        .trim_matches(['[', ']'])
-        .to_string();
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        let sock = connect(rid, addr, deadline, events)?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let attempt = Channel::connect(
-            sock,
-            config.clone(),
-            &host,
-            format!("researcher {rid}"),
-            left,
-        )
-        .map_err(Error::from)
-        .and_then(|mut ch| {
-            let first = recv(&mut ch, deadline)?;
-            Ok((ch, first))
-        });
-        let e = match attempt {
-            Ok((ch, Message2::Announce(a))) => return Ok((ch, a)),
-            Ok((_, other)) => {
-                return Err(protocol(
-                    rid,
-                    format!("opened with a {} message", other.name()),
-                ));
-            }
-            Err(e) => refused_or(e, rid),
-        };
-        let retry = matches!(
-            &e,
-            Error::Transport(transport::Error::Closed { .. } | transport::Error::Io { .. })
-        );
-        let left = deadline.saturating_duration_since(Instant::now());
-        if !retry || left <= backoff {
-            return Err(e);
-        }
-        events(JoinEvent::Waiting {
-            addr,
-            left: left.as_secs(),
-        });
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-/// Connects, retrying with backoff while the researcher is not listening yet.
-fn connect(
-    id: &PartyId,
-    addr: &str,
-    deadline: Instant,
-    events: &mut impl FnMut(JoinEvent<'_>),
-) -> Result<TcpStream> {
-    let unreachable = |reason: String| Error::Unreachable {
-        id: id.clone(),
-        addr: addr.to_string(),
-        reason,
-    };
-    let mut backoff = Duration::from_millis(250);
-    let mut last_said: Option<Instant> = None;
-    loop {
-        let addrs: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|e| unreachable(e.to_string()))?
-            .collect();
-        let mut last = String::from("no address");
-        for a in &addrs {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match TcpStream::connect_timeout(
-                a,
-                left.clamp(Duration::from_millis(1), Duration::from_secs(10)),
-            ) {
-                Ok(s) => return Ok(s),
-                Err(e) => last = e.to_string(),
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left <= backoff {
-            return Err(unreachable(last));
-        }
-        if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            events(JoinEvent::Waiting {
-                addr,
-                left: left.as_secs(),
-            });
-            last_said = Some(Instant::now());
-        }
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-fn protocol(rid: &PartyId, what: String) -> Error {
-    Error::Protocol {
-        peer: format!("researcher {rid}"),
-        what,
-    }
-}
-
-/// A TLS alert right after the handshake means the researcher refused our certificate.
-fn refused_or(e: impl Into<Error>, rid: &PartyId) -> Error {
-    let e = e.into();
-    if let Error::Transport(t) = &e {
-        if let Some(rustls::Error::AlertReceived(alert)) = t.tls() {
-            return Error::CertificateRefused {
-                id: rid.clone(),
-                alert: format!("{alert:?}"),
-            };
-        }
-    }
-    e
 }
 
 /// A weighted mean of values clipped to [-c, c] lies in [-c, c] up to half a step of

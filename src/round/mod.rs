@@ -9,6 +9,8 @@
 //! - [`join`] and [`serve`]: the small drivers that connect the machines to sockets, the
 //!   registry's journal, the input file and the researcher's spill files.
 
+mod conn;
+mod dial;
 pub mod join;
 pub mod messages;
 pub mod node2;
