@@ -77,52 +77,17 @@ fn run_words<W: Word>(
 ) -> Report {
     let nodes = nodes.max(2);
     let len = len.max(1);
-    let runs = 3;
-
-    // Raw PRG: one thread, 16 KiB reused buffer, as much keystream as one node needs per peer.
-    let prg_bytes = (len * W::BYTES).max(1 << 24);
-    let mut buf = vec![0u8; 16 * 1024];
-    let prg_secs = best_of(runs, || {
-        let mut p = mask::prg_at(&key(1), 0);
-        let mut left = prg_bytes;
-        while left > 0 {
-            let n = left.min(buf.len());
-            ctr::cipher::StreamCipher::write_keystream(&mut p, &mut buf[..n]);
-            left -= n;
-        }
-        black_box(&buf);
-    });
-    let prg_rate = prg_bytes as f64 / prg_secs;
+    let prg_rate = raw_prg_rate::<W>(len);
     progress(&format!(
         "raw PRG: {:.0} MiB/s per thread",
         prg_rate / 1048576.0
     ));
-
-    // Add bandwidth: one thread, d words.
     let x: Vec<W> = (0..len)
         .map(|i| W::from_u64(i as u64 * 2_654_435_761))
         .collect();
-    let mut acc = vec![W::default(); len];
-    let add_secs = best_of(runs, || {
-        acc.iter_mut().zip(&x).for_each(|(a, b)| *a = a.add(*b));
-        black_box(&acc);
-    });
-    let add_rate = (len * W::BYTES) as f64 / add_secs;
+    let add_rate = add_rate(&x);
     progress(&format!("memory add: {:.0} MiB/s", add_rate / 1048576.0));
-    drop(acc);
-
-    // Masking: n-1 peers over d words on all threads.
-    let peers: Vec<PeerMask> = (0..nodes - 1)
-        .map(|i| PeerMask {
-            key: key(i as u8 + 2),
-            sign: if i % 2 == 0 { Sign::Add } else { Sign::Sub },
-        })
-        .collect();
-    let mut v = x.clone();
-    let mask_secs = best_of(runs, || {
-        mask::apply_masks(&mut v, &peers, threads);
-        black_box(&v);
-    });
+    let (v, mask_secs) = masking(x, nodes, threads);
     let mask_elems = len as f64 / mask_secs;
     let mask_ks_rate = (len * W::BYTES * (nodes - 1)) as f64 / mask_secs;
     let mask_ratio = mask_ks_rate / (prg_rate * threads as f64);
@@ -132,21 +97,7 @@ fn run_words<W: Word>(
         nodes - 1,
         mask_ratio * 100.0
     ));
-
-    // Aggregation: n inputs of d words streamed as 1 MiB chunks into one accumulator.
-    let mut bytes = Vec::with_capacity(len * W::BYTES);
-    v.iter().for_each(|w| w.put_le(&mut bytes));
-    drop(v);
-    let chunk = (1 << 20) - (1 << 20) % W::BYTES;
-    let agg_secs = best_of(runs, || {
-        let mut a = Accumulator::<W>::new(len);
-        for _ in 0..nodes {
-            for (i, c) in bytes.chunks(chunk).enumerate() {
-                a.absorb((i * chunk / W::BYTES) as u64, c);
-            }
-        }
-        black_box(&a);
-    });
+    let agg_secs = aggregation(v, nodes);
     let agg_elems = (nodes * len) as f64 / agg_secs;
     let aggregate_ratio = agg_elems * W::BYTES as f64 / add_rate;
     progress(&format!(
@@ -168,4 +119,69 @@ fn run_words<W: Word>(
         mask_seconds: mask_secs,
         aggregate_seconds: agg_secs,
     }
+}
+
+/// How many times each measurement runs (the best is kept).
+const RUNS: usize = 3;
+
+/// Raw PRG bytes per second on one thread: a 16 KiB reused buffer, as much keystream as
+/// one node needs per peer.
+fn raw_prg_rate<W: Word>(len: usize) -> f64 {
+    let prg_bytes = (len * W::BYTES).max(1 << 24);
+    let mut buf = vec![0u8; 16 * 1024];
+    let prg_secs = best_of(RUNS, || {
+        let mut p = mask::prg_at(&key(1), 0);
+        let mut left = prg_bytes;
+        while left > 0 {
+            let n = left.min(buf.len());
+            ctr::cipher::StreamCipher::write_keystream(&mut p, &mut buf[..n]);
+            left -= n;
+        }
+        black_box(&buf);
+    });
+    prg_bytes as f64 / prg_secs
+}
+
+/// Memory add bandwidth in bytes per second: one thread, d words.
+fn add_rate<W: Word>(x: &[W]) -> f64 {
+    let mut acc = vec![W::default(); x.len()];
+    let add_secs = best_of(RUNS, || {
+        acc.iter_mut().zip(x).for_each(|(a, b)| *a = a.add(*b));
+        black_box(&acc);
+    });
+    std::mem::size_of_val(x) as f64 / add_secs
+}
+
+/// Masking with n-1 peers over d words on all threads; the masked vector and the time.
+fn masking<W: Word>(x: Vec<W>, nodes: usize, threads: usize) -> (Vec<W>, f64) {
+    let peers: Vec<PeerMask> = (0..nodes - 1)
+        .map(|i| PeerMask {
+            key: key(i as u8 + 2),
+            sign: if i % 2 == 0 { Sign::Add } else { Sign::Sub },
+        })
+        .collect();
+    let mut v = x;
+    let mask_secs = best_of(RUNS, || {
+        mask::apply_masks(&mut v, &peers, threads);
+        black_box(&v);
+    });
+    (v, mask_secs)
+}
+
+/// Aggregation time: n inputs of d words streamed as 1 MiB chunks into one accumulator.
+fn aggregation<W: Word>(v: Vec<W>, nodes: usize) -> f64 {
+    let len = v.len();
+    let mut bytes = Vec::with_capacity(len * W::BYTES);
+    v.iter().for_each(|w| w.put_le(&mut bytes));
+    drop(v);
+    let chunk = (1 << 20) - (1 << 20) % W::BYTES;
+    best_of(RUNS, || {
+        let mut a = Accumulator::<W>::new(len);
+        for _ in 0..nodes {
+            for (i, c) in bytes.chunks(chunk).enumerate() {
+                a.absorb((i * chunk / W::BYTES) as u64, c);
+            }
+        }
+        black_box(&a);
+    })
 }
