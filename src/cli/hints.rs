@@ -218,7 +218,7 @@ mod round {
     use secagg::net::error as transport;
     use secagg::party::Role;
     use secagg::round::Error;
-    use secagg::round::node2::Error as NodeError;
+    use secagg::round::node::Error as NodeError;
 
     impl Hint for Error {
         fn hint(&self) -> Option<String> {

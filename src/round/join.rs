@@ -1,6 +1,6 @@
 //! `round join`'s driver: validate everything local first, connect to the pinned
 //! researcher (retrying while it is not up), then feed the node state machine
-//! ([`super::node2`]) and run its actions in order: journal entries before the message
+//! ([`super::node`]) and run its actions in order: journal entries before the message
 //! they protect, the masked input streamed block by block, the mean checked and written.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use p256::elliptic_curve::rand_core::UnwrapErr;
 use zeroize::Zeroizing;
 
-use super::node2::{Action, Event, Input, Node, NodeSetup, Peer, Summary};
+use super::node::{Action, Event, Input, Node, NodeSetup, Peer, Summary};
 use super::policy::Policy;
 use super::{Error, MAX_ELEMENTS, Result, sanitize};
 use crate::clock::unix_secs;
