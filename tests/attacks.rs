@@ -1,5 +1,5 @@
 //! A malicious researcher (and colluding nodes), built from the library's own pieces,
-//! against honest `node2::Node`s. Each test states what the attacker can no longer do.
+//! against honest `node::Node`s. Each test states what the attacker can no longer do.
 
 #[path = "common/p2.rs"]
 mod p2;
@@ -15,7 +15,7 @@ use secagg::pki::registry::Registry;
 use secagg::round::messages::{
     Advertise, ForwardedShares, Message2, ResultHeader, SealedShare, ShareKind,
 };
-use secagg::round::node2::{Action, Culprit, Error, Event, Node, Phase};
+use secagg::round::node::{Action, Culprit, Error, Event, Node, Phase};
 use secagg::round::schedule::{
     Advert, RoundSecrets, ShareKey, SharePair, pairwise_mask, self_mask_key, sign_advert,
 };
@@ -55,7 +55,7 @@ fn honest_round_gives_the_exact_weighted_sum() {
     c.deliver(&dropped, Event::Stopped("connection lost".into()));
     assert!(matches!(
         c.log[&dropped].last(),
-        Some(Action::Fail(secagg::round::node2::Error::Stopped { .. }))
+        Some(Action::Fail(secagg::round::node::Error::Stopped { .. }))
     ));
 }
 

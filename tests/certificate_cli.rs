@@ -679,11 +679,11 @@ fn read_only_home_is_reported() {
     let lab = Lab::new();
     let me = lab.party("researcher_1", "researcher", 7000);
     let node = lab.party("node_1", "node", 7001);
-    let node2 = lab.party("node_2", "node", 7002);
+    let second = lab.party("node_2", "node", 7002);
     me.register(&node);
     let before = me.list_json();
     let pem = lab.path("n2.pem");
-    std::fs::write(&pem, node2.cert_pem()).expect("write");
+    std::fs::write(&pem, second.cert_pem()).expect("write");
     {
         let _ro = ReadOnly::new(&me.home);
         me.fails(

@@ -1,4 +1,4 @@
-//! `node2::Node`, one state at a time, fed hostile researcher messages (the fcp/secagg
+//! `node::Node`, one state at a time, fed hostile researcher messages (the fcp/secagg
 //! client test style): every transition's happy path and every check's refusal.
 
 #[path = "common/p2.rs"]
@@ -10,7 +10,7 @@ use secagg::party::Fingerprint;
 use secagg::round::messages::{
     AdvertList, Advertise, ForwardedShares, Message2, ResultHeader, SignatureList, Survivors,
 };
-use secagg::round::node2::{Culprit, Error, Event, Phase};
+use secagg::round::node::{Culprit, Error, Event, Phase};
 use secagg::round::schedule::{
     Advert, ConsistencyMessage, RoundSecrets, sign_advert, sign_consistency, verify_consistency,
 };

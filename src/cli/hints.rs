@@ -230,7 +230,7 @@ mod round {
     use super::Hint;
     use secagg::party::Role;
     use secagg::round::Error;
-    use secagg::round::node2::Error as NodeError;
+    use secagg::round::node::Error as NodeError;
 
     impl Hint for Error {
         fn hint(&self) -> Option<String> {

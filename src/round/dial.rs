@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::node2::{Input, Peer};
+use super::node::{Input, Peer};
 use super::{Error, MAX_ELEMENTS, Result};
 use crate::files::{job, tensor};
 use crate::net::channel::Channel;

@@ -1,6 +1,6 @@
 //! `round join`'s driver: validate everything local first, connect to the pinned
 //! researcher (retrying while it is not up), then feed the node state machine
-//! ([`super::node2`]) and run its actions in order: journal entries before the message
+//! ([`super::node`]) and run its actions in order: journal entries before the message
 //! they protect, the masked input streamed block by block, the mean checked and written.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ pub use super::dial::check_out;
 use super::dial::{
     LocalChecks, open, protocol, recv, registered_nodes, researcher, validate_input,
 };
-use super::node2::{Action, Event, Node, NodeSetup, Peer, Summary};
+use super::node::{Action, Event, Node, NodeSetup, Peer, Summary};
 use super::policy::Policy;
 use super::{Error, Result};
 use crate::clock::unix_secs;

@@ -4,7 +4,7 @@
 //! - [`schedule`] and [`messages`]: the key schedule, the signed messages and the wire
 //!   payloads, byte for byte as `docs/protocol.md` specifies them;
 //! - [`policy`]: what a node accepts, checked before any key is made;
-//! - [`node2`] and [`researcher`]: the two sides as pure state machines
+//! - [`node`] and [`researcher`]: the two sides as pure state machines
 //!   (`handle(event) -> actions`), tested message by message;
 //! - [`join`] and [`serve`]: the small drivers that connect the machines to sockets, the
 //!   registry's journal, the input file and the researcher's spill files.
@@ -13,7 +13,7 @@ mod conn;
 mod dial;
 pub mod join;
 pub mod messages;
-pub mod node2;
+pub mod node;
 pub mod policy;
 pub mod researcher;
 pub mod schedule;
@@ -58,7 +58,7 @@ pub enum Error {
     Transport(#[from] net::error::Error),
     /// The node's side of the protocol stopped the round.
     #[error(transparent)]
-    Node(#[from] node2::Error),
+    Node(#[from] node::Error),
     /// The researcher's side of the protocol stopped the round.
     #[error(transparent)]
     Researcher(#[from] researcher::Error),

@@ -1,4 +1,4 @@
-//! Protocol-2 harness: real `node2::Node`s driven in memory, an honest researcher written
+//! Protocol-2 harness: real `node::Node`s driven in memory, an honest researcher written
 //! from the messages and the key schedule alone, and the driver's masking step.
 //!
 //! Everything is deterministic: party keys, round secrets and inputs come from a
@@ -22,7 +22,7 @@ use secagg::round::messages::{
     AdvertList, Advertise, Announce, ForwardedShares, Message2, SealedShare, ShareKind,
     SignatureList, Survivors, Unmask,
 };
-use secagg::round::node2::{Action, Error, Event, Input, Node, NodeSetup, Peer};
+use secagg::round::node::{Action, Error, Event, Input, Node, NodeSetup, Peer};
 use secagg::round::policy::{Policy, default_threshold};
 use secagg::round::schedule::{Ctx, pairwise_mask, self_mask_key};
 use secagg::secagg::keys::Sign;
