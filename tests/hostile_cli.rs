@@ -538,7 +538,7 @@ fn control_characters_in_a_certificate_name_never_reach_the_terminal() {
             "7002",
             "--yes",
         ],
-        "certificate CN 'evil\\u{1b}[31mred\\u{1b}]0;owned\\u{7}' does not match --party-id 'node_2'",
+        "certificate CN 'evil\\u{1b}[31mred\\u{1b}]0;owned\\u{7}' does not match party id 'node_2'",
     );
     assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
     assert_eq!(snapshot(&node.home), before);
