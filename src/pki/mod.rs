@@ -8,5 +8,6 @@ pub mod federation;
 pub mod identity;
 pub mod journal;
 pub mod registry;
+pub mod registry_error;
 pub mod roster;
 pub mod schema;
