@@ -805,3 +805,77 @@ fn round_usage_errors_are_clear() {
     let listed = fed.nodes[0].ok(&["round", "list", "--json"]);
     assert_eq!(listed.trim(), "[]");
 }
+
+/// A researcher and `n` nodes set up only through one signed roster: each node prints
+/// its registration instructions, the researcher runs `federation create`, every node
+/// runs `federation import --fingerprint`. No pairwise registration at all.
+fn federation_by_roster(n: usize) -> Fed {
+    let lab = Lab::new();
+    let port = free_port();
+    let researcher = lab.party("researcher_1", "researcher", port);
+    let nodes: Vec<Party> = (1..=n)
+        .map(|i| lab.party(&format!("node_{i}"), "node", 20000 + i as u16))
+        .collect();
+    let mut files = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let f = lab.path(&format!("node_{}.txt", i + 1));
+        std::fs::write(&f, node.ok(&["certificate", "registration-instructions"])).expect("write");
+        files.push(f.to_str().expect("utf8").to_string());
+    }
+    let roster = lab.path("roster.toml");
+    let mut args = vec![
+        "federation",
+        "create",
+        "--name",
+        "fed",
+        "--out",
+        roster.to_str().expect("utf8"),
+    ];
+    args.extend(files.iter().map(String::as_str));
+    researcher.ok(&args);
+    let shown = researcher.ok(&["federation", "show", roster.to_str().expect("utf8")]);
+    let fp = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("roster fingerprint: "))
+        .expect("roster fingerprint line")
+        .to_string();
+    for node in &nodes {
+        node.ok(&[
+            "federation",
+            "import",
+            roster.to_str().expect("utf8"),
+            "--fingerprint",
+            &fp,
+        ]);
+    }
+    Fed {
+        lab,
+        port,
+        researcher,
+        nodes,
+    }
+}
+
+#[test]
+fn five_nodes_set_up_only_through_a_roster_run_a_round() {
+    let fed = federation_by_roster(5);
+    let layout = npy(20_000);
+    let inputs = write_inputs(&fed, &layout);
+    let weights = [1u64, 2, 3, 4, 5];
+    let out = fed.lab.path("mean.npy");
+    let server = serve(&fed, &out, &[]);
+    let nodes: Vec<Proc> = (0..5)
+        .map(|i| join(&fed, i, &inputs[i].0, weights[i], &[]))
+        .collect();
+    for n in nodes {
+        let (code, err) = n.finish();
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            err.contains("round 1 complete: weighted mean of 5 node(s)"),
+            "{err}"
+        );
+    }
+    let (code, err) = server.finish();
+    assert_eq!(code, Some(0), "{err}");
+    assert_mean(&read_all(&out), &inputs, &weights, &[0, 1, 2, 3, 4]);
+}

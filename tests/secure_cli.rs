@@ -100,8 +100,13 @@ fn round_matches_plain_mean(layout: Layout, ext: &str, round: &str) {
         .map(|p| p.to_str().expect("utf8").to_owned())
         .collect();
     args.extend(files.iter().map(String::as_str));
-    args.extend(["--out", out.to_str().expect("utf8")]);
-    fed.researcher.ok(&args);
+    args.extend(["--out", out.to_str().expect("utf8"), "--json"]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&fed.researcher.ok(&args)).expect("--json prints one JSON object");
+    let total_weight: u64 = weights.iter().sum();
+    assert_eq!(summary["total_weight"], total_weight);
+    assert_eq!(summary["participants"].as_array().map(Vec::len), Some(3));
+    assert_eq!(summary["mode"], "file");
     assert_eq!(tensor::read_layout(&out).expect("layout"), layout);
     let got = read_all(&out);
     let total: u64 = weights.iter().sum();

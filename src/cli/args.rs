@@ -450,6 +450,9 @@ pub struct AggregateArgs {
     /// Where to write the weighted mean (same format as the nodes' inputs).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Print a JSON summary of the outcome on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `secagg bench`

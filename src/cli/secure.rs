@@ -128,6 +128,19 @@ pub(super) fn aggregate(home: &Home, a: AggregateArgs) -> Result<(), Failure> {
         a.out.display(),
         t.elapsed().as_secs_f64()
     );
+    if a.json {
+        let participants: Vec<&str> = header.participants.iter().map(|p| p.as_str()).collect();
+        let summary = serde_json::json!({
+            "federation": header.federation,
+            "round": header.round,
+            "role": "researcher",
+            "mode": "file",
+            "participants": participants,
+            "total_weight": mean.total_weight,
+            "out": a.out.display().to_string(),
+        });
+        println!("{summary}");
+    }
     Ok(())
 }
 
