@@ -269,6 +269,28 @@ impl FromStr for Fingerprint {
     }
 }
 
+/// Serde for a [`Fingerprint`] as 64 lowercase hex digits (file headers, JSON).
+pub mod fingerprint_hex {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use super::Fingerprint;
+
+    /// Writes 64 lowercase hex digits.
+    pub fn serialize<S: Serializer>(fp: &Fingerprint, s: S) -> Result<S::Ok, S::Error> {
+        let hex: String = fp.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        s.serialize_str(&hex)
+    }
+
+    /// Reads exactly 64 hex digits.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Fingerprint, D::Error> {
+        let hex = String::deserialize(d)?;
+        if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(D::Error::custom("researcher: expected 64 hex digits"));
+        }
+        hex.parse().map_err(D::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -135,14 +135,16 @@ fn write_seeds() {
     };
     let header = Header {
         format_version: masked::FORMAT_VERSION,
-        federation: "fed".into(),
-        round: 1,
-        researcher: secagg::party::Fingerprint::of_der(b"fuzz researcher"),
-        label: "update".into(),
-        participants: vec![
-            "fuzz-node".parse().expect("id"),
-            "other".parse().expect("id"),
-        ],
+        context: secagg::secagg::keys::MaskContext {
+            federation: "fed".into(),
+            round: 1,
+            researcher: secagg::party::Fingerprint::of_der(b"fuzz researcher"),
+            label: "update".into(),
+            participants: vec![
+                "fuzz-node".parse().expect("id"),
+                "other".parse().expect("id"),
+            ],
+        },
         quant: QuantParams::default(),
         modulus: Modulus::M32,
         elements: 4,

@@ -121,7 +121,7 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_file_mode_journals_key_and_
         ));
         let twin_reg = registry(&twin);
         let (plan, ctx) = job::prepare(&me, &twin_reg, &spec, 7).expect("twin prepares");
-        assert_eq!(&ctx, &whole.header().context());
+        assert_eq!(&ctx, whole.header().context());
         let masks = job::peer_masks(&me, &twin_reg, &ctx).expect("masks");
         let mut streamed: Vec<u8> = Vec::new();
         let mut offsets = Vec::new();

@@ -129,10 +129,15 @@ pub(super) fn aggregate(home: &Home, a: AggregateArgs) -> Result<(), Failure> {
         t.elapsed().as_secs_f64()
     );
     if a.json {
-        let participants: Vec<&str> = header.participants.iter().map(|p| p.as_str()).collect();
+        let participants: Vec<&str> = header
+            .context
+            .participants
+            .iter()
+            .map(|p| p.as_str())
+            .collect();
         let summary = serde_json::json!({
-            "federation": header.federation,
-            "round": header.round,
+            "federation": header.context.federation,
+            "round": header.context.round,
             "role": "researcher",
             "mode": "file",
             "participants": participants,

@@ -108,10 +108,10 @@ pub fn aggregate_files(
         let key = *job::registered_node_at(reg, &r.header().sender, now)?.public_key();
         r.authenticate(&key)?;
         let h = r.header();
-        if h.researcher != *own {
-            let who = match reg.get_by_fingerprint(&h.researcher)? {
-                Some((peer, _)) => format!("'{}' ({})", peer.party_id, h.researcher),
-                None => format!("{} (not registered here)", h.researcher),
+        if h.context.researcher != *own {
+            let who = match reg.get_by_fingerprint(&h.context.researcher)? {
+                Some((peer, _)) => format!("'{}' ({})", peer.party_id, h.context.researcher),
+                None => format!("{} (not registered here)", h.context.researcher),
             };
             return Err(Error::OtherResearcher {
                 path: path.clone(),
@@ -128,7 +128,7 @@ pub fn aggregate_files(
                 });
             }
         }
-        if !h.participants.contains(&h.sender) {
+        if !h.context.participants.contains(&h.sender) {
             return Err(Error::Stranger {
                 path: path.clone(),
                 sender: h.sender.clone(),
@@ -145,6 +145,7 @@ pub fn aggregate_files(
     }
     let header = readers[0].header().clone();
     let missing: Vec<String> = header
+        .context
         .participants
         .iter()
         .filter(|p| !seen.contains_key(*p))
@@ -153,7 +154,7 @@ pub fn aggregate_files(
     if !missing.is_empty() {
         return Err(Error::Missing(missing));
     }
-    let plan = Plan::new(header.quant, header.participants.len())?;
+    let plan = Plan::new(header.quant, header.context.participants.len())?;
     if plan.modulus != header.modulus {
         return Err(Error::Mismatch {
             path: first_path.clone(),
@@ -176,15 +177,15 @@ pub fn aggregate_files(
 fn disagreement(a: &Header, b: &Header) -> Option<&'static str> {
     if a.format_version != b.format_version {
         Some("format version")
-    } else if a.federation != b.federation {
+    } else if a.context.federation != b.context.federation {
         Some("federation")
-    } else if a.round != b.round {
+    } else if a.context.round != b.context.round {
         Some("round")
-    } else if a.researcher != b.researcher {
+    } else if a.context.researcher != b.context.researcher {
         Some("researcher")
-    } else if a.label != b.label {
+    } else if a.context.label != b.context.label {
         Some("label")
-    } else if a.participants != b.participants {
+    } else if a.context.participants != b.context.participants {
         Some("participants")
     } else if a.quant != b.quant || a.modulus != b.modulus {
         Some("quantization parameters")

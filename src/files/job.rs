@@ -476,11 +476,7 @@ fn quantize_and_mask<W: Word>(
     prg::apply_masks(&mut words, masks, threads);
     let header = Header {
         format_version: masked::FORMAT_VERSION,
-        federation: ctx.federation.clone(),
-        round: ctx.round,
-        researcher: ctx.researcher,
-        label: ctx.label.clone(),
-        participants: ctx.participants.clone(),
+        context: ctx.clone(),
         quant: plan.params,
         modulus: plan.modulus,
         elements: layout.elements() + 1,

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::atomic;
 use crate::files::tensor::{self};
 use crate::layout::Layout;
-use crate::party::{Fingerprint, PartyId, Role};
+use crate::party::{PartyId, Role};
 use crate::pki::identity::Identity;
 use crate::pki::registry::{self};
 use crate::secagg::keys::MaskContext;
@@ -53,17 +53,11 @@ pub const MAX_HEADER: u32 = 1 << 20;
 pub struct Header {
     /// Format version.
     pub format_version: u32,
-    /// Federation id.
-    pub federation: String,
-    /// Round number.
-    pub round: u64,
-    /// Certificate fingerprint of the researcher the file is for (lowercase hex).
-    #[serde(with = "fingerprint_hex")]
-    pub researcher: Fingerprint,
-    /// Vector label.
-    pub label: String,
-    /// Sorted participant ids.
-    pub participants: Vec<PartyId>,
+    /// What the masks are bound to: federation, round, researcher, participants (sorted)
+    /// and label; the same type the key schedule encodes (its fields sit at the top
+    /// level of the JSON header).
+    #[serde(flatten)]
+    pub context: MaskContext,
     /// Quantization knobs.
     pub quant: QuantParams,
     /// The ring.
@@ -78,14 +72,8 @@ pub struct Header {
 
 impl Header {
     /// The mask context this header commits to.
-    pub fn context(&self) -> MaskContext {
-        MaskContext {
-            federation: self.federation.clone(),
-            round: self.round,
-            researcher: self.researcher,
-            participants: self.participants.clone(),
-            label: self.label.clone(),
-        }
+    pub fn context(&self) -> &MaskContext {
+        &self.context
     }
 
     /// The same header with another sender (for agreement checks).
@@ -98,26 +86,6 @@ impl Header {
 
     fn payload_bytes(&self) -> Option<u64> {
         self.elements.checked_mul(self.modulus.word_bytes() as u64)
-    }
-}
-
-/// The header's `researcher`: 64 lowercase hex digits.
-mod fingerprint_hex {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    use crate::party::Fingerprint;
-
-    pub fn serialize<S: Serializer>(fp: &Fingerprint, s: S) -> Result<S::Ok, S::Error> {
-        let hex: String = fp.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        s.serialize_str(&hex)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Fingerprint, D::Error> {
-        let hex = String::deserialize(d)?;
-        if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return Err(D::Error::custom("researcher: expected 64 hex digits"));
-        }
-        hex.parse().map_err(D::Error::custom)
     }
 }
 

@@ -85,13 +85,15 @@ fn put_ids(out: &mut Vec<u8>, ids: &[PartyId]) {
 /// What a file-mode mask is bound to. Two uses differ in at least one field, so a pair
 /// never reuses a mask stream across federations, rounds, researchers, participant sets
 /// or labels; the journal refuses a second use of the same (federation, round, label).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MaskContext {
     /// Federation id.
     pub federation: String,
     /// Round number.
     pub round: u64,
-    /// Certificate fingerprint of the researcher the masked file is for.
+    /// Certificate fingerprint of the researcher the masked file is for (in a header:
+    /// 64 lowercase hex digits).
+    #[serde(with = "crate::party::fingerprint_hex")]
     pub researcher: Fingerprint,
     /// Participants, sorted and unique.
     pub participants: Vec<PartyId>,
