@@ -5,4 +5,6 @@
 pub mod aggregate;
 pub mod job;
 pub mod masked;
+pub mod npy;
 pub mod tensor;
+pub mod tensor_error;
