@@ -152,33 +152,7 @@ fn register(home: &Home, a: RegisterArgs) -> Result<(), Failure> {
     let ip: Host = a.ip.parse()?;
     let port = secagg::party::parse_port(a.port)?;
     let expected: Option<Fingerprint> = a.fingerprint.as_deref().map(str::parse).transpose()?;
-    let file = a.public_key.display().to_string();
-    let bytes = std::fs::read(&a.public_key).map_err(|e| {
-        Failure::new(
-            format!("cannot read certificate file {file}: {e}"),
-            Some("pass --public-key with the path where you saved the peer's PEM".into()),
-        )
-    })?;
-    let cert = PeerCertificate::from_pem(&bytes).map_err(|e| Failure::from(e).context(&file))?;
-    let check = RegistrationCheck {
-        allow_expired: a.allow_expired,
-        allow_cn_mismatch: a.allow_cn_mismatch,
-    };
-    let own = own_fingerprint(home)?;
-    check_registration(&cert, &party_id, own.as_ref(), SystemTime::now(), check)
-        .map_err(|e| Failure::from(e).context(&file))?;
-    if let Some(expected) = expected {
-        if expected != cert.fingerprint() {
-            return Err(Failure::new(
-                format!(
-                    "{file}: fingerprint mismatch: the file has {}, you expected {expected}",
-                    cert.fingerprint()
-                ),
-                Some("do not register it: the file may have been replaced in transit; get it again and re-check over a trusted channel".into()),
-            ));
-        }
-    }
-
+    let cert = read_checked(home, &a, &party_id, expected.as_ref())?;
     identity::create_home_dir(home.root())?;
     let mut reg = Registry::open(&home.registry_path())?;
     // Fail early (before prompting) on what the transaction will refuse anyway.
@@ -196,27 +170,7 @@ fn register(home: &Home, a: RegisterArgs) -> Result<(), Failure> {
         return Err(registry::Error::DuplicateId(party_id).into());
     }
     if expected.is_none() && !a.yes {
-        let replacing = if existing.is_some() {
-            " (replacing the current registration)"
-        } else {
-            ""
-        };
-        eprintln!(
-            "certificate for '{party_id}'\n  {}",
-            cert.fingerprint().openssl_line()
-        );
-        let ok = prompt::confirm(
-            &format!(
-                "Does this fingerprint match what '{party_id}' told you over a trusted channel? Register it{replacing}"
-            ),
-            "check the fingerprint with the party, then pass --fingerprint FP (or --yes)",
-        )?;
-        if !ok {
-            return Err(Failure::new(
-                "not registered: fingerprint not confirmed".into(),
-                None,
-            ));
-        }
+        confirm(&party_id, &cert, existing.is_some())?;
     }
     let new = NewPeer {
         peer: Peer {
@@ -244,6 +198,70 @@ fn register(home: &Home, a: RegisterArgs) -> Result<(), Failure> {
             old.port,
             old.fingerprint.short()
         ),
+    }
+    Ok(())
+}
+
+/// Reads the certificate file and runs the registration checks, and the fingerprint
+/// check when `--fingerprint` was given.
+fn read_checked(
+    home: &Home,
+    a: &RegisterArgs,
+    party_id: &PartyId,
+    expected: Option<&Fingerprint>,
+) -> Result<PeerCertificate, Failure> {
+    let file = a.public_key.display().to_string();
+    let bytes = std::fs::read(&a.public_key).map_err(|e| {
+        Failure::new(
+            format!("cannot read certificate file {file}: {e}"),
+            Some("pass --public-key with the path where you saved the peer's PEM".into()),
+        )
+    })?;
+    let cert = PeerCertificate::from_pem(&bytes).map_err(|e| Failure::from(e).context(&file))?;
+    let check = RegistrationCheck {
+        allow_expired: a.allow_expired,
+        allow_cn_mismatch: a.allow_cn_mismatch,
+    };
+    let own = own_fingerprint(home)?;
+    check_registration(&cert, party_id, own.as_ref(), SystemTime::now(), check)
+        .map_err(|e| Failure::from(e).context(&file))?;
+    if let Some(expected) = expected {
+        if *expected != cert.fingerprint() {
+            return Err(Failure::new(
+                format!(
+                    "{file}: fingerprint mismatch: the file has {}, you expected {expected}",
+                    cert.fingerprint()
+                ),
+                Some("do not register it: the file may have been replaced in transit; get it again and re-check over a trusted channel".into()),
+            ));
+        }
+    }
+    Ok(cert)
+}
+
+/// Asks the user to confirm the fingerprint (a terminal only; otherwise an error asking
+/// for `--fingerprint` or `--yes`).
+fn confirm(party_id: &PartyId, cert: &PeerCertificate, replacing: bool) -> Result<(), Failure> {
+    let replacing = if replacing {
+        " (replacing the current registration)"
+    } else {
+        ""
+    };
+    eprintln!(
+        "certificate for '{party_id}'\n  {}",
+        cert.fingerprint().openssl_line()
+    );
+    let ok = prompt::confirm(
+        &format!(
+            "Does this fingerprint match what '{party_id}' told you over a trusted channel? Register it{replacing}"
+        ),
+        "check the fingerprint with the party, then pass --fingerprint FP (or --yes)",
+    )?;
+    if !ok {
+        return Err(Failure::new(
+            "not registered: fingerprint not confirmed".into(),
+            None,
+        ));
     }
     Ok(())
 }
