@@ -495,7 +495,6 @@ impl Coordinator<'_> {
                         .mean
                         .take()
                         .ok_or_else(|| Error::Setup("finished without a mean (our bug)".into()))?;
-                    self.wait_results(&outcome);
                     return Ok(Some(Served {
                         outcome,
                         mean,
@@ -520,9 +519,6 @@ impl Coordinator<'_> {
             let _ = m.tx.send(o);
         }
     }
-
-    /// Gives the connection threads time to send the mean (they close when done).
-    fn wait_results(&mut self, _outcome: &researcher::Outcome) {}
 
     fn close_all(&mut self, reason: Option<String>) {
         for m in self.members.values() {

@@ -36,9 +36,9 @@ use p256::elliptic_curve::rand_core::TryCryptoRng;
 use crate::layout::Layout;
 use crate::party::{Fingerprint, PartyId};
 use crate::pki::identity::PartyKey;
-use crate::round::messages::{Announce, Message2};
+use crate::round::messages::Message2;
 use crate::round::policy::Policy;
-use crate::round::schedule::{self, Advert, ConsistencyMessage, Ctx, RoundSecrets, SharePair};
+use crate::round::schedule::{Advert, ConsistencyMessage, Ctx, RoundSecrets, SharePair};
 use crate::secagg::quantize::Plan;
 
 /// A registered node, as this node's own registry knows it.
@@ -309,12 +309,4 @@ pub fn describe_layout(l: &Layout) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The context a test or a driver needs from a state (for attack tests).
-pub fn ctx_of(a: &Announce, researcher: &Fingerprint) -> Result<Ctx, schedule::Error> {
-    a.ctx(researcher).map_err(|e| schedule::Error::Ctx {
-        field: "announce",
-        reason: e.to_string(),
-    })
 }
