@@ -39,14 +39,30 @@ fn benches(c: &mut Criterion) {
             .collect();
         let mut v = vec![0u64; LEN];
         g.throughput(Throughput::Elements(LEN as u64));
-        g.bench_function(format!("mask_u64_{peers}_peers"), |b| {
-            b.iter(|| mask::apply_masks(&mut v, &masks, mask::default_threads()))
+        for width in [5usize, 8] {
+            g.bench_function(format!("mask_w{width}_{peers}_peers"), |b| {
+                b.iter(|| mask::apply_masks(&mut v, &masks, width, mask::default_threads()))
+            });
+        }
+    }
+    for width in [5usize, 8] {
+        let bytes = vec![7u8; LEN * width];
+        g.throughput(Throughput::Bytes((LEN * width) as u64));
+        let mut acc = Accumulator::<u64>::with_width(LEN, width);
+        g.bench_function(format!("aggregate_absorb_w{width}"), |b| {
+            b.iter(|| acc.absorb(0, &bytes))
+        });
+        g.bench_function(format!("aggregate_absorb_hashed_w{width}"), |b| {
+            b.iter(|| {
+                secagg::secagg::sum::absorb_hashed(
+                    acc.words_mut(),
+                    width,
+                    &bytes,
+                    mask::default_threads(),
+                )
+            })
         });
     }
-    let bytes = vec![7u8; LEN * 8];
-    g.throughput(Throughput::Bytes((LEN * 8) as u64));
-    let mut acc = Accumulator::<u64>::new(LEN);
-    g.bench_function("aggregate_absorb_u64", |b| b.iter(|| acc.absorb(0, &bytes)));
     g.finish();
 }
 

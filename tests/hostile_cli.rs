@@ -238,8 +238,8 @@ fn masked_pair(fed: &Fed) -> Vec<PathBuf> {
 fn aggregate_refuses_a_forged_huge_sparse_masked_file_without_allocating_it() {
     let fed = federation();
     let files = masked_pair(&fed);
-    // Forge node_2's file: the same header but a vector of 2^36 words (256 GiB at 4
-    // bytes), in a sparse file exactly as long as that header says.
+    // Forge node_2's file: the same header but a vector of 2^36 residues (hundreds of
+    // GiB), in a sparse file exactly as long as that header says.
     let real = std::fs::read(&files[1]).expect("read");
     let hlen = u32::from_le_bytes(real[8..12].try_into().expect("4")) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&real[12..12 + hlen]).expect("json");
@@ -247,7 +247,7 @@ fn aggregate_refuses_a_forged_huge_sparse_masked_file_without_allocating_it() {
     header["layout"]["tensors"][0]["shape"] = serde_json::json!([n]);
     header["elements"] = serde_json::json!(n + 1);
     let json = serde_json::to_vec(&header).expect("json");
-    let mut head = b"SECAGGM2".to_vec();
+    let mut head = b"SECAGGM3".to_vec();
     head.extend_from_slice(&(json.len() as u32).to_le_bytes());
     head.extend_from_slice(&json);
     // Keep the real header signature: it no longer matches.
@@ -259,11 +259,12 @@ fn aggregate_refuses_a_forged_huge_sparse_masked_file_without_allocating_it() {
         .write(true)
         .open(&forged)
         .expect("open");
-    let word = if header["modulus"].to_string().contains("64") {
-        8
-    } else {
-        4
-    };
+    let word: u64 = header["modulus"]
+        .as_str()
+        .and_then(|m| m.strip_prefix("2^"))
+        .and_then(|b| b.parse::<u64>().ok())
+        .expect("modulus 2^k")
+        / 8;
     f.set_len(head.len() as u64 + (n + 1) * word + 2 + 70)
         .expect("sparse");
     drop(f);
@@ -290,7 +291,7 @@ fn aggregate_refuses_a_forged_huge_sparse_masked_file_without_allocating_it() {
     std::fs::write(&short, &real[..real.len() - 100]).expect("write");
     fed.researcher.fails(
         &["aggregate", s(&files[0]), s(&short), "--out", s(&mean)],
-        "not a valid secagg masked file: the header declares 48 payload bytes, but the file holds",
+        "not a valid secagg masked file: the header declares 30 payload bytes (6 residues of 5 bytes), but the file holds",
     );
 }
 

@@ -60,7 +60,7 @@ fn reduce(words: &[u64], width: usize) -> Vec<u64> {
 
 fn peer_mask(p: &Value) -> PeerMask {
     PeerMask {
-        key: MaskKey(hex(&p["key"]).try_into().expect("16-byte key")),
+        key: MaskKey::from_bytes(hex(&p["key"]).try_into().expect("16-byte key")),
         sign: match p["sign"].as_str() {
             Some("add") => Sign::Add,
             Some("sub") => Sign::Sub,
@@ -245,7 +245,7 @@ fn python_masked_file_reads_and_verifies() {
     assert_eq!(u64::from(h.quant.bits), u64_of(&want["quant"]["bits"]));
     assert_eq!(h.quant.max_weight, u64_of(&want["quant"]["max_weight"]));
     assert_eq!(
-        serde_json::to_value(&h.modulus).expect("modulus"),
+        serde_json::to_value(h.modulus).expect("modulus"),
         want["modulus"]
     );
     assert_eq!(

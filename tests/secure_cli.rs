@@ -204,19 +204,22 @@ fn masked_file_is_unrelated_to_its_input() {
     let bytes = std::fs::read(&out).expect("read");
     let hlen = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[12..12 + hlen]).expect("header");
-    assert_eq!(header["modulus"], "2^32");
-    let words: Vec<f64> = bytes[12 + hlen..12 + hlen + 4 * n]
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+    // 3 nodes x weight 10 x 127 levels < 2^15: residues of 2 bytes, modulus 2^16.
+    assert_eq!(header["modulus"], "2^16");
+    let hsig = u16::from_le_bytes([bytes[12 + hlen], bytes[13 + hlen]]) as usize;
+    let start = 14 + hlen + hsig;
+    let words: Vec<f64> = bytes[start..start + 2 * n]
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]) as f64)
         .collect();
-    // Uniform words: mean near 2^31 and top bit set about half the time (5 sigma bounds).
+    // Uniform residues: mean near 2^15 and top bit set about half the time (5 sigma bounds).
     let mean = words.iter().sum::<f64>() / n as f64;
-    let sigma_mean = 2f64.powi(32) / 12f64.sqrt() / (n as f64).sqrt();
+    let sigma_mean = 2f64.powi(16) / 12f64.sqrt() / (n as f64).sqrt();
     assert!(
-        (mean - 2f64.powi(31)).abs() < 5.0 * sigma_mean,
+        (mean - 2f64.powi(15)).abs() < 5.0 * sigma_mean,
         "mean {mean}"
     );
-    let top = words.iter().filter(|w| **w >= 2f64.powi(31)).count() as f64;
+    let top = words.iter().filter(|w| **w >= 2f64.powi(15)).count() as f64;
     assert!(
         (top - n as f64 / 2.0).abs() < 5.0 * (n as f64 / 4.0).sqrt(),
         "top bits {top}"
@@ -591,13 +594,13 @@ fn the_researcher_is_bound_into_the_file() {
     }
     let header = |f: &str| -> serde_json::Value {
         let bytes = std::fs::read(f).expect("read");
-        assert_eq!(&bytes[..8], b"SECAGGM2");
+        assert_eq!(&bytes[..8], b"SECAGGM3");
         let hlen = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
         serde_json::from_slice(&bytes[12..12 + hlen]).expect("header")
     };
     let hex = |fp: String| fp.replace(':', "").to_lowercase();
     let h = header(&files[0]);
-    assert_eq!(h["format_version"], 2);
+    assert_eq!(h["format_version"], 3);
     assert_eq!(h["researcher"], hex(fp(&fed.researcher)));
     assert!(h.get("attempt").is_none(), "{h}");
     assert_eq!(header(&files[2])["researcher"], hex(fp(&second)));
@@ -646,7 +649,7 @@ fn the_researcher_is_bound_into_the_file() {
             mean,
         ],
         &format!(
-            "{}: masked file format version 1 (with attempts, no researcher); this secagg reads only version 2",
+            "{}: masked file format version 1, made by an older secagg; this secagg reads only version 3",
             old.display()
         ),
         "ask the node to mask a new update with this secagg version, in a new round",

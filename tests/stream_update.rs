@@ -1,5 +1,5 @@
 //! `job::stream_masked` (a round's masking, block by block) against `job::mask_update`
-//! (file mode, the whole vector at once): same words for the same plan and masks; where
+//! (file mode, streamed into a signed file): same residues for the same plan and masks; where
 //! each reports a NaN; and what file mode journals (the mask key and the input's digest)
 //! when it succeeds and when it fails.
 
@@ -9,13 +9,14 @@ use std::path::Path;
 
 use common::{Lab, Party, values};
 use secagg::files::job::{self, MaskSpec, Stopped};
-use secagg::files::masked::{self, AnyMasked};
+use secagg::files::masked::{self};
 use secagg::files::tensor::{self};
 use secagg::layout::{Container, DType, Layout, TensorSpec};
 use secagg::party::PartyId;
 use secagg::pki::identity::Home;
 use secagg::pki::registry::{self, Registry};
 use secagg::secagg::quantize::QuantParams;
+use secagg::secagg::ring::{Machine, Word};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
@@ -91,7 +92,8 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_file_mode_journals_key_and_
     let twin = lab.path("twin");
     copy_dir(&node.home, &twin);
     for (round, quant, word_bytes) in [
-        (1, QuantParams::default(), 8),
+        // 3 x 10^6 x 32767 < 2^39: 5 bytes, computed in u64.
+        (1, QuantParams::default(), 5),
         (
             2,
             QuantParams {
@@ -99,7 +101,8 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_file_mode_journals_key_and_
                 max_weight: 100,
                 ..QuantParams::default()
             },
-            4,
+            // 3 x 100 x 127 = 38100 < 2^23 (but not 2^15): 3 bytes, computed in u32.
+            3,
         ),
     ] {
         // One input per round: file mode releases an input once.
@@ -110,8 +113,9 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_file_mode_journals_key_and_
         let mut reg = registry(&node.home);
         let digest = job::input_digest(&input).expect("digest");
         assert!(!reg.input_released(&digest).expect("query"));
-        let whole = job::mask_update(&me, &mut reg, &spec, &input, 7, 2, 0).expect("mask");
-        assert!(whole.clipped() > 0, "some values are clipped");
+        let out = lab.path(&format!("u{round}.masked"));
+        let whole = job::mask_update(&me, &mut reg, &spec, &input, 7, &out, 2, 0).expect("mask");
+        assert!(whole.clipped > 0, "some values are clipped");
         // Journaled: the key is used, and the input (by its digest) released.
         assert!(reg.file_mask_used("fed", round, "update").expect("query"));
         assert!(reg.input_released(&digest).expect("query"));
@@ -121,7 +125,8 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_file_mode_journals_key_and_
         ));
         let twin_reg = registry(&twin);
         let (plan, ctx) = job::prepare(&me, &twin_reg, &spec, 7).expect("twin prepares");
-        assert_eq!(&ctx, whole.header().context());
+        assert_eq!(&ctx, whole.header.context());
+        assert_eq!(plan.wire_bytes(), word_bytes);
         let masks = job::peer_masks(&me, &twin_reg, &ctx).expect("masks");
         let mut streamed: Vec<u8> = Vec::new();
         let mut offsets = Vec::new();
@@ -129,40 +134,43 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_file_mode_journals_key_and_
             ($w:ty) => {
                 job::stream_masked::<$w, ()>(&plan, &masks, &input, 7, 2, 1000, |at, words| {
                     offsets.push(at);
-                    words
-                        .iter()
-                        .for_each(|w| streamed.extend_from_slice(&w.to_le_bytes()));
+                    for w in words {
+                        let mut b = vec![0u8; word_bytes];
+                        w.write_le_narrow(&mut b);
+                        streamed.extend_from_slice(&b);
+                    }
                     Ok(())
                 })
             };
         }
-        let done = match &whole {
-            AnyMasked::M32(_) => stream!(u32),
-            AnyMasked::M64(_) => stream!(u64),
+        let done = match plan.modulus.machine() {
+            Machine::U32 => stream!(u32),
+            Machine::U64 => stream!(u64),
         }
         .expect("stream");
-        let expected: Vec<u8> = match &whole {
-            AnyMasked::M32(m) => m.words.iter().flat_map(|w| w.to_le_bytes()).collect(),
-            AnyMasked::M64(m) => m.words.iter().flat_map(|w| w.to_le_bytes()).collect(),
-        };
+        // The file's payload, read back and verified under the node's key.
+        let key = p256::PublicKey::from(me.key.signing_key().verifying_key());
+        let mut r = masked::Reader::open(&out).expect("open");
+        r.authenticate(&key).expect("header signature");
+        let mut expected: Vec<u8> = Vec::new();
+        r.stream(|_, b| expected.extend_from_slice(b))
+            .expect("read");
+        r.verify(&key).expect("file signature");
         assert_eq!(expected.len(), 10_008 * word_bytes);
         assert!(
             streamed == expected,
-            "streamed words differ ({word_bytes}-byte words)"
+            "streamed residues differ ({word_bytes}-byte residues)"
         );
         assert_eq!(offsets, (0..=10).map(|i| i * 1000).collect::<Vec<u64>>());
-        assert_eq!(
-            (done.layout, done.clipped),
-            (layout.clone(), whole.clipped())
-        );
+        assert_eq!((done.layout, done.clipped), (layout.clone(), whole.clipped));
         // The wrong word size for the plan is refused before anything is emitted.
-        let wrong = match &whole {
-            AnyMasked::M32(_) => {
+        let wrong = match plan.modulus.machine() {
+            Machine::U32 => {
                 job::stream_masked::<u64, ()>(&plan, &masks, &input, 7, 2, 1000, |_, _| {
                     panic!("nothing may be emitted")
                 })
             }
-            AnyMasked::M64(_) => {
+            Machine::U64 => {
                 job::stream_masked::<u32, ()>(&plan, &masks, &input, 7, 2, 1000, |_, _| {
                     panic!("nothing may be emitted")
                 })
@@ -218,15 +226,24 @@ fn file_mode_reports_a_nan_where_it_is_and_journals_nothing() {
     tensor::write_values(&input, &layout, vals.iter().copied()).expect("write");
     let spec = spec(QuantParams::default(), 7);
     let mut reg = registry(&node.home);
-    let err = job::mask_update(&me, &mut reg, &spec, &input, 1, 2, 0)
-        .err()
-        .expect("NaN refused");
+    let out = lab.path("u.masked");
+    let err =
+        job::mask_update(&me, &mut reg, &spec, &input, 1, &out, 2, 0).expect_err("NaN refused");
     assert!(err.to_string().contains("element 150000"), "{err}");
     assert!(!reg.file_mask_used("fed", 7, "update").expect("query"));
+    // Nothing is left behind: no file, no temporary beside it.
+    assert!(!out.exists());
+    let strays: Vec<_> = std::fs::read_dir(out.parent().expect("dir"))
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".u.masked."))
+        .collect();
+    assert!(strays.is_empty(), "temporary files left: {strays:?}");
     // Nothing was journaled: once the file is fixed, the same round masks.
     vals[150_000] = 0.5;
     tensor::write_values(&input, &layout, vals.into_iter()).expect("write");
-    assert!(job::mask_update(&me, &mut reg, &spec, &input, 1, 2, 0).is_ok());
+    assert!(job::mask_update(&me, &mut reg, &spec, &input, 1, &out, 2, 0).is_ok());
+    assert!(out.exists());
     let digest = job::input_digest(&input).expect("digest");
     assert!(reg.input_released(&digest).expect("query"));
 }

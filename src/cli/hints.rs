@@ -115,7 +115,7 @@ mod masked {
                 Error::BadSignature { sender, .. } => format!(
                     "do not use this file; ask '{sender}' to send it again, and check its registered certificate"
                 ),
-                Error::Version1 { .. } => {
+                Error::OldVersion { .. } => {
                     "ask the node to mask a new update with this secagg version, in a new round".into()
                 }
                 Error::NoResearcher => {

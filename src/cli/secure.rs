@@ -7,7 +7,6 @@ use super::args::{AggregateArgs, BenchArgs, MaskArgs, QuantArgs};
 use secagg::clock::unix_secs;
 use secagg::files::aggregate::{self, Progress};
 use secagg::files::job::MaskSpec;
-use secagg::files::masked::{self, AnyMasked};
 use secagg::files::tensor::{self};
 use secagg::party::PartyId;
 use secagg::pki::identity::Home;
@@ -67,19 +66,17 @@ pub(super) fn mask(home: &Home, a: MaskArgs) -> Result<(), Failure> {
         &spec,
         &a.input,
         a.weight,
+        &a.out,
         mask::default_threads(),
         now,
     )?;
-    match &m {
-        AnyMasked::M32(x) => masked::write_file(&a.out, x, &me)?,
-        AnyMasked::M64(x) => masked::write_file(&a.out, x, &me)?,
-    }
-    report_clipped(m.clipped(), m.header().layout.elements(), spec.quant.clip);
+    report_clipped(m.clipped, m.header.layout.elements(), spec.quant.clip);
     eprintln!(
-        "wrote {} ({} values, modulus 2^{}) in {:.2}s",
+        "wrote {} ({} values, modulus {}, {} bytes each) in {:.2}s",
         a.out.display(),
-        m.header().layout.elements(),
-        m.header().modulus.bits(),
+        m.header.layout.elements(),
+        m.header.modulus,
+        m.header.modulus.word_bytes(),
         t.elapsed().as_secs_f64()
     );
     Ok(())
@@ -106,10 +103,12 @@ pub(super) fn aggregate(home: &Home, a: AggregateArgs) -> Result<(), Failure> {
     let n = a.files.len();
     let own = me.certificate.fingerprint();
     let now = unix_secs(SystemTime::now());
-    let (header, mean) = aggregate::aggregate_files(&reg, &own, &a.files, now, |p| match p {
+    let threads = mask::default_threads();
+    let result = aggregate::aggregate_files(&reg, &own, &a.files, now, threads, |p| match p {
         Progress::Checked(k) => eprintln!("checked {k} header(s); summing..."),
         Progress::Summed(i, who) => eprintln!("  [{i}/{n}] {who}: signature ok"),
     })?;
+    let header = &result.header;
     let out_kind = tensor::container_of(&a.out)?;
     if out_kind != header.layout.container {
         return Err(Failure::new(
@@ -121,10 +120,10 @@ pub(super) fn aggregate(home: &Home, a: AggregateArgs) -> Result<(), Failure> {
             Some("use the same extension the nodes' updates had (.npy or .safetensors)".into()),
         ));
     }
-    tensor::write_values(&a.out, &header.layout, mean.values.iter().copied())?;
+    tensor::write_encoded(&a.out, &header.layout, &result.mean)?;
     eprintln!(
         "wrote weighted mean of {n} node(s) (total weight {}) to {} in {:.2}s",
-        mean.total_weight,
+        result.total_weight,
         a.out.display(),
         t.elapsed().as_secs_f64()
     );
@@ -141,7 +140,7 @@ pub(super) fn aggregate(home: &Home, a: AggregateArgs) -> Result<(), Failure> {
             "role": "researcher",
             "mode": "file",
             "participants": participants,
-            "total_weight": mean.total_weight,
+            "total_weight": result.total_weight,
             "out": a.out.display().to_string(),
         });
         println!("{summary}");
@@ -166,17 +165,25 @@ pub(super) fn bench(a: BenchArgs) -> Result<(), Failure> {
         println!("{}", super::certificate::to_json(&report)?);
     } else {
         println!("threads                 {}", report.threads);
-        println!("modulus                 2^{}", report.modulus_bits);
         println!(
-            "raw PRG (1 thread)      {:>10.0} MiB/s",
+            "modulus                 2^{} ({} bytes per value)",
+            report.modulus_bits, report.width_bytes
+        );
+        println!(
+            "raw PRG ({} streams)     {:>10.0} MiB/s",
+            report.nodes - 1,
             report.prg_bytes_per_sec / 1048576.0
         );
         println!(
-            "memory add (1 thread)   {:>10.0} MiB/s",
+            "memory add              {:>10.0} MiB/s",
             report.add_bytes_per_sec / 1048576.0
         );
         println!(
-            "masking                 {:>10.1} M elem/s   {:>5.1}% of PRG x threads",
+            "BLAKE3                  {:>10.0} MiB/s",
+            report.hash_bytes_per_sec / 1048576.0
+        );
+        println!(
+            "masking                 {:>10.1} M elem/s   {:>5.1}% of raw PRG",
             report.mask_elems_per_sec / 1e6,
             report.mask_ratio * 100.0
         );

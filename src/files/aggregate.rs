@@ -11,7 +11,7 @@ use crate::files::masked::{Header, Reader};
 use crate::party::{Fingerprint, PartyId};
 use crate::pki::registry::Registry;
 use crate::secagg::quantize::Plan;
-use crate::secagg::sum::{self, AnyAccumulator, Mean};
+use crate::secagg::sum::{self, AnyAccumulator};
 
 /// Aggregation errors.
 #[derive(Debug, thiserror::Error)]
@@ -82,12 +82,14 @@ pub enum Progress<'a> {
     Summed(usize, &'a PartyId),
 }
 
-/// Verifies and sums masked files into the weighted mean.
+/// Verifies and sums masked files into the weighted mean, on `threads` threads.
 ///
 /// All headers are checked first (made for `own`, the aggregating researcher's
 /// fingerprint; agreement, membership, registration, completeness),
 /// so a missing participant fails before any payload is read. Each payload is then summed
-/// while it is hashed, and its signature checked at its end; any failure discards the sum.
+/// while it is hashed, on every core and read once, and its signature checked at its
+/// end; any failure discards the sum. Every summed value is range-checked against the
+/// total weight times the largest level before it is decoded.
 ///
 /// Each header is authenticated (its own signature, against the sender's registered,
 /// unexpired certificate at `now`, unix seconds) before anything it declares is
@@ -97,8 +99,9 @@ pub fn aggregate_files(
     own: &Fingerprint,
     paths: &[PathBuf],
     now: i64,
+    threads: usize,
     mut progress: impl FnMut(Progress<'_>),
-) -> Result<(Header, Mean)> {
+) -> Result<Aggregate> {
     let first_path = paths.first().ok_or(Error::NoInputs)?;
     let mut readers = Vec::with_capacity(paths.len());
     let mut seen = BTreeMap::new();
@@ -163,15 +166,31 @@ pub fn aggregate_files(
         });
     }
     progress(Progress::Checked(readers.len()));
+    // The payload sizes were checked against the files' lengths when they were opened.
     let mut acc = AnyAccumulator::new(header.modulus, header.elements as usize);
-    for (i, (mut r, key)) in readers.into_iter().zip(keys).enumerate() {
+    for (i, (r, key)) in readers.into_iter().zip(keys).enumerate() {
         let sender = r.header().sender.clone();
-        r.stream(|off, bytes| acc.absorb(off, bytes))?;
-        r.verify(&key)?;
+        r.sum_verified(&key, &mut acc, threads)?;
         progress(Progress::Summed(i + 1, &sender));
     }
-    let mean = acc.finish(&plan)?;
-    Ok((header, mean))
+    let (total_weight, mean) = acc.finish_checked(&plan, &header.layout)?;
+    Ok(Aggregate {
+        header,
+        total_weight,
+        mean,
+    })
+}
+
+/// The result of [`aggregate_files`]: all the researcher learns.
+#[derive(Debug)]
+pub struct Aggregate {
+    /// The inputs' common header (the first file's, sender included).
+    pub header: Header,
+    /// The sum of the weights.
+    pub total_weight: u64,
+    /// The weighted mean, encoded in the inputs' layout (ready for
+    /// [`crate::files::tensor::write_encoded`]).
+    pub mean: Vec<u8>,
 }
 
 fn disagreement(a: &Header, b: &Header) -> Option<&'static str> {

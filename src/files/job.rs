@@ -11,7 +11,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::files::masked::{self, AnyMasked, Error, Header, Masked};
+use crate::files::masked::{self, Error, Header};
 use crate::files::tensor;
 use crate::layout::Layout;
 use crate::party::{Fingerprint, PartyId, Role};
@@ -22,7 +22,7 @@ use crate::pki::registry::{self, NoResearcher, Registry};
 use crate::secagg::keys::{MaskContext, MaskKey, PairwiseSecret, Sign};
 use crate::secagg::prg::{self, PeerMask};
 use crate::secagg::quantize::{self, Plan, QuantParams};
-use crate::secagg::ring::Modulus;
+use crate::secagg::ring::Machine;
 use crate::secagg::ring::Word;
 
 type Result<T> = std::result::Result<T, Error>;
@@ -188,20 +188,33 @@ pub fn prepare(
     Ok((plan, ctx))
 }
 
-/// Reads, quantizes, weights and masks an update in one pass, digesting the input as it
-/// is read; then journals the mask key and the input's release in one transaction
-/// ([`Registry::journal_file_mask`]) before the result is returned. A second call for
-/// the same (federation, round, label) fails whatever the input, and a second call
-/// with the same input fails whatever the round: the caller writes the file only after.
+/// What [`mask_update`] wrote.
+#[derive(Debug)]
+pub struct MaskedFile {
+    /// The file's header.
+    pub header: Header,
+    /// Values that were outside [-clip, clip] and were clipped.
+    pub clipped: u64,
+}
+
+/// Reads, quantizes, weights and masks an update in one pass, block by block, writing
+/// the masked file as it goes (memory is one block, whatever the update's size) and
+/// digesting the input in the same pass. Then journals the mask key and the input's
+/// release in one transaction ([`Registry::journal_file_mask`]) and only then moves the
+/// file into place at `out`. A second call for the same (federation, round, label)
+/// fails whatever the input, and a second call with the same input fails whatever the
+/// round; on any failure nothing is left at `out`.
+#[allow(clippy::too_many_arguments)]
 pub fn mask_update(
     me: &Identity,
     reg: &mut Registry,
     spec: &MaskSpec,
     input: &Path,
     weight: u64,
+    out: &Path,
     threads: usize,
     now: i64,
-) -> Result<AnyMasked> {
+) -> Result<MaskedFile> {
     let (plan, ctx) = prepare(me, reg, spec, weight)?;
     for id in ctx
         .participants
@@ -211,16 +224,40 @@ pub fn mask_update(
         registered_node_at(reg, id, now)?;
     }
     let masks = peer_masks(me, reg, &ctx)?;
-    let (result, digest) = match plan.modulus {
-        Modulus::M32 => {
-            let (m, d) = quantize_and_mask::<u32>(me, &plan, &ctx, &masks, input, weight, threads)?;
-            (AnyMasked::M32(m), d)
-        }
-        Modulus::M64 => {
-            let (m, d) = quantize_and_mask::<u64>(me, &plan, &ctx, &masks, input, weight, threads)?;
-            (AnyMasked::M64(m), d)
+    let layout = tensor::read_layout(input)?;
+    let header = Header {
+        format_version: masked::FORMAT_VERSION,
+        context: ctx.clone(),
+        quant: plan.params,
+        modulus: plan.modulus,
+        elements: layout.elements() + 1,
+        layout,
+        sender: me.config.party_id.clone(),
+    };
+    let mut writer = masked::Writer::create(out, &header, me)?;
+    let block = masked::SEGMENT_ELEMENTS;
+    let emit = |_: u64, words: &[_]| writer.write_words(words);
+    let streamed = match plan.modulus.machine() {
+        Machine::U32 => stream::<u32, _>(&plan, &masks, input, weight, threads, block, true, emit),
+        Machine::U64 => {
+            let emit = |_: u64, words: &[u64]| writer.write_words(words);
+            stream::<u64, _>(&plan, &masks, input, weight, threads, block, true, emit)
         }
     };
+    let (streamed, digest) = streamed.map_err(|e| match e {
+        Stopped::Masking(e) | Stopped::Emit(e) => e,
+    })?;
+    if streamed.layout != header.layout {
+        return Err(Error::Malformed {
+            path: input.to_owned(),
+            reason: "the file changed while it was read".into(),
+        });
+    }
+    let digest = digest.ok_or_else(|| Error::Malformed {
+        path: input.to_owned(),
+        reason: "no layout was read (our bug)".into(),
+    })?;
+    let finished = writer.finish(me)?;
     let ids: Vec<&str> = ctx.participants.iter().map(PartyId::as_str).collect();
     reg.journal_file_mask(
         &FileMask {
@@ -233,7 +270,11 @@ pub fn mask_update(
         },
         now,
     )?;
-    Ok(result)
+    finished.commit()?;
+    Ok(MaskedFile {
+        header,
+        clipped: streamed.clipped,
+    })
 }
 
 /// The content digest of an update: SHA-256 over `"secagg input v1"`, then per tensor
@@ -329,7 +370,7 @@ pub struct Streamed {
 /// block to `emit` with its offset (in words); the weight is the last word. No check
 /// and no journal: the caller (a round, after its own checks and journal entries) has
 /// done both. Memory is one block, whatever the update's size. `W` must be the plan's
-/// word.
+/// machine word; each word holds its residue in its low `plan.wire_bytes()` bytes.
 pub fn stream_masked<W: Word, E>(
     plan: &Plan,
     masks: &[PeerMask],
@@ -337,33 +378,59 @@ pub fn stream_masked<W: Word, E>(
     weight: u64,
     threads: usize,
     block: usize,
-    mut emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
+    emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
 ) -> std::result::Result<Streamed, Stopped<E>> {
-    if plan.modulus.word_bytes() != W::BYTES {
+    stream(plan, masks, input, weight, threads, block, false, emit).map(|(s, _)| s)
+}
+
+/// [`stream_masked`], and the input's [`input_digest`] in the same pass when `digest`.
+#[allow(clippy::too_many_arguments)]
+fn stream<W: Word, E>(
+    plan: &Plan,
+    masks: &[PeerMask],
+    input: &Path,
+    weight: u64,
+    threads: usize,
+    block: usize,
+    digest: bool,
+    mut emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
+) -> std::result::Result<(Streamed, Option<[u8; 32]>), Stopped<E>> {
+    let machine = match plan.modulus.machine() {
+        Machine::U32 => 4,
+        Machine::U64 => 8,
+    };
+    if machine != W::BYTES {
         return Err(wrong_word::<W>(plan, input).into());
     }
     let block = block.max(1);
+    let width = plan.wire_bytes();
     let w = weight as i64; // weight <= max_weight, and the plan bounds weight * L < 2^63
     let mut buf: Vec<W> = Vec::with_capacity(block);
     let mut offset = 0u64;
     let mut clipped = 0u64;
+    let mut hash: Option<InputDigest> = None;
     let mut flush = |buf: &mut Vec<W>, offset: &mut u64| {
-        prg::apply_masks_at(buf, *offset, masks, threads);
+        prg::apply_masks_at(buf, *offset, masks, width, threads);
         emit(*offset, buf)?;
         *offset += buf.len() as u64;
         buf.clear();
         Ok(())
     };
-    let layout = tensor::read_value_blocks(input, |_| {
-        |mut xs: &[f64]| -> std::result::Result<(), Stopped<E>> {
+    let (b, off, clip, fl) = (&mut buf, &mut offset, &mut clipped, &mut flush);
+    let layout = tensor::read_value_blocks(input, |layout| {
+        let mut hash = digest.then(|| hash.insert(InputDigest::new(layout)));
+        move |mut xs: &[f64]| -> std::result::Result<(), Stopped<E>> {
+            if let Some(h) = hash.as_mut() {
+                h.values(xs);
+            }
             while !xs.is_empty() {
-                let (head, rest) = xs.split_at(xs.len().min(block - buf.len()));
-                let at = offset + buf.len() as u64;
-                clipped += plan.quantize_into(head, w, &mut buf).map_err(|i| {
+                let (head, rest) = xs.split_at(xs.len().min(block - b.len()));
+                let at = *off + b.len() as u64;
+                *clip += plan.quantize_into(head, w, b).map_err(|i| {
                     Stopped::Masking(quantize::Error::NonFinite(at + i as u64).into())
                 })?;
-                if buf.len() == block {
-                    flush(&mut buf, &mut offset).map_err(Stopped::Emit)?;
+                if b.len() == block {
+                    fl(b, off).map_err(Stopped::Emit)?;
                 }
                 xs = rest;
             }
@@ -373,7 +440,7 @@ pub fn stream_masked<W: Word, E>(
     .map_err(|e| Stopped::Masking(e.into()))??;
     buf.push(W::from_u64(weight));
     flush(&mut buf, &mut offset).map_err(Stopped::Emit)?;
-    Ok(Streamed { layout, clipped })
+    Ok((Streamed { layout, clipped }, hash.map(InputDigest::finish)))
 }
 
 /// What [`inspect_input`] found: the update's layout, its content digest, and how many
@@ -432,63 +499,11 @@ fn wrong_word<W: Word>(plan: &Plan, input: &Path) -> Error {
     Error::Malformed {
         path: input.to_owned(),
         reason: format!(
-            "{}-byte words for modulus 2^{} (our bug)",
+            "{}-byte words for modulus {} (our bug)",
             W::BYTES,
-            plan.modulus.bits()
+            plan.modulus
         ),
     }
-}
-
-/// Reads, quantizes, weights and masks a whole update into memory, digesting the input
-/// in the same pass (so the digest journaled is that of the values masked).
-fn quantize_and_mask<W: Word>(
-    me: &Identity,
-    plan: &Plan,
-    ctx: &MaskContext,
-    masks: &[PeerMask],
-    input: &Path,
-    weight: u64,
-    threads: usize,
-) -> Result<(Masked<W>, [u8; 32])> {
-    let mut words: Vec<W> = Vec::new();
-    let mut clipped = 0u64;
-    let mut digest = None;
-    let w = weight as i64; // weight <= max_weight, and the plan bounds weight * L < 2^63
-    let layout = tensor::read_value_blocks(input, |layout| {
-        words.reserve_exact(layout.elements() as usize + 1);
-        let d = digest.insert(InputDigest::new(layout));
-        |xs: &[f64]| {
-            let at = words.len();
-            clipped += plan
-                .quantize_into(xs, w, &mut words)
-                .map_err(|i| quantize::Error::NonFinite((at + i) as u64))?;
-            d.values(xs);
-            Ok::<(), quantize::Error>(())
-        }
-    })??;
-    let digest = digest
-        .map(InputDigest::finish)
-        .ok_or_else(|| Error::Malformed {
-            path: input.to_owned(),
-            reason: "no layout was read (our bug)".into(),
-        })?;
-    words.push(W::from_u64(weight));
-    prg::apply_masks(&mut words, masks, threads);
-    let header = Header {
-        format_version: masked::FORMAT_VERSION,
-        context: ctx.clone(),
-        quant: plan.params,
-        modulus: plan.modulus,
-        elements: layout.elements() + 1,
-        layout,
-        sender: me.config.party_id.clone(),
-    };
-    let masked = Masked {
-        header,
-        words,
-        clipped,
-    };
-    Ok((masked, digest))
 }
 
 #[cfg(test)]

@@ -1,21 +1,26 @@
-//! Masked updates: the node-side job that turns an update file into a masked, signed
-//! file, and that file's format.
+//! Masked updates: the masked-file format, its streaming writer, and its reader.
 //!
 //! ```text
-//! "SECAGGM2" | u32le header_len | header (JSON)
+//! "SECAGGM3" | u32le header_len | header (JSON)
 //!            | u16le hsig_len | ECDSA-P256 signature (DER) over
-//!              SHA-256("secagg masked header v2" || "SECAGGM2" || u32le header_len || header)
-//!            | payload: elements x word, little-endian
-//!            | u16le sig_len | ECDSA-P256 signature (DER) over SHA-256 of everything before sig_len
+//!              SHA-256("secagg masked header v3" || "SECAGGM3" || u32le header_len || header)
+//!            | payload: elements x w bytes, little-endian residues modulo 2^(8w)
+//!            | u16le sig_len | ECDSA-P256 signature (DER) over the 32-byte prehash D
+//!
+//! head_block = everything before the payload
+//! seg_j      = BLAKE3(payload bytes of elements [j·2^20, (j+1)·2^20))
+//! D          = BLAKE3("secagg masked file v3" || u64le(len(head_block)) || head_block
+//!                     || u64le(segments) || seg_0 || seg_1 || ...)
 //! ```
-//! The last payload element is the node's masked weight. Version 2 has no attempt and
-//! names the researcher the file is for (`researcher`, its certificate fingerprint in
-//! lowercase hex); a version-1 file (`"SECAGGM1"`) is refused by name. The header
-//! signature lets a reader authenticate what a header declares before it allocates
-//! anything for it.
+//! The last payload element is the node's masked weight; w is the ring's width (the
+//! header's `modulus` is 2^(8w)). Segments let every core hash its own coordinate range
+//! while it sums it, so each file is read once. Version 3 files name the researcher
+//! the file is for (`researcher`, its certificate fingerprint in lowercase hex); files of
+//! versions 1 and 2 are refused by name. The header signature lets a reader
+//! authenticate what a header declares before it allocates anything for it.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use p256::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
@@ -34,15 +39,22 @@ use crate::secagg::quantize::{self, QuantParams};
 use crate::secagg::ring::Modulus;
 use crate::secagg::ring::Word;
 
-/// File magic of format version 2.
-pub const MAGIC: &[u8; 8] = b"SECAGGM2";
+/// File magic of format version 3.
+pub const MAGIC: &[u8; 8] = b"SECAGGM3";
 /// The magic of format version 1 (attempts, no researcher, no header signature),
 /// recognised only to refuse it.
 pub const MAGIC_V1: &[u8; 8] = b"SECAGGM1";
+/// The magic of format version 2 (whole 4- or 8-byte words, one SHA-256 over the file),
+/// recognised only to refuse it.
+pub const MAGIC_V2: &[u8; 8] = b"SECAGGM2";
 /// Current header format version.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Domain separation of the header signature.
-pub const HEADER_SIG_LABEL: &[u8] = b"secagg masked header v2";
+pub const HEADER_SIG_LABEL: &[u8] = b"secagg masked header v3";
+/// Domain separation of the file digest D.
+pub const FILE_DIGEST_LABEL: &[u8] = b"secagg masked file v3";
+/// Elements per digest segment.
+pub use crate::secagg::sum::SEGMENT_ELEMENTS;
 /// The longest DER ECDSA P-256 signature.
 const MAX_SIG: usize = 72;
 /// Headers larger than this are refused (a bound on hostile input).
@@ -126,11 +138,14 @@ pub enum Error {
         /// Claimed sender.
         sender: PartyId,
     },
-    /// A format-version-1 file (from a secagg with attempts).
-    #[error("{}: masked file format version 1 (with attempts, no researcher); this secagg reads only version {FORMAT_VERSION}", path.display())]
-    Version1 {
+    /// A file of an older format version (1: attempts, no researcher; 2: whole words
+    /// and one SHA-256).
+    #[error("{}: masked file format version {version}, made by an older secagg; this secagg reads only version {FORMAT_VERSION}", path.display())]
+    OldVersion {
         /// File.
         path: PathBuf,
+        /// Its version.
+        version: u32,
     },
     /// No researcher is registered, so a file cannot be bound to one.
     #[error("no researcher is registered here; a masked file is bound to the researcher it is for")]
@@ -198,40 +213,15 @@ pub enum Error {
 
 type Result<T> = std::result::Result<T, Error>;
 
-/// A quantized, masked update in memory, ready to write or send.
+/// A quantized, masked update in memory (tests and tools; `secagg mask` streams with
+/// [`Writer`] instead and never holds the whole vector).
 pub struct Masked<W: Word> {
     /// Its header.
     pub header: Header,
-    /// Payload words (weight last).
+    /// Payload words (weight last); each holds its residue in its low w bytes.
     pub words: Vec<W>,
     /// Values that were outside [-clip, clip] and were clipped.
     pub clipped: u64,
-}
-
-/// Either word size.
-pub enum AnyMasked {
-    /// Modulus 2^32.
-    M32(Masked<u32>),
-    /// Modulus 2^64.
-    M64(Masked<u64>),
-}
-
-impl AnyMasked {
-    /// The header.
-    pub fn header(&self) -> &Header {
-        match self {
-            AnyMasked::M32(m) => &m.header,
-            AnyMasked::M64(m) => &m.header,
-        }
-    }
-
-    /// How many values were clipped.
-    pub fn clipped(&self) -> u64 {
-        match self {
-            AnyMasked::M32(m) => m.clipped,
-            AnyMasked::M64(m) => m.clipped,
-        }
-    }
 }
 
 /// Encodes the header block (magic, length, JSON).
@@ -245,66 +235,215 @@ pub fn encode_header(header: &Header) -> Vec<u8> {
     out
 }
 
-/// Writes a masked file (to a temporary name, then renamed into place).
-pub fn write_file<W: Word>(path: &Path, m: &Masked<W>, me: &Identity) -> Result<()> {
-    let io = |action, source| Error::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    };
-    let mut staged = atomic::stage(path, false).map_err(|e| io("create", e))?;
-    let mut out = BufWriter::with_capacity(1 << 20, staged.file());
-    let mut hash = Sha256::new();
-    let head = encode_header(&m.header);
-    let hsig: Signature = me
-        .key
-        .signing_key()
-        .sign_prehash(&header_digest(&head))
-        .map_err(|_| Error::Sign)?;
-    let hsig = hsig.to_der();
-    let mut head_block = head;
-    head_block.extend_from_slice(&(hsig.as_bytes().len() as u16).to_le_bytes());
-    head_block.extend_from_slice(hsig.as_bytes());
-    hash.update(&head_block);
-    out.write_all(&head_block).map_err(|e| io("write", e))?;
-    let mut buf = Vec::with_capacity(1 << 20);
-    for chunk in m.words.chunks((1 << 20) / W::BYTES) {
-        buf.clear();
-        chunk.iter().for_each(|w| w.put_le(&mut buf));
-        hash.update(&buf);
-        out.write_all(&buf).map_err(|e| io("write", e))?;
-    }
-    let sig: Signature = me
-        .key
-        .signing_key()
-        .sign_prehash(&hash.finalize())
-        .map_err(|_| Error::Sign)?;
-    let der = sig.to_der();
-    out.write_all(&(der.as_bytes().len() as u16).to_le_bytes())
-        .map_err(|e| io("write", e))?;
-    out.write_all(der.as_bytes()).map_err(|e| io("write", e))?;
-    out.flush().map_err(|e| io("write", e))?;
-    drop(out);
-    staged.commit().map_err(|e| io("move into place", e))
+/// BLAKE3 of each segment of a payload of `width`-byte residues (segment j holds
+/// elements `[j·SEGMENT_ELEMENTS, (j+1)·SEGMENT_ELEMENTS)`).
+pub fn segment_digests(payload: &[u8], width: usize) -> Vec<[u8; 32]> {
+    payload
+        .chunks(SEGMENT_ELEMENTS * width.max(1))
+        .map(|seg| *blake3::hash(seg).as_bytes())
+        .collect()
 }
 
-/// Reads a masked file: header first, then the payload in chunks, then the signature.
+/// The digest D the file signature covers, from the head block (everything before the
+/// payload) and the payload's segment digests.
+pub fn digest_of(head_block: &[u8], segments: &[[u8; 32]]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(FILE_DIGEST_LABEL);
+    h.update(&(head_block.len() as u64).to_le_bytes());
+    h.update(head_block);
+    h.update(&(segments.len() as u64).to_le_bytes());
+    for s in segments {
+        h.update(s);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// D for a whole payload in memory (one thread; the reference the streaming writer and
+/// the parallel reader must agree with).
+pub fn file_digest(head_block: &[u8], payload: &[u8], width: usize) -> [u8; 32] {
+    digest_of(head_block, &segment_digests(payload, width))
+}
+
+/// Writes a masked file as its payload streams in: the header block first, then
+/// residues in order, hashed segment by segment as they pass; [`Writer::finish`] signs
+/// and syncs. Nothing is visible at the final path until [`Finished::commit`]; dropping
+/// either discards the temporary file.
+pub struct Writer {
+    staged: atomic::Staged,
+    out: BufWriter<File>,
+    head_block: Vec<u8>,
+    width: usize,
+    elements: u64,
+    written: u64,
+    segment: blake3::Hasher,
+    in_segment: usize,
+    segments: Vec<[u8; 32]>,
+    buf: Vec<u8>,
+}
+
+/// A masked file written and signed, not yet moved into place.
+pub struct Finished {
+    staged: atomic::Staged,
+}
+
+impl Finished {
+    /// Syncs it and renames it over its final path.
+    pub fn commit(self) -> Result<()> {
+        let path = self.staged.path().to_owned();
+        self.staged.commit().map_err(|source| Error::Io {
+            action: "move into place",
+            path,
+            source,
+        })
+    }
+}
+
+impl Writer {
+    /// Starts `path` (a temporary file beside it) and writes the signed header block.
+    pub fn create(path: &Path, header: &Header, me: &Identity) -> Result<Writer> {
+        let io = |action, source| Error::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        };
+        let width = header.modulus.word_bytes();
+        let mut staged = atomic::stage(path, false).map_err(|e| io("create", e))?;
+        let file = staged.file().try_clone().map_err(|e| io("create", e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let head = encode_header(header);
+        let hsig: Signature = me
+            .key
+            .signing_key()
+            .sign_prehash(&header_digest(&head))
+            .map_err(|_| Error::Sign)?;
+        let hsig = hsig.to_der();
+        let mut head_block = head;
+        head_block.extend_from_slice(&(hsig.as_bytes().len() as u16).to_le_bytes());
+        head_block.extend_from_slice(hsig.as_bytes());
+        out.write_all(&head_block).map_err(|e| io("write", e))?;
+        Ok(Writer {
+            staged,
+            out,
+            head_block,
+            width,
+            elements: header.elements,
+            written: 0,
+            segment: blake3::Hasher::new(),
+            in_segment: 0,
+            segments: Vec::new(),
+            buf: Vec::with_capacity(1 << 16),
+        })
+    }
+
+    fn io(&self, action: &'static str, source: std::io::Error) -> Error {
+        Error::Io {
+            action,
+            path: self.staged.path().to_owned(),
+            source,
+        }
+    }
+
+    /// Appends words (their low w bytes each), in order.
+    pub fn write_words<W: Word>(&mut self, mut words: &[W]) -> Result<()> {
+        if self.written + words.len() as u64 > self.elements {
+            return Err(Error::Malformed {
+                path: self.staged.path().to_owned(),
+                reason: "more payload than the header declares (our bug)".into(),
+            });
+        }
+        let w = self.width;
+        while !words.is_empty() {
+            let room = SEGMENT_ELEMENTS - self.in_segment;
+            let take = words.len().min(room).min(self.buf.capacity() / w);
+            let (now, rest) = words.split_at(take);
+            self.buf.clear();
+            self.buf.resize(take * w, 0);
+            for (word, out) in now.iter().zip(self.buf.chunks_exact_mut(w)) {
+                word.write_le_narrow(out);
+            }
+            self.segment.update(&self.buf);
+            if let Err(e) = self.out.write_all(&self.buf) {
+                return Err(self.io("write", e));
+            }
+            self.in_segment += take;
+            self.written += take as u64;
+            if self.in_segment == SEGMENT_ELEMENTS {
+                self.close_segment();
+            }
+            words = rest;
+        }
+        Ok(())
+    }
+
+    fn close_segment(&mut self) {
+        let h = std::mem::take(&mut self.segment);
+        self.segments.push(*h.finalize().as_bytes());
+        self.in_segment = 0;
+    }
+
+    /// Signs D and writes the trailer. Fails if fewer words were written than declared.
+    pub fn finish(mut self, me: &Identity) -> Result<Finished> {
+        if self.written != self.elements {
+            return Err(Error::Malformed {
+                path: self.staged.path().to_owned(),
+                reason: format!(
+                    "{} of the {} declared elements were written (our bug)",
+                    self.written, self.elements
+                ),
+            });
+        }
+        if self.in_segment > 0 {
+            self.close_segment();
+        }
+        let d = digest_of(&self.head_block, &self.segments);
+        let sig: Signature = me
+            .key
+            .signing_key()
+            .sign_prehash(&d)
+            .map_err(|_| Error::Sign)?;
+        let der = sig.to_der();
+        let mut trailer = (der.as_bytes().len() as u16).to_le_bytes().to_vec();
+        trailer.extend_from_slice(der.as_bytes());
+        if let Err(e) = self.out.write_all(&trailer).and_then(|()| self.out.flush()) {
+            return Err(self.io("write", e));
+        }
+        drop(self.out);
+        Ok(Finished {
+            staged: self.staged,
+        })
+    }
+}
+
+/// Writes a whole in-memory masked update (to a temporary name, then renamed into place).
+pub fn write_file<W: Word>(path: &Path, m: &Masked<W>, me: &Identity) -> Result<()> {
+    let mut w = Writer::create(path, &m.header, me)?;
+    w.write_words(&m.words)?;
+    w.finish(me)?.commit()
+}
+
+/// Reads a masked file: header first, then the payload, then the signature.
 ///
 /// [`Reader::open`] bounds everything by the file's length; [`Reader::authenticate`]
 /// checks the header signature against the sender's registered key. The payload can
-/// only be streamed after that, so nothing a forged header declares is ever allocated.
-pub struct Reader<R = BufReader<File>> {
+/// only be read after that, so nothing a forged header declares is ever allocated.
+/// [`Reader::stream`] then [`Reader::verify`] read it in order (any reader);
+/// [`Reader::sum_verified`] reads a file on every core at once.
+pub struct Reader<R = File> {
     path: PathBuf,
     file: R,
     header: Header,
     header_sig: Vec<u8>,
     head: Vec<u8>,
+    head_block: Vec<u8>,
     authenticated: bool,
-    hash: Sha256,
+    payload_start: u64,
+    len: u64,
+    segments: Vec<[u8; 32]>,
 }
 
 impl Reader {
-    /// Opens a masked file and checks its header and size.
+    /// Opens a masked file and checks its header and size. Holds no buffer beyond the
+    /// header, so many files can be open at once.
     pub fn open(path: &Path) -> Result<Reader> {
         let io = |action, source| Error::Io {
             action,
@@ -313,8 +452,99 @@ impl Reader {
         };
         let file = File::open(path).map_err(|e| io("open", e))?;
         let len = file.metadata().map_err(|e| io("read", e))?.len();
-        Reader::from_reader(path, BufReader::with_capacity(1 << 20, file), len)
+        Reader::from_reader(path, file, len)
     }
+
+    /// Verifies the file against `key` and adds its payload into `acc`, using `threads`
+    /// threads, each summing and hashing its own range of whole segments: the file is
+    /// read once. On any error `acc` holds a partial sum and must be discarded.
+    pub fn sum_verified(
+        self,
+        key: &p256::PublicKey,
+        acc: &mut crate::secagg::sum::AnyAccumulator,
+        threads: usize,
+    ) -> Result<()> {
+        use crate::secagg::sum::AnyAccumulator;
+        self.check_authenticated()?;
+        if acc.width() != self.header.modulus.word_bytes()
+            || acc.len() as u64 != self.header.elements
+        {
+            return Err(Error::Malformed {
+                path: self.path.clone(),
+                reason: "accumulator does not match the header (our bug)".into(),
+            });
+        }
+        let segments = match acc {
+            AnyAccumulator::M32(a) => self.sum_words(a.words_mut(), threads),
+            AnyAccumulator::M64(a) => self.sum_words(a.words_mut(), threads),
+        }?;
+        let mut me = self;
+        me.segments = segments;
+        me.verify_at_end(key)
+    }
+
+    fn sum_words<W: Word>(&self, acc: &mut [W], threads: usize) -> Result<Vec<[u8; 32]>> {
+        let w = self.header.modulus.word_bytes();
+        let nseg = acc.len().div_ceil(SEGMENT_ELEMENTS);
+        let per = nseg.div_ceil(threads.clamp(1, 256)).max(1);
+        let file = &self.file;
+        let start = self.payload_start;
+        let results: Vec<std::io::Result<Vec<[u8; 32]>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = acc
+                .chunks_mut(per * SEGMENT_ELEMENTS)
+                .enumerate()
+                .map(|(t, part)| {
+                    let first = (t * per * SEGMENT_ELEMENTS) as u64;
+                    s.spawn(move || sum_range(file, start, w, first, part))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("a summing thread panicked")))
+                })
+                .collect()
+        });
+        let mut out = Vec::with_capacity(nseg);
+        for r in results {
+            out.extend(r.map_err(|e| Error::Io {
+                action: "read",
+                path: self.path.clone(),
+                source: e,
+            })?);
+        }
+        Ok(out)
+    }
+}
+
+/// Reads elements `[first, first + acc.len())` of a payload of `w`-byte residues that
+/// starts at byte `start` of `file`, adds them into `acc` and hashes each segment (the
+/// range starts on a segment boundary). Returns the segment digests in order.
+fn sum_range<W: Word>(
+    file: &File,
+    start: u64,
+    w: usize,
+    first: u64,
+    acc: &mut [W],
+) -> std::io::Result<Vec<[u8; 32]>> {
+    use crate::secagg::sum::READ_ELEMENTS;
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; READ_ELEMENTS.min(acc.len()) * w];
+    let mut digests = Vec::with_capacity(acc.len().div_ceil(SEGMENT_ELEMENTS));
+    for (k, seg) in acc.chunks_mut(SEGMENT_ELEMENTS).enumerate() {
+        let mut h = blake3::Hasher::new();
+        let seg_first = first + (k * SEGMENT_ELEMENTS) as u64;
+        for (j, part) in seg.chunks_mut(READ_ELEMENTS).enumerate() {
+            let bytes = &mut buf[..part.len() * w];
+            let at = seg_first + (j * READ_ELEMENTS) as u64;
+            file.read_exact_at(bytes, start + at * w as u64)?;
+            h.update(bytes);
+            crate::secagg::sum::absorb_words(part, w, bytes);
+        }
+        digests.push(*h.finalize().as_bytes());
+    }
+    Ok(digests)
 }
 
 impl<R: Read> Reader<R> {
@@ -330,10 +560,13 @@ impl<R: Read> Reader<R> {
         let mut fixed = [0u8; 12];
         file.read_exact(&mut fixed)
             .map_err(|_| bad("too short".into()))?;
-        if &fixed[..8] == MAGIC_V1 {
-            return Err(Error::Version1 {
-                path: name.to_owned(),
-            });
+        for (magic, version) in [(MAGIC_V1, 1), (MAGIC_V2, 2)] {
+            if &fixed[..8] == magic {
+                return Err(Error::OldVersion {
+                    path: name.to_owned(),
+                    version,
+                });
+            }
         }
         if &fixed[..8] != MAGIC {
             return Err(bad("wrong magic bytes".into()));
@@ -383,29 +616,33 @@ impl<R: Read> Reader<R> {
             || held - payload > 2 + MAX_SIG as u64
         {
             return Err(bad(format!(
-                "the header declares {payload} payload bytes, but the file holds {held} bytes after the header (truncated or padded?)"
+                "the header declares {payload} payload bytes ({} residues of {} bytes), but the file holds {held} bytes after the header (truncated or padded?)",
+                header.elements,
+                header.modulus.word_bytes()
             )));
         }
         let mut head = Vec::with_capacity(12 + json.len());
         head.extend_from_slice(&fixed);
         head.extend_from_slice(&json);
-        let mut hash = Sha256::new();
-        hash.update(&head);
-        hash.update(l);
-        hash.update(&header_sig);
+        let mut head_block = head.clone();
+        head_block.extend_from_slice(&l);
+        head_block.extend_from_slice(&header_sig);
         Ok(Reader {
             path: name.to_owned(),
             file,
             header,
             header_sig,
             head,
+            head_block,
             authenticated: false,
-            hash,
+            payload_start: before,
+            len,
+            segments: Vec::new(),
         })
     }
 
     /// Checks the header signature against the sender's registered key. Until this
-    /// succeeds, [`Reader::stream`] refuses to read the payload.
+    /// succeeds, the payload is not read.
     pub fn authenticate(&mut self, key: &p256::PublicKey) -> Result<()> {
         let bad_sig = || Error::BadSignature {
             path: self.path.clone(),
@@ -424,40 +661,50 @@ impl<R: Read> Reader<R> {
         &self.header
     }
 
-    /// Streams the payload in chunks of whole words. Call once, after
-    /// [`Self::authenticate`], then [`Self::verify`].
-    pub fn stream(&mut self, mut f: impl FnMut(u64, &[u8])) -> Result<()> {
-        if !self.authenticated {
-            return Err(Error::Malformed {
+    fn check_authenticated(&self) -> Result<()> {
+        if self.authenticated {
+            Ok(())
+        } else {
+            Err(Error::Malformed {
                 path: self.path.clone(),
                 reason: "payload read before the header was authenticated (our bug)".into(),
-            });
+            })
         }
-        let total = self.header.payload_bytes().unwrap_or(0);
-        let wb = self.header.modulus.word_bytes() as u64;
-        let block = (1u64 << 20) - (1 << 20) % wb;
-        let mut buf = vec![0u8; block.min(total) as usize];
+    }
+
+    /// Streams the payload in order, in chunks of whole `w`-byte residues, each with its
+    /// offset in elements. Call once, after [`Self::authenticate`], then [`Self::verify`].
+    pub fn stream(&mut self, mut f: impl FnMut(u64, &[u8])) -> Result<()> {
+        self.check_authenticated()?;
+        let elements = self.header.elements;
+        let w = self.header.modulus.word_bytes();
+        let chunk = (SEGMENT_ELEMENTS / 16).min(elements as usize);
+        let mut buf = vec![0u8; chunk * w];
         let mut done = 0u64;
-        while done < total {
-            let n = (total - done).min(buf.len() as u64) as usize;
-            self.file.read_exact(&mut buf[..n]).map_err(|e| Error::Io {
+        let mut h = blake3::Hasher::new();
+        while done < elements {
+            let n = (elements - done).min(chunk as u64) as usize;
+            let bytes = &mut buf[..n * w];
+            self.file.read_exact(bytes).map_err(|e| Error::Io {
                 action: "read",
                 path: self.path.clone(),
                 source: e,
             })?;
-            self.hash.update(&buf[..n]);
-            f(done / wb, &buf[..n]);
+            h.update(bytes);
+            f(done, bytes);
             done += n as u64;
+            if done % SEGMENT_ELEMENTS as u64 == 0 || done == elements {
+                self.segments.push(*h.finalize().as_bytes());
+                h = blake3::Hasher::new();
+            }
         }
         Ok(())
     }
 
-    /// Checks the signature against the sender's registered key.
+    /// After [`Self::stream`]: reads the trailer and checks the signature over D against
+    /// the sender's registered key.
     pub fn verify(mut self, key: &p256::PublicKey) -> Result<()> {
-        let bad_sig = || Error::BadSignature {
-            path: self.path.clone(),
-            sender: self.header.sender.clone(),
-        };
+        let bad_sig = self.bad_sig();
         let mut l = [0u8; 2];
         self.file.read_exact(&mut l).map_err(|_| bad_sig())?;
         let n = usize::from(u16::from_le_bytes(l));
@@ -471,10 +718,55 @@ impl<R: Read> Reader<R> {
         if !matches!(self.file.read(&mut extra), Ok(0)) {
             return Err(bad_sig());
         }
-        let sig = Signature::from_der(&der).map_err(|_| bad_sig())?;
+        self.check_signature(key, &der)
+    }
+
+    fn bad_sig(&self) -> impl Fn() -> Error + use<R> {
+        let path = self.path.clone();
+        let sender = self.header.sender.clone();
+        move || Error::BadSignature {
+            path: path.clone(),
+            sender: sender.clone(),
+        }
+    }
+
+    fn check_signature(&self, key: &p256::PublicKey, der: &[u8]) -> Result<()> {
+        let bad_sig = self.bad_sig();
+        let want = self.header.elements.div_ceil(SEGMENT_ELEMENTS as u64);
+        if self.segments.len() as u64 != want {
+            return Err(bad_sig());
+        }
+        let sig = Signature::from_der(der).map_err(|_| bad_sig())?;
         VerifyingKey::from(key)
-            .verify_prehash(&self.hash.clone().finalize(), &sig)
+            .verify_prehash(&digest_of(&self.head_block, &self.segments), &sig)
             .map_err(|_| bad_sig())
+    }
+}
+
+impl Reader<File> {
+    /// The trailer of a file read by position: exactly `u16le len || signature` after
+    /// the payload, and nothing after it (the file's length is checked again now).
+    fn verify_at_end(self, key: &p256::PublicKey) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let bad_sig = self.bad_sig();
+        let end = self.payload_start + self.header.payload_bytes().unwrap_or(0);
+        let len = self.file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        if len != self.len {
+            return Err(bad_sig());
+        }
+        let mut l = [0u8; 2];
+        self.file
+            .read_exact_at(&mut l, end)
+            .map_err(|_| bad_sig())?;
+        let n = usize::from(u16::from_le_bytes(l));
+        if n > MAX_SIG || end + 2 + n as u64 != len {
+            return Err(bad_sig());
+        }
+        let mut der = vec![0u8; n];
+        self.file
+            .read_exact_at(&mut der, end + 2)
+            .map_err(|_| bad_sig())?;
+        self.check_signature(key, &der)
     }
 }
 
@@ -491,7 +783,7 @@ mod tests {
         bytes.extend_from_slice(b"{}");
         std::fs::write(&path, &bytes).expect("write");
         let err = Reader::open(&path).err().expect("refused");
-        assert!(matches!(err, Error::Version1 { .. }), "{err}");
+        assert!(matches!(err, Error::OldVersion { version: 1, .. }), "{err}");
         assert!(err.to_string().contains("format version 1"), "{err}");
     }
 }

@@ -31,7 +31,7 @@ use crate::pki::journal::{Revealed, RoundEnd};
 use crate::pki::registry::Registry;
 use crate::round::messages::{Message2, ShareKind};
 use crate::secagg::quantize::Plan;
-use crate::secagg::ring::{Modulus, Word};
+use crate::secagg::ring::{Machine, Word};
 use crate::text::sanitize;
 
 /// What `round join` needs.
@@ -377,9 +377,9 @@ impl Driver<'_> {
     ) -> Result<()> {
         let width = plan.wire_bytes();
         let total = (self.layout.elements() + 1) * width as u64;
-        let streamed = match plan.modulus {
-            Modulus::M32 => self.stream_words::<u32>(plan, weight, masks, width, total, events),
-            Modulus::M64 => self.stream_words::<u64>(plan, weight, masks, width, total, events),
+        let streamed = match plan.modulus.machine() {
+            Machine::U32 => self.stream_words::<u32>(plan, weight, masks, width, total, events),
+            Machine::U64 => self.stream_words::<u64>(plan, weight, masks, width, total, events),
         };
         let streamed = match streamed {
             Ok(s) => s,

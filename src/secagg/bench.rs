@@ -10,32 +10,42 @@ use serde::Serialize;
 use crate::secagg::keys::{MaskKey, Sign};
 use crate::secagg::prg::{self as mask, PeerMask};
 use crate::secagg::quantize::{Plan, QuantParams};
-use crate::secagg::ring::Modulus;
 use crate::secagg::ring::Word;
-use crate::secagg::sum::Accumulator;
+use crate::secagg::ring::{Machine, Modulus};
+use crate::secagg::sum::{Accumulator, SEGMENT_ELEMENTS};
 
-/// One run's measurements.
+/// One run's measurements. Every baseline runs on the same threads, over the same
+/// amount of data, in the same memory regime as the job it judges, so each ratio is
+/// the job's speed over the raw limit of its own inner loop and cannot exceed 1 but by
+/// noise.
 #[derive(Debug, Serialize)]
 pub struct Report {
-    /// Worker threads used for masking.
+    /// Worker threads used for everything.
     pub threads: usize,
-    /// Nodes simulated (n); masking uses n-1 peers.
+    /// Nodes simulated (n); masking uses n-1 peer streams.
     pub nodes: usize,
     /// Vector length d.
     pub len: usize,
-    /// Bits of the modulus (word size) under the default parameters for n nodes.
+    /// Bits of the modulus 2^(8w) under the default parameters for n nodes.
     pub modulus_bits: u32,
-    /// Raw AES-128-CTR keystream, one thread, bytes per second.
+    /// Bytes per residue (w).
+    pub width_bytes: usize,
+    /// Raw AES-128-CTR keystream for the n-1 streams of d·w bytes each, on all threads
+    /// into a cache-sized buffer, bytes per second.
     pub prg_bytes_per_sec: f64,
-    /// `acc[i] += x[i]` over d words, one thread, bytes of x per second.
+    /// `acc[i] += x[i]` in machine words: n vectors of d words, each its own buffer, into
+    /// one accumulator of d words, on all threads; bytes of x per second.
     pub add_bytes_per_sec: f64,
+    /// BLAKE3 over the n payloads on all threads, bytes per second (for reference).
+    pub hash_bytes_per_sec: f64,
     /// Masking: vector elements per second with n-1 peers on all threads.
     pub mask_elems_per_sec: f64,
-    /// Masking keystream rate / (raw PRG rate x threads), for the same mask words.
+    /// Masking's keystream rate over the raw PRG rate (both for the same streams).
     pub mask_ratio: f64,
-    /// Aggregation: input elements per second absorbed (n inputs of d words).
+    /// Aggregation (add and BLAKE3 of n payloads of w-byte residues, each its own
+    /// buffer): input elements per second.
     pub aggregate_elems_per_sec: f64,
-    /// Aggregation byte rate / add bandwidth.
+    /// Aggregation's payload byte rate over the add bandwidth.
     pub aggregate_ratio: f64,
     /// Seconds for one node to mask d elements (best run).
     pub mask_seconds: f64,
@@ -62,9 +72,9 @@ pub fn run(nodes: usize, len: usize, threads: usize, mut progress: impl FnMut(&s
     let modulus = Plan::new(QuantParams::default(), nodes.max(2))
         .map(|p| p.modulus)
         .unwrap_or(Modulus::M64);
-    match modulus {
-        Modulus::M32 => run_words::<u32>(nodes, len, threads, modulus, &mut progress),
-        Modulus::M64 => run_words::<u64>(nodes, len, threads, modulus, &mut progress),
+    match modulus.machine() {
+        Machine::U32 => run_words::<u32>(nodes, len, threads, modulus, &mut progress),
+        Machine::U64 => run_words::<u64>(nodes, len, threads, modulus, &mut progress),
     }
 }
 
@@ -77,41 +87,59 @@ fn run_words<W: Word>(
 ) -> Report {
     let nodes = nodes.max(2);
     let len = len.max(1);
-    let prg_rate = raw_prg_rate::<W>(len);
+    let threads = threads.max(1);
+    let width = modulus.word_bytes();
+    let peers = peer_masks(nodes);
+    let ks_bytes = (len * width * (nodes - 1)) as f64;
+    let prg_secs = raw_prg(&peers, len * width, threads);
+    let prg_rate = ks_bytes / prg_secs;
     progress(&format!(
-        "raw PRG: {:.0} MiB/s per thread",
-        prg_rate / 1048576.0
+        "raw PRG: {:.0} MiB/s on {threads} thread(s), {} streams of {} bytes",
+        prg_rate / 1048576.0,
+        nodes - 1,
+        len * width
     ));
     let x: Vec<W> = (0..len)
         .map(|i| W::from_u64(i as u64 * 2_654_435_761))
         .collect();
-    let add_rate = add_rate(&x);
-    progress(&format!("memory add: {:.0} MiB/s", add_rate / 1048576.0));
-    let (v, mask_secs) = masking(x, nodes, threads);
+    let (v, mask_secs) = masking(x, &peers, width, threads);
     let mask_elems = len as f64 / mask_secs;
-    let mask_ks_rate = (len * W::BYTES * (nodes - 1)) as f64 / mask_secs;
-    let mask_ratio = mask_ks_rate / (prg_rate * threads as f64);
+    let mask_ratio = ks_bytes / mask_secs / prg_rate;
     progress(&format!(
-        "masking: {:.1} M elements/s with {} peers ({:.0}% of raw PRG x {threads} threads)",
+        "masking: {:.1} M elements/s with {} peers ({:.0}% of raw PRG)",
         mask_elems / 1e6,
         nodes - 1,
         mask_ratio * 100.0
     ));
-    let agg_secs = aggregation(v, nodes);
-    let agg_elems = (nodes * len) as f64 / agg_secs;
-    let aggregate_ratio = agg_elems * W::BYTES as f64 / add_rate;
+    let payloads = payloads(&v, nodes, width);
+    drop(v);
+    let add_secs = plain_add::<W>(len, nodes, threads);
+    let add_rate = (nodes * len * W::BYTES) as f64 / add_secs;
     progress(&format!(
-        "aggregation: {:.1} M elements/s ({:.0}% of memory add)",
+        "memory add: {:.0} MiB/s on {threads} thread(s)",
+        add_rate / 1048576.0
+    ));
+    let hash_secs = hash_only(&payloads, width, threads);
+    let payload_bytes = (nodes * len * width) as f64;
+    let hash_rate = payload_bytes / hash_secs;
+    let agg_secs = aggregation::<W>(&payloads, len, width, threads);
+    let agg_elems = (nodes * len) as f64 / agg_secs;
+    let aggregate_ratio = payload_bytes / agg_secs / add_rate;
+    progress(&format!(
+        "aggregation: {:.1} M elements/s ({:.0}% of memory add; BLAKE3 alone {:.0} MiB/s)",
         agg_elems / 1e6,
-        aggregate_ratio * 100.0
+        aggregate_ratio * 100.0,
+        hash_rate / 1048576.0
     ));
     Report {
         threads,
         nodes,
         len,
         modulus_bits: modulus.bits(),
+        width_bytes: width,
         prg_bytes_per_sec: prg_rate,
         add_bytes_per_sec: add_rate,
+        hash_bytes_per_sec: hash_rate,
         mask_elems_per_sec: mask_elems,
         mask_ratio,
         aggregate_elems_per_sec: agg_elems,
@@ -124,63 +152,117 @@ fn run_words<W: Word>(
 /// How many times each measurement runs (the best is kept).
 const RUNS: usize = 3;
 
-/// Raw PRG bytes per second on one thread: a 16 KiB reused buffer, as much keystream as
-/// one node needs per peer.
-fn raw_prg_rate<W: Word>(len: usize) -> f64 {
-    let prg_bytes = (len * W::BYTES).max(1 << 24);
-    let mut buf = vec![0u8; 16 * 1024];
-    let prg_secs = best_of(RUNS, || {
-        let mut p = mask::prg_at(&key(1), 0);
-        let mut left = prg_bytes;
-        while left > 0 {
-            let n = left.min(buf.len());
-            ctr::cipher::StreamCipher::write_keystream(&mut p, &mut buf[..n]);
-            left -= n;
-        }
-        black_box(&buf);
-    });
-    prg_bytes as f64 / prg_secs
-}
-
-/// Memory add bandwidth in bytes per second: one thread, d words.
-fn add_rate<W: Word>(x: &[W]) -> f64 {
-    let mut acc = vec![W::default(); x.len()];
-    let add_secs = best_of(RUNS, || {
-        acc.iter_mut().zip(x).for_each(|(a, b)| *a = a.add(*b));
-        black_box(&acc);
-    });
-    std::mem::size_of_val(x) as f64 / add_secs
-}
-
-/// Masking with n-1 peers over d words on all threads; the masked vector and the time.
-fn masking<W: Word>(x: Vec<W>, nodes: usize, threads: usize) -> (Vec<W>, f64) {
-    let peers: Vec<PeerMask> = (0..nodes - 1)
+fn peer_masks(nodes: usize) -> Vec<PeerMask> {
+    (0..nodes - 1)
         .map(|i| PeerMask {
             key: key(i as u8 + 2),
             sign: if i % 2 == 0 { Sign::Add } else { Sign::Sub },
         })
+        .collect()
+}
+
+/// Raw keystream: every peer's `bytes` bytes, the streams split over `threads` threads
+/// by range exactly as masking splits them, each into a reused 16 KiB buffer.
+fn raw_prg(peers: &[PeerMask], bytes: usize, threads: usize) -> f64 {
+    let per = bytes.div_ceil(threads);
+    best_of(RUNS, || {
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let range = (t * per).min(bytes)..((t + 1) * per).min(bytes);
+                s.spawn(move || {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    for m in peers {
+                        let mut p = mask::prg_at(&m.key, range.start as u64);
+                        let mut left = range.len();
+                        while left > 0 {
+                            let n = left.min(buf.len());
+                            ctr::cipher::StreamCipher::write_keystream(&mut p, &mut buf[..n]);
+                            left -= n;
+                        }
+                    }
+                    black_box(&buf);
+                });
+            }
+        });
+    })
+}
+
+/// `n` vectors of `len` machine words, each its own buffer, added into one accumulator
+/// on `threads` threads by coordinate range: the memory traffic aggregation cannot beat.
+fn plain_add<W: Word>(len: usize, nodes: usize, threads: usize) -> f64 {
+    let inputs: Vec<Vec<W>> = (0..nodes)
+        .map(|k| (0..len).map(|i| W::from_u64((i * 7 + k) as u64)).collect())
         .collect();
+    let mut acc = vec![W::default(); len];
+    let per = len.div_ceil(threads);
+    best_of(RUNS, || {
+        acc.iter_mut().for_each(|a| *a = W::default());
+        for x in &inputs {
+            std::thread::scope(|s| {
+                for (a, x) in acc.chunks_mut(per).zip(x.chunks(per)) {
+                    s.spawn(move || a.iter_mut().zip(x).for_each(|(a, b)| *a = a.add(*b)));
+                }
+            });
+        }
+        black_box(&acc);
+    })
+}
+
+/// Masking with n-1 peers over d words on all threads; the masked vector and the time.
+fn masking<W: Word>(x: Vec<W>, peers: &[PeerMask], width: usize, threads: usize) -> (Vec<W>, f64) {
     let mut v = x;
     let mask_secs = best_of(RUNS, || {
-        mask::apply_masks(&mut v, &peers, threads);
+        mask::apply_masks(&mut v, peers, width, threads);
         black_box(&v);
     });
     (v, mask_secs)
 }
 
-/// Aggregation time: n inputs of d words streamed as 1 MiB chunks into one accumulator.
-fn aggregation<W: Word>(v: Vec<W>, nodes: usize) -> f64 {
-    let len = v.len();
-    let mut bytes = Vec::with_capacity(len * W::BYTES);
-    v.iter().for_each(|w| w.put_le(&mut bytes));
-    drop(v);
-    let chunk = (1 << 20) - (1 << 20) % W::BYTES;
-    best_of(RUNS, || {
-        let mut a = Accumulator::<W>::new(len);
-        for _ in 0..nodes {
-            for (i, c) in bytes.chunks(chunk).enumerate() {
-                a.absorb((i * chunk / W::BYTES) as u64, c);
+/// n payloads of `width`-byte residues, each its own buffer (like n files in the page
+/// cache), from one masked vector with a different offset per node.
+fn payloads<W: Word>(v: &[W], nodes: usize, width: usize) -> Vec<Vec<u8>> {
+    (0..nodes)
+        .map(|k| {
+            let mut out = vec![0u8; v.len() * width];
+            for (w, o) in v.iter().zip(out.chunks_exact_mut(width)) {
+                w.add(W::from_u64(k as u64)).write_le_narrow(o);
             }
+            out
+        })
+        .collect()
+}
+
+/// BLAKE3 of every segment of every payload, segments split over threads.
+fn hash_only(payloads: &[Vec<u8>], width: usize, threads: usize) -> f64 {
+    let seg = SEGMENT_ELEMENTS * width;
+    best_of(RUNS, || {
+        for p in payloads {
+            let per = p.len().div_ceil(seg).div_ceil(threads).max(1) * seg;
+            std::thread::scope(|s| {
+                for part in p.chunks(per) {
+                    s.spawn(move || {
+                        part.chunks(seg).for_each(|x| {
+                            black_box(blake3::hash(x));
+                        })
+                    });
+                }
+            });
+        }
+    })
+}
+
+/// Aggregation time: each payload hashed (BLAKE3 per segment) and summed into one
+/// accumulator on all threads, as `secagg aggregate` does with files.
+fn aggregation<W: Word>(payloads: &[Vec<u8>], len: usize, width: usize, threads: usize) -> f64 {
+    let mut a = Accumulator::<W>::with_width(len, width);
+    best_of(RUNS, || {
+        for p in payloads {
+            black_box(crate::secagg::sum::absorb_hashed(
+                a.words_mut(),
+                width,
+                p,
+                threads,
+            ));
         }
         black_box(&a);
     })

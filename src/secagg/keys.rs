@@ -125,6 +125,11 @@ impl fmt::Debug for MaskKey {
 }
 
 impl MaskKey {
+    /// A key from raw bytes (known-answer tests and benches; protocols derive theirs).
+    pub fn from_bytes(bytes: [u8; 16]) -> MaskKey {
+        MaskKey(bytes)
+    }
+
     /// Derives the per-use key for a masked file.
     pub fn derive(pairwise: &PairwiseSecret, ctx: &MaskContext) -> MaskKey {
         Self::expand(pairwise, MASK_INFO, &ctx.encode())

@@ -1,6 +1,6 @@
 //! Expanding mask keys into keystreams and folding them into a vector.
 //!
-//! The node's cost is (n-1)·d PRG words plus d adds. The vector is split into one
+//! The node's cost is (n-1)·d PRG words of w bytes (the ring's width) plus (n-1)·d adds. The vector is split into one
 //! contiguous range per thread; each thread keeps one AES-128-CTR state per peer, seeked
 //! to its range's offset, and walks its range in blocks small enough that the output
 //! block and the keystream buffer stay in L1/L2 while every peer's keystream is folded
@@ -35,48 +35,77 @@ pub fn prg_at(key: &MaskKey, offset: u64) -> Prg {
     prg
 }
 
-/// Adds (or subtracts) every peer's mask into `words`, using `threads` threads.
-pub fn apply_masks<W: Word>(words: &mut [W], masks: &[PeerMask], threads: usize) {
-    apply_masks_at(words, 0, masks, threads);
+/// Adds (or subtracts) every peer's mask into `words`, using `threads` threads. Element
+/// i takes the `width` keystream bytes at `width·i`, read as a little-endian integer
+/// (the keystream "cut" to the ring's width; see docs/protocol.md).
+pub fn apply_masks<W: Word>(words: &mut [W], masks: &[PeerMask], width: usize, threads: usize) {
+    apply_masks_at(words, 0, masks, width, threads);
 }
 
 /// Like [`apply_masks`], for a slice that starts at element `start` of the whole vector
 /// (masking a vector block by block as it streams).
-pub fn apply_masks_at<W: Word>(words: &mut [W], start: u64, masks: &[PeerMask], threads: usize) {
+pub fn apply_masks_at<W: Word>(
+    words: &mut [W],
+    start: u64,
+    masks: &[PeerMask],
+    width: usize,
+    threads: usize,
+) {
     if words.is_empty() || masks.is_empty() {
         return;
     }
+    let width = width.clamp(1, W::BYTES);
     let threads = threads.clamp(1, 256);
     if threads == 1 {
-        return apply_range(words, start, masks);
+        return apply_range(words, start, masks, width);
     }
     let per = words.len().div_ceil(threads);
     std::thread::scope(|s| {
         for (i, chunk) in words.chunks_mut(per).enumerate() {
             let at = start + (i * per) as u64;
-            s.spawn(move || apply_range(chunk, at, masks));
+            s.spawn(move || apply_range(chunk, at, masks, width));
         }
     });
 }
 
 /// Masks one contiguous range that starts at element `start` of the vector.
-fn apply_range<W: Word>(out: &mut [W], start: u64, masks: &[PeerMask]) {
+fn apply_range<W: Word>(out: &mut [W], start: u64, masks: &[PeerMask], width: usize) {
     let mut prgs: Vec<Prg> = masks
         .iter()
-        .map(|m| prg_at(&m.key, start * W::BYTES as u64))
+        .map(|m| prg_at(&m.key, start * width as u64))
         .collect();
     let words_per_block = BLOCK_BYTES / W::BYTES;
-    let mut buf = vec![0u8; BLOCK_BYTES];
+    let mut buf = vec![0u8; words_per_block * width];
     for block in out.chunks_mut(words_per_block) {
-        let bytes = &mut buf[..block.len() * W::BYTES];
+        let bytes = &mut buf[..block.len() * width];
         for (prg, m) in prgs.iter_mut().zip(masks) {
             prg.write_keystream(bytes);
-            let ks = bytes.chunks_exact(W::BYTES).map(W::from_le);
-            match m.sign {
-                Sign::Add => block.iter_mut().zip(ks).for_each(|(o, k)| *o = o.add(k)),
-                Sign::Sub => block.iter_mut().zip(ks).for_each(|(o, k)| *o = o.sub(k)),
+            match width {
+                1 => fold::<W, 1>(block, bytes, m.sign),
+                2 => fold::<W, 2>(block, bytes, m.sign),
+                3 => fold::<W, 3>(block, bytes, m.sign),
+                4 => fold::<W, 4>(block, bytes, m.sign),
+                5 => fold::<W, 5>(block, bytes, m.sign),
+                6 => fold::<W, 6>(block, bytes, m.sign),
+                7 => fold::<W, 7>(block, bytes, m.sign),
+                _ => fold::<W, 8>(block, bytes, m.sign),
             }
         }
+    }
+}
+
+/// Adds (or subtracts) keystream words of `N` bytes into `block`. With `N` known at
+/// compile time each word is one fixed-size load.
+#[inline(always)]
+fn fold<W: Word, const N: usize>(block: &mut [W], ks: &[u8], sign: Sign) {
+    let ks = ks.chunks_exact(N).map(|c| {
+        let mut b = [0u8; N];
+        b.copy_from_slice(c);
+        W::from_le_narrow(&b)
+    });
+    match sign {
+        Sign::Add => block.iter_mut().zip(ks).for_each(|(o, k)| *o = o.add(k)),
+        Sign::Sub => block.iter_mut().zip(ks).for_each(|(o, k)| *o = o.sub(k)),
     }
 }
 
@@ -127,7 +156,8 @@ mod tests {
             .collect()
     }
 
-    fn cancels<W: Word>(n: usize, len: usize, threads: usize) -> bool {
+    fn cancels<W: Word>(n: usize, len: usize, width: usize, threads: usize) -> bool {
+        let reduce = |x: u64| x & (u64::MAX >> (64 - 8 * width as u32));
         let all = masks_for(n);
         let mut sum = vec![W::default(); len];
         let mut any_nonzero = len == 0;
@@ -135,23 +165,26 @@ mod tests {
             let mut v: Vec<W> = (0..len)
                 .map(|k| W::from_u64((i * 1000 + k) as u64))
                 .collect();
-            apply_masks(&mut v, m, threads);
-            any_nonzero |= v
-                .iter()
-                .enumerate()
-                .any(|(k, w)| w.to_u64() != W::from_u64((i * 1000 + k) as u64).to_u64());
+            apply_masks(&mut v, m, width, threads);
+            any_nonzero |= v.iter().enumerate().any(|(k, w)| {
+                reduce(w.to_u64()) != reduce(W::from_u64((i * 1000 + k) as u64).to_u64())
+            });
             sum.iter_mut().zip(&v).for_each(|(s, x)| *s = s.add(*x));
         }
         let expected = (0..len).map(|k| W::from_u64((0..n).map(|i| (i * 1000 + k) as u64).sum()));
-        any_nonzero && sum.into_iter().eq(expected)
+        any_nonzero
+            && sum
+                .into_iter()
+                .map(|w| reduce(w.to_u64()))
+                .eq(expected.map(|w| reduce(w.to_u64())))
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
-        fn masks_cancel(n in 2usize..=12, len in 0usize..3000, threads in 1usize..4) {
-            prop_assert!(cancels::<u32>(n, len, threads));
-            prop_assert!(cancels::<u64>(n, len, threads));
+        fn masks_cancel(n in 2usize..=12, len in 0usize..3000, threads in 1usize..4, w in 1usize..=8) {
+            prop_assert!(cancels::<u32>(n, len, w.min(4), threads));
+            prop_assert!(cancels::<u64>(n, len, w, threads));
         }
     }
 
@@ -160,8 +193,33 @@ mod tests {
         let m = &masks_for(3)[0];
         let mut a = vec![0u64; 10_001];
         let mut b = a.clone();
-        apply_masks(&mut a, m, 1);
-        apply_masks(&mut b, m, 7);
-        assert_eq!(a, b);
+        for width in [3, 5, 8] {
+            apply_masks(&mut a, m, width, 1);
+            apply_masks(&mut b, m, width, 7);
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn element_i_takes_the_keystream_bytes_at_width_times_i() {
+        let m = &masks_for(2)[0];
+        for width in 1..=8usize {
+            let mut v = vec![0u64; 3001];
+            apply_masks_at(&mut v[1..], 1, m, width, 2);
+            let mut ks = vec![0u8; 3001 * width];
+            keystream(&m[0].key, 0, &mut ks);
+            let mask = 8 * width as u32;
+            for (i, got) in v.iter().enumerate().skip(1) {
+                let mut b = [0u8; 8];
+                b[..width].copy_from_slice(&ks[i * width..(i + 1) * width]);
+                let k = u64::from_le_bytes(b);
+                let want = match m[0].sign {
+                    Sign::Add => k,
+                    Sign::Sub => k.wrapping_neg(),
+                };
+                let low = |x: u64| x & (u64::MAX >> (64 - mask));
+                assert_eq!(low(*got), low(want), "width {width} element {i}");
+            }
+        }
     }
 }

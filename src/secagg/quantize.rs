@@ -8,8 +8,9 @@
 //! `S * step / W`, the weighted mean, within `step / 2` of the true weighted mean of the
 //! clipped values.
 //!
-//! `k` (32 or 64) is chosen so that `n * max_weight * L < 2^(k-1)`; otherwise the plan is
-//! refused before any work, naming the knob to turn.
+//! `k = 8w` is the smallest multiple of 8 (at most 64) with `n * max_weight * L < 2^(k-1)`
+//! and `n * max_weight < 2^k`; otherwise the plan is refused before any work, naming the
+//! knob to turn. Each masked element is then a residue of w bytes.
 
 use std::fmt;
 
@@ -135,10 +136,14 @@ impl Plan {
         let levels = levels(params.bits);
         let bound = nodes as u128 * u128::from(params.max_weight) * u128::from(levels);
         let weights = nodes as u128 * u128::from(params.max_weight);
-        let modulus = if bound < 1 << 31 && weights < 1 << 32 {
-            Modulus::M32
-        } else if bound < 1 << 63 && weights < 1 << 64 {
-            Modulus::M64
+        // The smallest width w (whole bytes) whose ring holds every sum: the signed sum
+        // n·W·L below 2^(8w-1) and the weight sum n·W below 2^(8w).
+        let width = (1..=8usize).find(|w| {
+            let bits = 8 * *w as u32;
+            bound < 1u128 << (bits - 1) && weights < 1u128 << bits
+        });
+        let modulus = if let Some(m) = width.and_then(Modulus::from_bytes) {
+            m
         } else {
             let limit = (1u128 << 63) as f64;
             let per = nodes as u128 * u128::from(params.max_weight);
@@ -168,24 +173,13 @@ impl Plan {
         })
     }
 
-    /// The quantization step c / L.
-    /// Bytes per element of an update on the wire in a network round: the smallest
-    /// `w` such that the sum still fits modulo 2^(8w) (`n · max_weight · L < 2^(8w-1)`
-    /// and `n · max_weight < 2^(8w)`). Reducing every masked word modulo 2^(8w) keeps
-    /// the masks cancelling, because 2^(8w) divides the modulus.
+    /// Bytes per element of an update, in files and on the wire: the width w of the
+    /// modulus 2^(8w) (the smallest that holds every sum).
     pub fn wire_bytes(&self) -> usize {
-        let levels = u128::from(levels(self.params.bits));
-        let weights = self.nodes as u128 * u128::from(self.params.max_weight);
-        let bound = weights * levels;
-        let full = self.modulus.word_bytes();
-        (1..full)
-            .find(|w| {
-                let bits = 8 * *w as u32;
-                bound < 1u128 << (bits - 1) && weights < 1u128 << bits
-            })
-            .unwrap_or(full)
+        self.modulus.word_bytes()
     }
 
+    /// The quantization step c / L.
     pub fn step(&self) -> f64 {
         self.params.clip / levels(self.params.bits) as f64
     }
@@ -198,7 +192,6 @@ impl Plan {
         (round_half_away(x.clamp(-c, c) / c * l), clipped)
     }
 
-    /// Decodes a weighted sum `S` (as a signed integer) with total weight `W`.
     /// [`Plan::quantize`] over a block, times `weight`, appended to `out` as words of
     /// `W`; one tight loop with the checks folded in. Returns the number of clipped
     /// values, or the index in `xs` of the first non-finite value (then `out` holds
@@ -225,6 +218,7 @@ impl Plan {
         }
     }
 
+    /// Decodes a weighted sum `S` (as a signed integer) with total weight `W`.
     pub fn decode_mean(&self, sum: i64, total_weight: u64) -> f64 {
         sum as f64 * self.step() / total_weight as f64
     }
@@ -321,10 +315,15 @@ mod tests {
             bits: 8,
             max_weight: 1000,
         };
-        assert_eq!(Plan::new(small, 10).expect("ok").modulus, Modulus::M32);
+        // 10 x 1000 x 127 = 1.27e6 < 2^23: three bytes.
+        assert_eq!(
+            Plan::new(small, 10).expect("ok").modulus,
+            Modulus::from_bytes(3).expect("3")
+        );
+        // 10 x 10^6 x 32767 = 3.3e11 < 2^39: five bytes, 2^40.
         assert_eq!(
             Plan::new(QuantParams::default(), 10).expect("ok").modulus,
-            Modulus::M64
+            Modulus::from_bytes(5).expect("5")
         );
         let huge = QuantParams {
             clip: 1.0,
@@ -356,9 +355,10 @@ mod tests {
     #[test]
     fn wire_bytes_examples() {
         // Defaults (16 bits, max weight 10^6): 5 x 10^6 x 32767 < 2^39, so 5 bytes
-        // instead of the 8 of the 2^64 words.
+        // (computed in u64 words).
         let five = Plan::new(QuantParams::default(), 5).expect("plan");
-        assert_eq!((five.modulus, five.wire_bytes()), (Modulus::M64, 5));
+        assert_eq!(five.wire_bytes(), 5);
+        assert_eq!(five.modulus.machine(), crate::secagg::ring::Machine::U64);
         // 8 bits, weight 1000, 10 nodes: 1.27e6 < 2^23, so 3 bytes of the 4.
         let small = QuantParams {
             clip: 1.0,
@@ -366,7 +366,8 @@ mod tests {
             max_weight: 1000,
         };
         let p = Plan::new(small, 10).expect("plan");
-        assert_eq!((p.modulus, p.wire_bytes()), (Modulus::M32, 3));
+        assert_eq!(p.wire_bytes(), 3);
+        assert_eq!(p.modulus.machine(), crate::secagg::ring::Machine::U32);
         // At the edge of 2^64 nothing can be saved.
         let edge = QuantParams {
             clip: 1.0,
@@ -442,7 +443,7 @@ mod tests {
                 bound < 1u128 << (8 * w - 1) && weights < 1u128 << (8 * w)
             };
             let w = plan.wire_bytes();
-            prop_assert!(w >= 1 && w <= plan.modulus.word_bytes());
+            prop_assert!((1..=8).contains(&w));
             prop_assert!(fits(w));
             prop_assert!(w == 1 || !fits(w - 1));
         }

@@ -1,29 +1,84 @@
-//! The ring masked sums live in: 2^32 or 2^64, as machine words with wrapping
-//! arithmetic. A leaf module shared by quantization, masking, sums and the wire.
+//! The ring masked sums live in: integers modulo 2^(8·w), w in 1..=8 bytes, held in
+//! machine words (u32 when w ≤ 4, else u64) with wrapping arithmetic. A word holds a
+//! residue in its low w bytes; its high bytes carry no meaning and every reader reduces
+//! (2^(8w) divides the word's modulus, so wrapping sums stay correct modulo 2^(8w)).
+//! A leaf module shared by quantization, masking, sums and the wire.
 
-/// The ring the masked sums live in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Modulus {
-    /// 2^32, 4-byte words.
-    #[serde(rename = "2^32")]
-    M32,
-    /// 2^64, 8-byte words.
-    #[serde(rename = "2^64")]
-    M64,
+use std::fmt;
+
+/// The ring the masked sums live in: 2^(8·w) for a width w of 1 to 8 bytes. A masked
+/// element travels and is stored as its residue in exactly w little-endian bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Modulus {
+    bytes: u8,
+}
+
+/// The machine word a modulus is computed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Machine {
+    /// u32 (widths 1 to 4).
+    U32,
+    /// u64 (widths 5 to 8).
+    U64,
 }
 
 impl Modulus {
-    /// Bytes per word.
-    pub fn word_bytes(self) -> usize {
-        match self {
-            Modulus::M32 => 4,
-            Modulus::M64 => 8,
+    /// 2^32.
+    pub const M32: Modulus = Modulus { bytes: 4 };
+    /// 2^64.
+    pub const M64: Modulus = Modulus { bytes: 8 };
+
+    /// 2^(8·bytes), for `bytes` in 1..=8.
+    pub const fn from_bytes(bytes: usize) -> Option<Modulus> {
+        if bytes >= 1 && bytes <= 8 {
+            Some(Modulus { bytes: bytes as u8 })
+        } else {
+            None
         }
     }
 
-    /// log2 of the modulus.
+    /// Bytes per residue (w).
+    pub fn word_bytes(self) -> usize {
+        usize::from(self.bytes)
+    }
+
+    /// log2 of the modulus (8·w).
     pub fn bits(self) -> u32 {
-        (self.word_bytes() * 8) as u32
+        8 * u32::from(self.bytes)
+    }
+
+    /// The machine word sums are computed in.
+    pub fn machine(self) -> Machine {
+        if self.bytes <= 4 {
+            Machine::U32
+        } else {
+            Machine::U64
+        }
+    }
+}
+
+impl fmt::Display for Modulus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "2^{}", self.bits())
+    }
+}
+
+impl serde::Serialize for Modulus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Modulus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Modulus, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.strip_prefix("2^")
+            .and_then(|b| b.parse::<u32>().ok())
+            .filter(|b| b % 8 == 0)
+            .and_then(|b| Modulus::from_bytes((b / 8) as usize))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("modulus {s:?}: expected 2^8, 2^16, ..., 2^64"))
+            })
     }
 }
 
@@ -103,3 +158,31 @@ macro_rules! word {
 }
 word!(u32, i32);
 word!(u64, i64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modulus_serialises_as_a_power_of_two() {
+        for w in 1..=8 {
+            let m = Modulus::from_bytes(w).expect("width");
+            let json = serde_json::to_string(&m).expect("ser");
+            assert_eq!(json, format!("\"2^{}\"", 8 * w));
+            assert_eq!(serde_json::from_str::<Modulus>(&json).expect("de"), m);
+        }
+        for bad in ["\"2^0\"", "\"2^12\"", "\"2^72\"", "\"3^8\"", "\"2^\"", "40"] {
+            assert!(serde_json::from_str::<Modulus>(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Modulus::from_bytes(0), None);
+        assert_eq!(Modulus::from_bytes(9), None);
+        assert_eq!(
+            Modulus::from_bytes(4).map(Modulus::machine),
+            Some(Machine::U32)
+        );
+        assert_eq!(
+            Modulus::from_bytes(5).map(Modulus::machine),
+            Some(Machine::U64)
+        );
+    }
+}

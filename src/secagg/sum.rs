@@ -4,8 +4,8 @@
 
 use crate::layout::{self, Layout};
 use crate::secagg::quantize::Plan;
-use crate::secagg::ring::Modulus;
 use crate::secagg::ring::Word;
+use crate::secagg::ring::{Machine, Modulus};
 
 /// Why a sum cannot be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -60,17 +60,28 @@ impl<W: Word> Accumulator<W> {
     #[inline]
     pub fn absorb(&mut self, offset: u64, bytes: &[u8]) {
         let start = (offset as usize).min(self.acc.len());
-        let acc = &mut self.acc[start..];
-        match self.width {
-            1 => absorb_narrow::<W, 1>(acc, bytes),
-            2 => absorb_narrow::<W, 2>(acc, bytes),
-            3 => absorb_narrow::<W, 3>(acc, bytes),
-            4 => absorb_narrow::<W, 4>(acc, bytes),
-            5 => absorb_narrow::<W, 5>(acc, bytes),
-            6 => absorb_narrow::<W, 6>(acc, bytes),
-            7 => absorb_narrow::<W, 7>(acc, bytes),
-            _ => absorb_narrow::<W, 8>(acc, bytes),
-        }
+        absorb_words(&mut self.acc[start..], self.width, bytes);
+    }
+
+    /// The running sums (each in the low `width` bytes of its word), for callers that
+    /// split the work by coordinate range over threads.
+    pub fn words_mut(&mut self) -> &mut [W] {
+        &mut self.acc
+    }
+
+    /// Bytes per incoming word.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Words held.
+    pub fn len(&self) -> usize {
+        self.acc.len()
+    }
+
+    /// Whether it holds no words.
+    pub fn is_empty(&self) -> bool {
+        self.acc.is_empty()
     }
 
     /// Subtracts words that [`Accumulator::absorb`] added (a stream that broke off).
@@ -85,9 +96,9 @@ impl<W: Word> Accumulator<W> {
     }
 
     /// Adds (or subtracts) PRG masks over the whole accumulator, as a node would have:
-    /// word i takes keystream bytes `[i·W::BYTES, (i+1)·W::BYTES)`.
+    /// word i takes keystream bytes `[i·width, (i+1)·width)`.
     pub fn apply_masks(&mut self, masks: &[crate::secagg::prg::PeerMask], threads: usize) {
-        crate::secagg::prg::apply_masks(&mut self.acc, masks, threads);
+        crate::secagg::prg::apply_masks(&mut self.acc, masks, self.width, threads);
     }
 
     /// Like [`Accumulator::finish_encoded`], after checking that every summed value lies
@@ -147,6 +158,73 @@ impl<W: Word> Accumulator<W> {
     }
 }
 
+/// Elements per hashed segment: the unit in which payloads are summed on several cores
+/// and digested (each segment gets its own BLAKE3; see the masked-file format).
+pub const SEGMENT_ELEMENTS: usize = 1 << 20;
+
+/// Elements hashed and added at a time: small enough that both passes over them hit the
+/// core's own cache.
+pub const READ_ELEMENTS: usize = 1 << 16;
+
+/// Adds a payload of `width`-byte residues held in memory into `acc` (as many words as
+/// both hold), on `threads` threads each taking whole segments, and returns each
+/// segment's BLAKE3 digest in order.
+pub fn absorb_hashed<W: Word>(
+    acc: &mut [W],
+    width: usize,
+    payload: &[u8],
+    threads: usize,
+) -> Vec<[u8; 32]> {
+    let n = acc.len().min(payload.len() / width.max(1));
+    let nseg = n.div_ceil(SEGMENT_ELEMENTS);
+    let per = nseg.div_ceil(threads.clamp(1, 256)).max(1) * SEGMENT_ELEMENTS;
+    let parts: Vec<Vec<[u8; 32]>> = std::thread::scope(|s| {
+        let handles: Vec<_> = acc[..n]
+            .chunks_mut(per)
+            .zip(payload.chunks(per * width))
+            .map(|(a, p)| {
+                s.spawn(move || {
+                    a.chunks_mut(SEGMENT_ELEMENTS)
+                        .zip(p.chunks(SEGMENT_ELEMENTS * width))
+                        .map(|(a, p)| {
+                            let mut h = blake3::Hasher::new();
+                            for (a, p) in a
+                                .chunks_mut(READ_ELEMENTS)
+                                .zip(p.chunks(READ_ELEMENTS * width))
+                            {
+                                h.update(p);
+                                absorb_words(a, width, p);
+                            }
+                            *h.finalize().as_bytes()
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    parts.into_iter().flatten().collect()
+}
+
+/// Adds `width`-byte little-endian words from `bytes` to `acc`, in order (as many as
+/// both hold).
+#[inline]
+pub fn absorb_words<W: Word>(acc: &mut [W], width: usize, bytes: &[u8]) {
+    match width {
+        1 => absorb_narrow::<W, 1>(acc, bytes),
+        2 => absorb_narrow::<W, 2>(acc, bytes),
+        3 => absorb_narrow::<W, 3>(acc, bytes),
+        4 => absorb_narrow::<W, 4>(acc, bytes),
+        5 => absorb_narrow::<W, 5>(acc, bytes),
+        6 => absorb_narrow::<W, 6>(acc, bytes),
+        7 => absorb_narrow::<W, 7>(acc, bytes),
+        _ => absorb_narrow::<W, 8>(acc, bytes),
+    }
+}
+
 /// Adds words of `N` little-endian bytes (`N` ≤ `W::BYTES`) to `acc`. With `N` known
 /// at compile time each word is one fixed-size load.
 #[inline]
@@ -200,10 +278,31 @@ impl AnyAccumulator {
 
     /// An accumulator for words that arrive as their low `width` bytes.
     pub fn with_width(modulus: Modulus, elements: usize, width: usize) -> Self {
-        match modulus {
-            Modulus::M32 => AnyAccumulator::M32(Accumulator::with_width(elements, width)),
-            Modulus::M64 => AnyAccumulator::M64(Accumulator::with_width(elements, width)),
+        match modulus.machine() {
+            Machine::U32 => AnyAccumulator::M32(Accumulator::with_width(elements, width)),
+            Machine::U64 => AnyAccumulator::M64(Accumulator::with_width(elements, width)),
         }
+    }
+
+    /// See [`Accumulator::width`].
+    pub fn width(&self) -> usize {
+        match self {
+            AnyAccumulator::M32(a) => a.width(),
+            AnyAccumulator::M64(a) => a.width(),
+        }
+    }
+
+    /// See [`Accumulator::len`].
+    pub fn len(&self) -> usize {
+        match self {
+            AnyAccumulator::M32(a) => a.len(),
+            AnyAccumulator::M64(a) => a.len(),
+        }
+    }
+
+    /// See [`Accumulator::is_empty`].
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// See [`Accumulator::absorb`].
@@ -273,9 +372,10 @@ mod tests {
             let mut acc = AnyAccumulator::new(plan.modulus, 17);
             for (vals, w) in &rows {
                 let mut bytes = Vec::new();
-                let mut push = |v: u64| match plan.modulus {
-                    Modulus::M32 => (v as u32).put_le(&mut bytes),
-                    Modulus::M64 => v.put_le(&mut bytes),
+                let mut push = |v: u64| {
+                    let mut b = vec![0u8; plan.wire_bytes()];
+                    v.write_le_narrow(&mut b);
+                    bytes.extend_from_slice(&b);
                 };
                 for x in vals {
                     push((plan.quantize(*x).0 * *w as i64) as u64);
@@ -292,8 +392,8 @@ mod tests {
             }
         }
 
-        /// Masked words reduced to the plan's wire width sum to the same mean as whole
-        /// words: 2^(8·width) divides the modulus, so the pairwise masks still cancel.
+        /// Masked words reduced to the plan's width sum to the same mean as whole machine
+        /// words: 2^(8·width) divides the word's modulus, so the pairwise masks still cancel.
         #[test]
         fn narrow_wire_words_give_the_same_mean(
             rows in prop::collection::vec((prop::collection::vec(-1.5f64..1.5, 8), 1u64..1_000_000), 2..7),
@@ -313,7 +413,8 @@ mod tests {
                 if i < j { r } else { r.wrapping_neg() }
             };
             let width = plan.wire_bytes();
-            let mut whole = AnyAccumulator::new(plan.modulus, 9);
+            let machine = match plan.modulus.machine() { Machine::U32 => 4, Machine::U64 => 8 };
+            let mut whole = AnyAccumulator::with_width(plan.modulus, 9, machine);
             let mut narrow = AnyAccumulator::with_width(plan.modulus, 9, width);
             for (i, (vals, w)) in rows.iter().enumerate() {
                 let mut words: Vec<u64> = vals.iter().map(|x| (plan.quantize(*x).0 * *w as i64) as u64).collect();
@@ -325,9 +426,9 @@ mod tests {
                 }
                 let (mut full, mut low) = (Vec::new(), Vec::new());
                 for word in &words {
-                    match plan.modulus {
-                        Modulus::M32 => (*word as u32).put_le(&mut full),
-                        Modulus::M64 => word.put_le(&mut full),
+                    match plan.modulus.machine() {
+                        Machine::U32 => (*word as u32).put_le(&mut full),
+                        Machine::U64 => word.put_le(&mut full),
                     }
                     let mut b = vec![0u8; width];
                     word.write_le_narrow(&mut b);

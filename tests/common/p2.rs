@@ -28,7 +28,7 @@ use secagg::round::schedule::{Ctx, pairwise_mask, self_mask_key};
 use secagg::secagg::keys::Sign;
 use secagg::secagg::prg::{PeerMask, apply_masks};
 use secagg::secagg::quantize::{Plan, QuantParams};
-use secagg::secagg::ring::{Modulus, Word};
+use secagg::secagg::ring::{Machine, Word};
 use secagg::secagg::shamir;
 
 /// The federation every test node pins.
@@ -299,7 +299,7 @@ fn masked_in<W: Word>(plan: &Plan, weight: u64, values: &[f64], masks: &[PeerMas
         .map(|x| W::from_i64(plan.quantize(*x).0.wrapping_mul(weight as i64)))
         .chain(std::iter::once(W::from_u64(weight)))
         .collect();
-    apply_masks(&mut words, masks, 1);
+    apply_masks(&mut words, masks, plan.wire_bytes(), 1);
     let keep = wire_mask(plan);
     words.into_iter().map(|w| w.to_u64() & keep).collect()
 }
@@ -307,9 +307,9 @@ fn masked_in<W: Word>(plan: &Plan, weight: u64, values: &[f64], masks: &[PeerMas
 /// What `Action::StreamMasked` sends: words_i = w·q(x_i) mod 2^k for i < d, word_d = w,
 /// plus every mask, reduced modulo 2^(8·wire bytes).
 pub fn masked_words(plan: &Plan, weight: u64, values: &[f64], masks: &[PeerMask]) -> Vec<u64> {
-    match plan.modulus {
-        Modulus::M32 => masked_in::<u32>(plan, weight, values, masks),
-        Modulus::M64 => masked_in::<u64>(plan, weight, values, masks),
+    match plan.modulus.machine() {
+        Machine::U32 => masked_in::<u32>(plan, weight, values, masks),
+        Machine::U64 => masked_in::<u64>(plan, weight, values, masks),
     }
 }
 

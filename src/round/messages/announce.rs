@@ -25,7 +25,7 @@ pub struct Announce {
     pub clip: f64,
     /// Quantization bits.
     pub bits: u32,
-    /// Modulus bits (32 or 64).
+    /// Modulus bits k (8 × wire bytes).
     pub modulus_bits: u32,
     /// Bytes per word on the wire.
     pub word_bytes: u32,

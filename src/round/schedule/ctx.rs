@@ -88,7 +88,7 @@ pub struct CtxParams {
     pub clip: f64,
     /// Quantization bits b.
     pub bits: u32,
-    /// k of the modulus 2^k: 32 or 64.
+    /// k of the modulus 2^k: a multiple of 8 from 8 to 64 (k = 8 × wire bytes).
     pub modulus_bits: u32,
     /// Bytes per word on the wire (1..=k/8).
     pub word_bytes: u32,
@@ -143,14 +143,17 @@ impl Ctx {
                 format!("{} is not a positive finite number", p.clip),
             );
         }
-        if p.modulus_bits != 32 && p.modulus_bits != 64 {
+        if !(8..=64).contains(&p.modulus_bits) || p.modulus_bits % 8 != 0 {
             return bad(
                 "modulus bits",
-                format!("{} is not 32 or 64", p.modulus_bits),
+                format!("{} is not one of 8, 16, ..., 64", p.modulus_bits),
             );
         }
-        if p.word_bytes == 0 || p.word_bytes > p.modulus_bits / 8 {
-            return bad("wire bytes", format!("{} is not in 1..=k/8", p.word_bytes));
+        if p.word_bytes != p.modulus_bits / 8 {
+            return bad(
+                "wire bytes",
+                format!("{} is not k/8 = {}", p.word_bytes, p.modulus_bits / 8),
+            );
         }
         if p.bits < 2 || p.bits > p.modulus_bits {
             return bad("bits", format!("{} is not in 2..=k", p.bits));

@@ -88,8 +88,6 @@ fn ctx_checks_and_binds_every_field() {
         researcher = fp(9),
         clip = 1.5,
         bits = 15,
-        modulus_bits = 64,
-        word_bytes = 3,
         max_weight = 999,
         threshold = 3,
         length = 11,
@@ -97,6 +95,13 @@ fn ctx_checks_and_binds_every_field() {
         model_digest = Some([0; 32]),
         label = "other".into()
     );
+    // The ring's width: modulus bits and wire bytes move together.
+    let mut p = params(3, 2);
+    (p.modulus_bits, p.word_bytes) = (24, 3);
+    variants.push(Ctx::new(p).expect("2^24").encoded().to_vec());
+    let mut p = params(3, 2);
+    (p.modulus_bits, p.word_bytes) = (40, 5);
+    variants.push(Ctx::new(p).expect("2^40").encoded().to_vec());
     let mut p = params(3, 2);
     p.invitees.pop();
     variants.push(Ctx::new(p).expect("fewer").encoded().to_vec());
@@ -116,7 +121,11 @@ fn ctx_checks_and_binds_every_field() {
     assert!(refuse(|p| p.clip = f64::NAN));
     assert!(refuse(|p| p.clip = -1.0));
     assert!(refuse(|p| p.modulus_bits = 48));
+    assert!(refuse(|p| p.modulus_bits = 36));
+    assert!(refuse(|p| p.modulus_bits = 72));
+    assert!(refuse(|p| p.modulus_bits = 0));
     assert!(refuse(|p| p.word_bytes = 5));
+    assert!(refuse(|p| p.word_bytes = 3));
     assert!(refuse(|p| p.word_bytes = 0));
     assert!(refuse(|p| p.bits = 33));
     assert!(refuse(|p| p.max_weight = 0));
@@ -359,14 +368,14 @@ fn masks_cancel_with_the_existing_prg() {
             ));
         }
         let mut y = vec![u as u32 + 1; 11];
-        apply_masks(&mut y, &masks, 1);
+        apply_masks(&mut y, &masks, 4, 1);
         assert_ne!(y, vec![u as u32 + 1; 11]);
         sum.iter_mut()
             .zip(&y)
             .for_each(|(s, x)| *s = s.wrapping_add(*x));
     }
     let unmask: Vec<PeerMask> = (0..3).map(|u| self_mask(u, Sign::Sub)).collect();
-    apply_masks(&mut sum, &unmask, 1);
+    apply_masks(&mut sum, &unmask, 4, 1);
     assert_eq!(sum, vec![6u32; 11]);
 }
 

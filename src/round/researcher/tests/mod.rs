@@ -193,7 +193,7 @@ impl H {
                 }
             }
             Action::Unmask { corrections } => {
-                apply_masks(&mut self.acc, corrections, 1);
+                apply_masks(&mut self.acc, corrections, wb, 1);
                 let values = self.acc[..D]
                     .iter()
                     .map(|w| i64::from(*w as u16 as i16))
@@ -305,7 +305,7 @@ impl H {
         let w = node.weight as i64;
         let mut y: Vec<u32> = node.values.iter().map(|q| (q * w) as u32).collect();
         y.push(node.weight as u32);
-        apply_masks(&mut y, &masks, 1);
+        apply_masks(&mut y, &masks, wb, 1);
         node.u2 = f.u2;
         y.iter()
             .flat_map(|w| w.to_le_bytes()[..wb].to_vec())
