@@ -147,6 +147,22 @@ pub fn decode_block(dtype: DType, bytes: &[u8]) -> impl Iterator<Item = f64> + '
     })
 }
 
+/// [`decode_block`] appended to `out`, one loop per type (so it vectorises).
+pub fn decode_into(dtype: DType, bytes: &[u8], out: &mut Vec<f64>) {
+    match dtype {
+        DType::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        ),
+        DType::F64 => out.extend(bytes.chunks_exact(8).map(|c| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            f64::from_le_bytes(a)
+        })),
+    }
+}
+
 /// Encodes values in `layout` order, each little-endian in its tensor's type: the bytes
 /// of the data sections of the file [`write_values`] would write. A missing value is
 /// written as 0 (callers pass exactly `layout.elements()` values).

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::files::job;
-use crate::files::masked::{Header, Reader};
+use crate::files::masked::{self, Header, Reader};
 use crate::party::{Fingerprint, PartyId};
 use crate::pki::registry::Registry;
 use crate::secagg::quantize::Plan;
@@ -168,10 +168,11 @@ pub fn aggregate_files(
     progress(Progress::Checked(readers.len()));
     // The payload sizes were checked against the files' lengths when they were opened.
     let mut acc = AnyAccumulator::new(header.modulus, header.elements as usize);
-    for (i, (r, key)) in readers.into_iter().zip(keys).enumerate() {
-        let sender = r.header().sender.clone();
-        r.sum_verified(&key, &mut acc, threads)?;
-        progress(Progress::Summed(i + 1, &sender));
+    let senders: Vec<PartyId> = readers.iter().map(|r| r.header().sender.clone()).collect();
+    masked::sum_verified(readers.into_iter().zip(keys).collect(), &mut acc, threads)
+        .map_err(|(_, e)| e)?;
+    for (i, sender) in senders.iter().enumerate() {
+        progress(Progress::Summed(i + 1, sender));
     }
     let (total_weight, mean) = acc.finish_checked(&plan, &header.layout)?;
     Ok(Aggregate {

@@ -9,8 +9,6 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use crate::files::masked::{self, Error, Header};
 use crate::files::tensor;
 use crate::layout::Layout;
@@ -277,7 +275,10 @@ pub fn mask_update(
     })
 }
 
-/// The content digest of an update: SHA-256 over `"secagg input v1"`, then per tensor
+/// Domain separation of the input digest (version 2: BLAKE3; version 1 was SHA-256).
+pub const INPUT_DIGEST_LABEL: &[u8] = b"secagg input v2";
+
+/// The content digest of an update: BLAKE3 over `"secagg input v2"`, then per tensor
 /// `u32be(len(name)) || name || dtype (one byte: 4 for f32, 8 for f64) || u32be(ndim) ||
 /// u64be(dim)...`, then every value as f64 little-endian, in layout order. The same
 /// update is recognised in both modes, whatever the file is called.
@@ -304,41 +305,41 @@ pub fn input_digest(input: &Path) -> Result<[u8; 32]> {
 
 /// The running hash behind [`input_digest`].
 struct InputDigest {
-    hash: Sha256,
+    hash: blake3::Hasher,
     bytes: Vec<u8>,
 }
 
 impl InputDigest {
     fn new(layout: &Layout) -> InputDigest {
-        let mut hash = Sha256::new();
-        hash.update(b"secagg input v1");
+        let mut hash = blake3::Hasher::new();
+        hash.update(INPUT_DIGEST_LABEL);
         for t in &layout.tensors {
-            hash.update((t.name.len() as u32).to_be_bytes());
+            hash.update(&(t.name.len() as u32).to_be_bytes());
             hash.update(t.name.as_bytes());
-            hash.update([t.dtype.bytes() as u8]);
-            hash.update((t.shape.len() as u32).to_be_bytes());
+            hash.update(&[t.dtype.bytes() as u8]);
+            hash.update(&(t.shape.len() as u32).to_be_bytes());
             for d in &t.shape {
-                hash.update(d.to_be_bytes());
+                hash.update(&d.to_be_bytes());
             }
         }
         InputDigest {
             hash,
-            bytes: Vec::with_capacity(8 * 4096),
+            bytes: vec![0u8; 8 * 4096],
         }
     }
 
     fn values(&mut self, xs: &[f64]) {
         for chunk in xs.chunks(4096) {
-            self.bytes.clear();
-            chunk
-                .iter()
-                .for_each(|x| self.bytes.extend_from_slice(&x.to_le_bytes()));
-            self.hash.update(&self.bytes);
+            let bytes = &mut self.bytes[..chunk.len() * 8];
+            for (x, b) in chunk.iter().zip(bytes.chunks_exact_mut(8)) {
+                b.copy_from_slice(&x.to_le_bytes());
+            }
+            self.hash.update(bytes);
         }
     }
 
     fn finish(self) -> [u8; 32] {
-        self.hash.finalize().into()
+        *self.hash.finalize().as_bytes()
     }
 }
 
@@ -449,7 +450,7 @@ fn stream<W: Word, E>(
 pub struct InputSummary {
     /// Tensor names, shapes and types.
     pub layout: Layout,
-    /// SHA-256 over `"secagg input v1"`, the layout (names, shapes, types) and every value
+    /// BLAKE3 over `"secagg input v2"`, the layout (names, shapes, types) and every value
     /// as f64 little-endian: re-encoding the file (f32 → f64, npy → safetensors with the
     /// same names) does not change it.
     pub digest: [u8; 32],
@@ -532,7 +533,7 @@ mod tests {
         };
         tensor::write_values(&path, &layout, [0.5, -1.0, 0.1].into_iter()).expect("write");
         // The bytes spelled out, as docs/protocol.md gives them.
-        let mut m = b"secagg input v1".to_vec();
+        let mut m = b"secagg input v2".to_vec();
         m.extend_from_slice(&[0, 0, 0, 1, b'a', 4, 0, 0, 0, 1]);
         m.extend_from_slice(&2u64.to_be_bytes());
         m.extend_from_slice(&[0, 0, 0, 2, b'b', b'b', 8, 0, 0, 0, 2]);
@@ -541,7 +542,7 @@ mod tests {
         for x in [0.5f64, -1.0, 0.1] {
             m.extend_from_slice(&x.to_le_bytes());
         }
-        let expected: [u8; 32] = Sha256::digest(&m).into();
+        let expected: [u8; 32] = *blake3::hash(&m).as_bytes();
         assert_eq!(input_digest(&path).expect("digest"), expected);
     }
 }

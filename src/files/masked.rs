@@ -357,10 +357,7 @@ impl Writer {
             let take = words.len().min(room).min(self.buf.capacity() / w);
             let (now, rest) = words.split_at(take);
             self.buf.clear();
-            self.buf.resize(take * w, 0);
-            for (word, out) in now.iter().zip(self.buf.chunks_exact_mut(w)) {
-                word.write_le_narrow(out);
-            }
+            crate::secagg::sum::encode_words(now, w, &mut self.buf);
             self.segment.update(&self.buf);
             if let Err(e) = self.out.write_all(&self.buf) {
                 return Err(self.io("write", e));
@@ -427,7 +424,7 @@ pub fn write_file<W: Word>(path: &Path, m: &Masked<W>, me: &Identity) -> Result<
 /// checks the header signature against the sender's registered key. The payload can
 /// only be read after that, so nothing a forged header declares is ever allocated.
 /// [`Reader::stream`] then [`Reader::verify`] read it in order (any reader);
-/// [`Reader::sum_verified`] reads a file on every core at once.
+/// [`sum_verified`] reads many files on every core at once.
 pub struct Reader<R = File> {
     path: PathBuf,
     file: R,
@@ -454,95 +451,121 @@ impl Reader {
         let len = file.metadata().map_err(|e| io("read", e))?.len();
         Reader::from_reader(path, file, len)
     }
-
-    /// Verifies the file against `key` and adds its payload into `acc`, using `threads`
-    /// threads, each summing and hashing its own range of whole segments: the file is
-    /// read once. On any error `acc` holds a partial sum and must be discarded.
-    pub fn sum_verified(
-        self,
-        key: &p256::PublicKey,
-        acc: &mut crate::secagg::sum::AnyAccumulator,
-        threads: usize,
-    ) -> Result<()> {
-        use crate::secagg::sum::AnyAccumulator;
-        self.check_authenticated()?;
-        if acc.width() != self.header.modulus.word_bytes()
-            || acc.len() as u64 != self.header.elements
-        {
-            return Err(Error::Malformed {
-                path: self.path.clone(),
-                reason: "accumulator does not match the header (our bug)".into(),
-            });
-        }
-        let segments = match acc {
-            AnyAccumulator::M32(a) => self.sum_words(a.words_mut(), threads),
-            AnyAccumulator::M64(a) => self.sum_words(a.words_mut(), threads),
-        }?;
-        let mut me = self;
-        me.segments = segments;
-        me.verify_at_end(key)
-    }
-
-    fn sum_words<W: Word>(&self, acc: &mut [W], threads: usize) -> Result<Vec<[u8; 32]>> {
-        let w = self.header.modulus.word_bytes();
-        let nseg = acc.len().div_ceil(SEGMENT_ELEMENTS);
-        let per = nseg.div_ceil(threads.clamp(1, 256)).max(1);
-        let file = &self.file;
-        let start = self.payload_start;
-        let results: Vec<std::io::Result<Vec<[u8; 32]>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = acc
-                .chunks_mut(per * SEGMENT_ELEMENTS)
-                .enumerate()
-                .map(|(t, part)| {
-                    let first = (t * per * SEGMENT_ELEMENTS) as u64;
-                    s.spawn(move || sum_range(file, start, w, first, part))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(std::io::Error::other("a summing thread panicked")))
-                })
-                .collect()
-        });
-        let mut out = Vec::with_capacity(nseg);
-        for r in results {
-            out.extend(r.map_err(|e| Error::Io {
-                action: "read",
-                path: self.path.clone(),
-                source: e,
-            })?);
-        }
-        Ok(out)
-    }
 }
 
-/// Reads elements `[first, first + acc.len())` of a payload of `w`-byte residues that
-/// starts at byte `start` of `file`, adds them into `acc` and hashes each segment (the
-/// range starts on a segment boundary). Returns the segment digests in order.
+/// Adds the payloads of authenticated files into `acc` and verifies each file's
+/// signature, reading every file once: `threads` threads each take a range of whole
+/// segments and, for each slice of it, read that slice of every file, hash it into the
+/// file's segment digest and add it, so the slice of the accumulator stays in the core's
+/// cache while all files pass through it. Returns the index of the first file (in
+/// order) that fails; on any error `acc` holds a partial sum and must be discarded.
+pub fn sum_verified(
+    files: Vec<(Reader, p256::PublicKey)>,
+    acc: &mut crate::secagg::sum::AnyAccumulator,
+    threads: usize,
+) -> std::result::Result<(), (usize, Error)> {
+    use crate::secagg::sum::AnyAccumulator;
+    for (i, (r, _)) in files.iter().enumerate() {
+        r.check_authenticated().map_err(|e| (i, e))?;
+        if acc.width() != r.header.modulus.word_bytes() || acc.len() as u64 != r.header.elements {
+            let e = Error::Malformed {
+                path: r.path.clone(),
+                reason: "accumulator does not match the header (our bug)".into(),
+            };
+            return Err((i, e));
+        }
+    }
+    let sources: Vec<(&File, u64)> = files
+        .iter()
+        .map(|(r, _)| (&r.file, r.payload_start))
+        .collect();
+    let w = acc.width();
+    let digests = match acc {
+        AnyAccumulator::M32(a) => sum_words(a.words_mut(), w, &sources, threads),
+        AnyAccumulator::M64(a) => sum_words(a.words_mut(), w, &sources, threads),
+    };
+    let mut digests = digests.map_err(|(i, source)| {
+        let e = Error::Io {
+            action: "read",
+            path: files[i].0.path.clone(),
+            source,
+        };
+        (i, e)
+    })?;
+    for (i, (mut r, key)) in files.into_iter().enumerate() {
+        r.segments = std::mem::take(&mut digests[i]);
+        r.verify_at_end(&key).map_err(|e| (i, e))?;
+    }
+    Ok(())
+}
+
+/// The threads of [`sum_verified`]: segment ranges of `acc`, every file per range.
+/// Returns each file's segment digests, or the failing file's index and error.
+fn sum_words<W: Word>(
+    acc: &mut [W],
+    w: usize,
+    files: &[(&File, u64)],
+    threads: usize,
+) -> std::result::Result<Vec<Vec<[u8; 32]>>, (usize, std::io::Error)> {
+    let nseg = acc.len().div_ceil(SEGMENT_ELEMENTS);
+    let per = nseg.div_ceil(threads.clamp(1, 256)).max(1) * SEGMENT_ELEMENTS;
+    type Part = std::result::Result<Vec<Vec<[u8; 32]>>, (usize, std::io::Error)>;
+    let parts: Vec<Part> = std::thread::scope(|s| {
+        let handles: Vec<_> = acc
+            .chunks_mut(per)
+            .enumerate()
+            .map(|(t, part)| {
+                let first = (t * per) as u64;
+                s.spawn(move || sum_range(files, w, first, part))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err((0, std::io::Error::other("a summing thread panicked")))
+                })
+            })
+            .collect()
+    });
+    let mut out = vec![Vec::with_capacity(nseg); files.len()];
+    for part in parts {
+        for (all, mine) in out.iter_mut().zip(part?) {
+            all.extend(mine);
+        }
+    }
+    Ok(out)
+}
+
+/// Elements `[first, first + acc.len())` (starting on a segment boundary) of every
+/// file's payload of `w`-byte residues, added into `acc` slice by slice, each file's
+/// segments hashed on the way. Returns, per file, the digests of the range's segments.
 fn sum_range<W: Word>(
-    file: &File,
-    start: u64,
+    files: &[(&File, u64)],
     w: usize,
     first: u64,
     acc: &mut [W],
-) -> std::io::Result<Vec<[u8; 32]>> {
+) -> std::result::Result<Vec<Vec<[u8; 32]>>, (usize, std::io::Error)> {
     use crate::secagg::sum::READ_ELEMENTS;
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; READ_ELEMENTS.min(acc.len()) * w];
-    let mut digests = Vec::with_capacity(acc.len().div_ceil(SEGMENT_ELEMENTS));
+    let mut digests = vec![Vec::new(); files.len()];
     for (k, seg) in acc.chunks_mut(SEGMENT_ELEMENTS).enumerate() {
-        let mut h = blake3::Hasher::new();
+        let mut hashers = vec![blake3::Hasher::new(); files.len()];
         let seg_first = first + (k * SEGMENT_ELEMENTS) as u64;
         for (j, part) in seg.chunks_mut(READ_ELEMENTS).enumerate() {
             let bytes = &mut buf[..part.len() * w];
             let at = seg_first + (j * READ_ELEMENTS) as u64;
-            file.read_exact_at(bytes, start + at * w as u64)?;
-            h.update(bytes);
-            crate::secagg::sum::absorb_words(part, w, bytes);
+            for (i, ((file, start), h)) in files.iter().zip(&mut hashers).enumerate() {
+                file.read_exact_at(bytes, start + at * w as u64)
+                    .map_err(|e| (i, e))?;
+                h.update(bytes);
+                crate::secagg::sum::absorb_words(part, w, bytes);
+            }
         }
-        digests.push(*h.finalize().as_bytes());
+        for (d, h) in digests.iter_mut().zip(hashers) {
+            d.push(*h.finalize().as_bytes());
+        }
     }
     Ok(digests)
 }

@@ -13,7 +13,7 @@ pub use crate::files::npy::MAX_NPY_HEADER;
 use crate::files::npy::npy_header;
 pub use crate::files::tensor_error::Error;
 use crate::files::tensor_error::{check_data_len, invalid};
-use crate::layout::{Container, DType, Layout, TensorSpec, decode_block, encode_values};
+use crate::layout::{Container, DType, Layout, TensorSpec, encode_values};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -128,7 +128,7 @@ where
                 )
             })?;
             values.clear();
-            values.extend(decode_block(spec.dtype, &block[..n]));
+            crate::layout::decode_into(spec.dtype, &block[..n], &mut values);
             if let Err(e) = visit(&values) {
                 return Ok(Err(e));
             }

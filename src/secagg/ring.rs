@@ -99,6 +99,8 @@ pub trait Word: Copy + Default + Send + Sync + Eq + std::fmt::Debug + 'static {
     /// Writes the low `out.len()` (at most `BYTES`) little-endian bytes: the word
     /// reduced modulo 2^(8·out.len()).
     fn write_le_narrow(self, out: &mut [u8]);
+    /// The little-endian bytes, zero-extended to 8.
+    fn le8(self) -> [u8; 8];
     /// From a signed integer, reduced modulo 2^bits.
     fn from_i64(v: i64) -> Self;
     /// From an unsigned integer, reduced modulo 2^bits.
@@ -140,6 +142,10 @@ macro_rules! word {
             fn write_le_narrow(self, out: &mut [u8]) {
                 let n = out.len();
                 out.copy_from_slice(&self.to_le_bytes()[..n]);
+            }
+            #[inline(always)]
+            fn le8(self) -> [u8; 8] {
+                (self as u64).to_le_bytes()
             }
             fn from_i64(v: i64) -> Self {
                 v as $t

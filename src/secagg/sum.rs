@@ -108,12 +108,13 @@ impl<W: Word> Accumulator<W> {
     pub fn finish_checked(self, plan: &Plan, layout: &Layout) -> Result<(u64, Vec<u8>)> {
         let bits = 8 * self.width as u32;
         let (total, _, sums) = self.decoder(plan)?;
-        let limit =
-            i128::from(total) * i128::from(crate::secagg::quantize::levels(plan.params.bits));
-        if let Some(i) = sums
-            .iter()
-            .position(|s| i128::from(signed_low_bits(s.to_u64(), bits)).abs() > limit)
-        {
+        // total <= n·max_weight and the plan holds n·max_weight·L < 2^(bits-1), so the
+        // limit fits a u64 (saturating only guards a plan that was never checked).
+        let limit = total.saturating_mul(crate::secagg::quantize::levels(plan.params.bits));
+        let out_of_range = |s: &W| signed_low_bits(s.to_u64(), bits).unsigned_abs() > limit;
+        // A branch-free scan (it vectorises); the index is looked up only on failure.
+        if sums.iter().fold(false, |bad, s| bad | out_of_range(s)) {
+            let i = sums.iter().position(out_of_range).unwrap_or(0);
             return Err(Error::OutOfRange(i as u64));
         }
         self.finish_encoded(plan, layout)
@@ -225,6 +226,29 @@ pub fn absorb_words<W: Word>(acc: &mut [W], width: usize, bytes: &[u8]) {
     }
 }
 
+/// Appends the low `width` bytes of each word to `out`, little-endian.
+pub fn encode_words<W: Word>(words: &[W], width: usize, out: &mut Vec<u8>) {
+    match width {
+        1 => encode_narrow::<W, 1>(words, out),
+        2 => encode_narrow::<W, 2>(words, out),
+        3 => encode_narrow::<W, 3>(words, out),
+        4 => encode_narrow::<W, 4>(words, out),
+        5 => encode_narrow::<W, 5>(words, out),
+        6 => encode_narrow::<W, 6>(words, out),
+        7 => encode_narrow::<W, 7>(words, out),
+        _ => encode_narrow::<W, 8>(words, out),
+    }
+}
+
+#[inline]
+fn encode_narrow<W: Word, const N: usize>(words: &[W], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + words.len() * N, 0);
+    for (w, c) in words.iter().zip(out[start..].chunks_exact_mut(N)) {
+        c.copy_from_slice(&w.le8()[..N]);
+    }
+}
+
 /// Adds words of `N` little-endian bytes (`N` ≤ `W::BYTES`) to `acc`. With `N` known
 /// at compile time each word is one fixed-size load.
 #[inline]
@@ -234,7 +258,21 @@ fn absorb_narrow<W: Word, const N: usize>(acc: &mut [W], bytes: &[u8]) {
             *a = a.add(W::from_le(c));
         }
     } else {
-        for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(N)) {
+        // Whole-word loads at byte j·N while a whole word fits: the bytes above the low
+        // N belong to the next words and only reach bits at or above 8·N, which the
+        // decoder discards (sums are read modulo 2^(8N)). The last few words, whose
+        // whole-word load would run past `bytes`, are read narrow.
+        let n = acc.len().min(bytes.len() / N);
+        let wide = if bytes.len() >= W::BYTES {
+            ((bytes.len() - W::BYTES) / N + 1).min(n)
+        } else {
+            0
+        };
+        let (head, tail) = acc[..n].split_at_mut(wide);
+        for (a, c) in head.iter_mut().zip(bytes.windows(W::BYTES).step_by(N)) {
+            *a = a.add(W::from_le(c));
+        }
+        for (a, c) in tail.iter_mut().zip(bytes[wide * N..].chunks_exact(N)) {
             let mut b = [0u8; N];
             b.copy_from_slice(c);
             *a = a.add(W::from_le_narrow(&b));
