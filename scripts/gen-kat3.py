@@ -277,6 +277,24 @@ def masked_file():
                 signature=sig.hex(), file=data.hex())
 
 
+def input_digest_case():
+    """The input digest (docs/protocol.md, "Mask-reuse journal"): BLAKE3 over the label,
+    the layout and every value as f64 little-endian (an f32 tensor's values as the f64 of
+    their f32)."""
+    tensors = [("a", 4, [3]), ("bb", 8, [2, 2])]
+    values = [0.5, -1.0, 0.1, 1.25, -3.0e-5, 7.0, -0.0]
+    m = b"secagg input v2"
+    for name, dt, shape in tensors:
+        m += struct.pack(">I", len(name)) + name.encode() + bytes([dt])
+        m += struct.pack(">I", len(shape)) + b"".join(struct.pack(">Q", d) for d in shape)
+    decoded = [struct.unpack("<f", struct.pack("<f", v))[0] for v in values[:3]] + values[3:]
+    m += b"".join(struct.pack("<d", v) for v in decoded)
+    return dict(container="safetensors",
+                tensors=[dict(name=n, dtype="f32" if dt == 4 else "f64", shape=sh)
+                         for n, dt, sh in tensors],
+                values=values, digested=m.hex(), digest=blake3(m).hex())
+
+
 def main():
     t0 = time.time()
     if blake3_self_test(verbose=False):
@@ -290,6 +308,7 @@ def main():
         digests_payload="payload byte j = (j*31 + 7) mod 251; segment = 2^20 elements",
         digests=digest_cases(),
         file=masked_file(),
+        input_digest=input_digest_case(),
     )
     json.dump(out, sys.stdout, indent=2)
     print()
