@@ -278,12 +278,12 @@ def masked_file():
 
 
 def input_digest_case():
-    """The input digest (docs/protocol.md, "Mask-reuse journal"): BLAKE3 over the label,
+    """The input digest (docs/protocol.md, "Mask-reuse journal"): SHA-256 over the label,
     the layout and every value as f64 little-endian (an f32 tensor's values as the f64 of
     their f32)."""
     tensors = [("a", 4, [3]), ("bb", 8, [2, 2])]
     values = [0.5, -1.0, 0.1, 1.25, -3.0e-5, 7.0, -0.0]
-    m = b"secagg input v2"
+    m = b"secagg input v1"
     for name, dt, shape in tensors:
         m += struct.pack(">I", len(name)) + name.encode() + bytes([dt])
         m += struct.pack(">I", len(shape)) + b"".join(struct.pack(">Q", d) for d in shape)
@@ -292,7 +292,7 @@ def input_digest_case():
     return dict(container="safetensors",
                 tensors=[dict(name=n, dtype="f32" if dt == 4 else "f64", shape=sh)
                          for n, dt, sh in tensors],
-                values=values, digested=m.hex(), digest=blake3(m).hex())
+                values=values, digested=m.hex(), digest=hashlib.sha256(m).hexdigest())
 
 
 def main():

@@ -278,3 +278,102 @@ fn the_researcher_is_resolved_or_refused_by_name() {
     let (_, ctx2) = job::prepare(&me, &reg, &chosen, 1).expect("chosen");
     assert_ne!(ctx2.researcher, ctx.researcher);
 }
+
+/// Watches `dir` for a staged masked file named `.{name}.*.tmp` and hard-links it away
+/// (as a sync client, a backup agent or another local user could).
+fn capture(
+    dir: std::path::PathBuf,
+    name: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Option<std::path::PathBuf>> {
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for e in std::fs::read_dir(&dir).expect("ls").flatten() {
+                let f = e.file_name().to_string_lossy().into_owned();
+                if f.starts_with(&format!(".{name}.")) && f.ends_with(".tmp") {
+                    let keep = dir.join("captured.masked");
+                    if std::fs::hard_link(e.path(), &keep).is_ok() {
+                        return Some(keep);
+                    }
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        None
+    })
+}
+
+/// No masked byte of an input may reach the disk before its mask key and its release
+/// are journaled. Otherwise a masking refused at the journal (here: the input was
+/// already released in round 1) leaves the round's key unused while a complete, signed
+/// masking of A under that key sat in the staged file; masking B for the same round
+/// then gives the researcher A - B in the clear. (Found in review; the test fails when
+/// `mask_update` journals after streaming.)
+#[test]
+fn no_masked_bytes_reach_the_disk_before_the_key_is_journaled() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (lab, node) = nodes();
+    let me = Home::new(&node.home).load_identity().expect("identity");
+    let n = 2_000_000u64;
+    let layout = npy(n, DType::F32);
+    let (va, vb) = (values(1, n as usize), values(2, n as usize));
+    let (a, b) = (lab.path("a.npy"), lab.path("b.npy"));
+    tensor::write_values(&a, &layout, va.iter().copied()).expect("write a");
+    tensor::write_values(&b, &layout, vb.iter().copied()).expect("write b");
+    let mut reg = registry(&node.home);
+    let quant = QuantParams::default();
+    job::mask_update(
+        &me,
+        &mut reg,
+        &spec(quant, 1),
+        &a,
+        7,
+        &lab.path("a1.masked"),
+        1,
+        0,
+    )
+    .expect("round 1");
+    // Round 2: A again, by mistake. Refused...
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = capture(lab.dir.path().to_owned(), "a2.masked", stop.clone());
+    let refused = job::mask_update(
+        &me,
+        &mut reg,
+        &spec(quant, 2),
+        &a,
+        7,
+        &lab.path("a2.masked"),
+        1,
+        0,
+    );
+    stop.store(true, Ordering::Relaxed);
+    let captured = watcher.join().expect("watcher");
+    let err = refused.expect_err("A is already released");
+    assert!(err.to_string().contains("already released"), "{err}");
+    assert!(!lab.path("a2.masked").exists());
+    // ... before a single masked byte was staged.
+    assert_eq!(
+        captured, None,
+        "a masking of A for round 2 reached the disk"
+    );
+    // Nothing was journaled for round 2, so B masks for it.
+    job::mask_update(
+        &me,
+        &mut reg,
+        &spec(quant, 2),
+        &b,
+        7,
+        &lab.path("b2.masked"),
+        1,
+        0,
+    )
+    .expect("B for round 2");
+    // The masked file is for the researcher and this node only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(lab.path("b2.masked"))
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}

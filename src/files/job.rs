@@ -9,6 +9,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use sha2::{Digest, Sha256};
+
 use crate::files::masked::{self, Error, Header};
 use crate::files::tensor;
 use crate::layout::Layout;
@@ -195,13 +197,21 @@ pub struct MaskedFile {
     pub clipped: u64,
 }
 
-/// Reads, quantizes, weights and masks an update in one pass, block by block, writing
-/// the masked file as it goes (memory is one block, whatever the update's size) and
-/// digesting the input in the same pass. Then journals the mask key and the input's
-/// release in one transaction ([`Registry::journal_file_mask`]) and only then moves the
-/// file into place at `out`. A second call for the same (federation, round, label)
-/// fails whatever the input, and a second call with the same input fails whatever the
-/// round; on any failure nothing is left at `out`.
+/// Masks an update for a file-mode round and writes the signed masked file at `out`.
+///
+/// 1. Checks the round ([`prepare`]), then reads the whole input once
+///    ([`inspect_input`]): a NaN, an infinity or a damaged file is refused here, with
+///    nothing journaled, so the fixed file can be masked for the same round.
+/// 2. Journals the mask key and the input's release in one transaction
+///    ([`Registry::journal_file_mask`]): a key already used or an input already released
+///    is refused before a single masked byte exists anywhere.
+/// 3. Reads, quantizes, weights and masks the input again, block by block, streaming the
+///    masked file into a temporary 0600 file beside `out` (memory is one block, whatever
+///    the update's size), and checks that the values read are the ones step 1 journaled.
+/// 4. Signs the file and moves it into place.
+///
+/// A failure after step 2 (disk full, the input changed in between) leaves the key and
+/// the input used: mask again for a new round. Nothing is ever left at `out` on failure.
 #[allow(clippy::too_many_arguments)]
 pub fn mask_update(
     me: &Identity,
@@ -222,40 +232,7 @@ pub fn mask_update(
         registered_node_at(reg, id, now)?;
     }
     let masks = peer_masks(me, reg, &ctx)?;
-    let layout = tensor::read_layout(input)?;
-    let header = Header {
-        format_version: masked::FORMAT_VERSION,
-        context: ctx.clone(),
-        quant: plan.params,
-        modulus: plan.modulus,
-        elements: layout.elements() + 1,
-        layout,
-        sender: me.config.party_id.clone(),
-    };
-    let mut writer = masked::Writer::create(out, &header, me)?;
-    let block = masked::SEGMENT_ELEMENTS;
-    let emit = |_: u64, words: &[_]| writer.write_words(words);
-    let streamed = match plan.modulus.machine() {
-        Machine::U32 => stream::<u32, _>(&plan, &masks, input, weight, threads, block, true, emit),
-        Machine::U64 => {
-            let emit = |_: u64, words: &[u64]| writer.write_words(words);
-            stream::<u64, _>(&plan, &masks, input, weight, threads, block, true, emit)
-        }
-    };
-    let (streamed, digest) = streamed.map_err(|e| match e {
-        Stopped::Masking(e) | Stopped::Emit(e) => e,
-    })?;
-    if streamed.layout != header.layout {
-        return Err(Error::Malformed {
-            path: input.to_owned(),
-            reason: "the file changed while it was read".into(),
-        });
-    }
-    let digest = digest.ok_or_else(|| Error::Malformed {
-        path: input.to_owned(),
-        reason: "no layout was read (our bug)".into(),
-    })?;
-    let finished = writer.finish(me)?;
+    let summary = inspect_input(input)?;
     let ids: Vec<&str> = ctx.participants.iter().map(PartyId::as_str).collect();
     reg.journal_file_mask(
         &FileMask {
@@ -264,28 +241,61 @@ pub fn mask_update(
             label: &ctx.label,
             researcher: &ctx.researcher,
             participants: &ids.join(","),
-            digest: &digest,
+            digest: &summary.digest,
         },
         now,
     )?;
-    finished.commit()?;
+    let header = Header {
+        format_version: masked::FORMAT_VERSION,
+        context: ctx.clone(),
+        quant: plan.params,
+        modulus: plan.modulus,
+        elements: summary.values + 1,
+        layout: summary.layout.clone(),
+        sender: me.config.party_id.clone(),
+    };
+    let mut writer = masked::Writer::create(out, &header, me)?;
+    let block = masked::SEGMENT_ELEMENTS;
+    let streamed = match plan.modulus.machine() {
+        Machine::U32 => {
+            let emit = |_: u64, words: &[u32]| writer.write_words(words);
+            stream(&plan, &masks, input, weight, threads, block, true, emit)
+        }
+        Machine::U64 => {
+            let emit = |_: u64, words: &[u64]| writer.write_words(words);
+            stream(&plan, &masks, input, weight, threads, block, true, emit)
+        }
+    };
+    let (streamed, check) = streamed.map_err(|e| match e {
+        Stopped::Masking(e) | Stopped::Emit(e) => e,
+    })?;
+    if streamed.layout != header.layout || check != Some(summary.check) {
+        return Err(Error::Malformed {
+            path: input.to_owned(),
+            reason: format!(
+                "the file changed while it was masked; round {} is used up, mask the update again for a new round",
+                ctx.round
+            ),
+        });
+    }
+    writer.finish(me)?.commit()?;
     Ok(MaskedFile {
         header,
         clipped: streamed.clipped,
     })
 }
 
-/// Domain separation of the input digest (version 2: BLAKE3; version 1 was SHA-256).
-pub const INPUT_DIGEST_LABEL: &[u8] = b"secagg input v2";
+/// Domain separation of the input digest.
+pub const INPUT_DIGEST_LABEL: &[u8] = b"secagg input v1";
 
-/// The content digest of an update: BLAKE3 over `"secagg input v2"`, then per tensor
+/// The content digest of an update: SHA-256 over `"secagg input v1"`, then per tensor
 /// `u32be(len(name)) || name || dtype (one byte: 4 for f32, 8 for f64) || u32be(ndim) ||
 /// u64be(dim)...`, then every value as f64 little-endian, in layout order. The same
 /// update is recognised in both modes, whatever the file is called.
 pub fn input_digest(input: &Path) -> Result<[u8; 32]> {
     let mut digest = None;
     let read = tensor::read_value_blocks(input, |layout| {
-        let d = digest.insert(InputDigest::new(layout));
+        let d = digest.insert(InputDigest::new(layout, true));
         |xs: &[f64]| {
             d.values(xs);
             Ok::<(), std::convert::Infallible>(())
@@ -296,34 +306,44 @@ pub fn input_digest(input: &Path) -> Result<[u8; 32]> {
     }
     // read_value_blocks calls make_visit before returning Ok.
     digest
-        .map(InputDigest::finish)
+        .and_then(|d| d.finish().0)
         .ok_or_else(|| Error::Malformed {
             path: input.to_owned(),
             reason: "no layout was read (our bug)".into(),
         })
 }
 
-/// The running hash behind [`input_digest`].
+/// The running hashes behind [`input_digest`]: the journaled SHA-256 digest (when
+/// wanted) and a BLAKE3 of the same bytes, the cheap check that a second pass read the
+/// same content.
 struct InputDigest {
-    hash: blake3::Hasher,
+    hash: Option<Sha256>,
+    check: blake3::Hasher,
     bytes: Vec<u8>,
 }
 
 impl InputDigest {
-    fn new(layout: &Layout) -> InputDigest {
-        let mut hash = blake3::Hasher::new();
-        hash.update(INPUT_DIGEST_LABEL);
+    fn new(layout: &Layout, journaled: bool) -> InputDigest {
+        let mut head = INPUT_DIGEST_LABEL.to_vec();
         for t in &layout.tensors {
-            hash.update(&(t.name.len() as u32).to_be_bytes());
-            hash.update(t.name.as_bytes());
-            hash.update(&[t.dtype.bytes() as u8]);
-            hash.update(&(t.shape.len() as u32).to_be_bytes());
+            head.extend_from_slice(&(t.name.len() as u32).to_be_bytes());
+            head.extend_from_slice(t.name.as_bytes());
+            head.push(t.dtype.bytes() as u8);
+            head.extend_from_slice(&(t.shape.len() as u32).to_be_bytes());
             for d in &t.shape {
-                hash.update(&d.to_be_bytes());
+                head.extend_from_slice(&d.to_be_bytes());
             }
         }
+        let hash = journaled.then(|| {
+            let mut h = Sha256::new();
+            h.update(&head);
+            h
+        });
+        let mut check = blake3::Hasher::new();
+        check.update(&head);
         InputDigest {
             hash,
+            check,
             bytes: vec![0u8; 8 * 4096],
         }
     }
@@ -334,12 +354,19 @@ impl InputDigest {
             for (x, b) in chunk.iter().zip(bytes.chunks_exact_mut(8)) {
                 b.copy_from_slice(&x.to_le_bytes());
             }
-            self.hash.update(bytes);
+            if let Some(h) = self.hash.as_mut() {
+                h.update(&*bytes);
+            }
+            self.check.update(bytes);
         }
     }
 
-    fn finish(self) -> [u8; 32] {
-        *self.hash.finalize().as_bytes()
+    /// The journaled digest (if computed) and the check.
+    fn finish(self) -> (Option<[u8; 32]>, [u8; 32]) {
+        (
+            self.hash.map(|h| h.finalize().into()),
+            *self.check.finalize().as_bytes(),
+        )
     }
 }
 
@@ -384,7 +411,8 @@ pub fn stream_masked<W: Word, E>(
     stream(plan, masks, input, weight, threads, block, false, emit).map(|(s, _)| s)
 }
 
-/// [`stream_masked`], and the input's [`input_digest`] in the same pass when `digest`.
+/// [`stream_masked`], and the BLAKE3 check of the input's values ([`InputSummary::check`])
+/// in the same pass when `digest`.
 #[allow(clippy::too_many_arguments)]
 fn stream<W: Word, E>(
     plan: &Plan,
@@ -419,7 +447,7 @@ fn stream<W: Word, E>(
     };
     let (b, off, clip, fl) = (&mut buf, &mut offset, &mut clipped, &mut flush);
     let layout = tensor::read_value_blocks(input, |layout| {
-        let mut hash = digest.then(|| hash.insert(InputDigest::new(layout)));
+        let mut hash = digest.then(|| hash.insert(InputDigest::new(layout, false)));
         move |mut xs: &[f64]| -> std::result::Result<(), Stopped<E>> {
             if let Some(h) = hash.as_mut() {
                 h.values(xs);
@@ -441,7 +469,7 @@ fn stream<W: Word, E>(
     .map_err(|e| Stopped::Masking(e.into()))??;
     buf.push(W::from_u64(weight));
     flush(&mut buf, &mut offset).map_err(Stopped::Emit)?;
-    Ok((Streamed { layout, clipped }, hash.map(InputDigest::finish)))
+    Ok((Streamed { layout, clipped }, hash.map(|h| h.finish().1)))
 }
 
 /// What [`inspect_input`] found: the update's layout, its content digest, and how many
@@ -450,12 +478,15 @@ fn stream<W: Word, E>(
 pub struct InputSummary {
     /// Tensor names, shapes and types.
     pub layout: Layout,
-    /// BLAKE3 over `"secagg input v2"`, the layout (names, shapes, types) and every value
+    /// SHA-256 over `"secagg input v1"`, the layout (names, shapes, types) and every value
     /// as f64 little-endian: re-encoding the file (f32 → f64, npy → safetensors with the
     /// same names) does not change it.
     pub digest: [u8; 32],
     /// Values.
     pub values: u64,
+    /// BLAKE3 over the same bytes as `digest`: a cheap way for a second pass to check
+    /// that it read the same content.
+    pub check: [u8; 32],
 }
 
 /// Reads a whole update before a round: parses it, refuses NaN and infinities (naming
@@ -465,7 +496,7 @@ pub fn inspect_input(input: &Path) -> Result<InputSummary> {
     let mut at = 0u64;
     let mut bad: Option<u64> = None;
     let read = tensor::read_value_blocks(input, |layout| {
-        let d = digest.insert(InputDigest::new(layout));
+        let d = digest.insert(InputDigest::new(layout, true));
         |xs: &[f64]| {
             if bad.is_none() {
                 bad = xs
@@ -485,14 +516,20 @@ pub fn inspect_input(input: &Path) -> Result<InputSummary> {
     if let Some(i) = bad {
         return Err(quantize::Error::NonFinite(i).into());
     }
-    let digest = digest.ok_or_else(|| Error::Malformed {
-        path: input.to_owned(),
-        reason: "no layout was read (our bug)".into(),
-    })?;
+    let (digest, check) = match digest.map(InputDigest::finish) {
+        Some((Some(digest), check)) => (digest, check),
+        _ => {
+            return Err(Error::Malformed {
+                path: input.to_owned(),
+                reason: "no layout was read (our bug)".into(),
+            });
+        }
+    };
     Ok(InputSummary {
         layout,
-        digest: digest.finish(),
+        digest,
         values: at,
+        check,
     })
 }
 
@@ -533,7 +570,7 @@ mod tests {
         };
         tensor::write_values(&path, &layout, [0.5, -1.0, 0.1].into_iter()).expect("write");
         // The bytes spelled out, as docs/protocol.md gives them.
-        let mut m = b"secagg input v2".to_vec();
+        let mut m = b"secagg input v1".to_vec();
         m.extend_from_slice(&[0, 0, 0, 1, b'a', 4, 0, 0, 0, 1]);
         m.extend_from_slice(&2u64.to_be_bytes());
         m.extend_from_slice(&[0, 0, 0, 2, b'b', b'b', 8, 0, 0, 0, 2]);
@@ -542,7 +579,7 @@ mod tests {
         for x in [0.5f64, -1.0, 0.1] {
             m.extend_from_slice(&x.to_le_bytes());
         }
-        let expected: [u8; 32] = *blake3::hash(&m).as_bytes();
+        let expected: [u8; 32] = Sha256::digest(&m).into();
         assert_eq!(input_digest(&path).expect("digest"), expected);
     }
 }

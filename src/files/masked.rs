@@ -307,7 +307,9 @@ impl Writer {
             source,
         };
         let width = header.modulus.word_bytes();
-        let mut staged = atomic::stage(path, false).map_err(|e| io("create", e))?;
+        // 0600: a masked file is for the researcher only, and the node's own copy needs
+        // no other reader.
+        let mut staged = atomic::stage(path, true).map_err(|e| io("create", e))?;
         let file = staged.file().try_clone().map_err(|e| io("create", e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let head = encode_header(header);
