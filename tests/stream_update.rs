@@ -114,7 +114,11 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_file_mode_journals_key_and_
         let digest = job::input_digest(&input).expect("digest");
         assert!(!reg.input_released(&digest).expect("query"));
         let out = lab.path(&format!("u{round}.masked"));
-        let whole = job::mask_update(&me, &mut reg, &spec, &input, 7, &out, 2, 0).expect("mask");
+        // Round 1 takes the two-pass path (no memory for the residues), round 2 the
+        // in-memory one: both must write the same residues a round streams.
+        let memory = if round == 1 { 0 } else { u64::MAX };
+        let whole = job::mask_update_with(&me, &mut reg, &spec, &input, 7, &out, 2, 0, memory)
+            .expect("mask");
         assert!(whole.clipped > 0, "some values are clipped");
         // Journaled: the key is used, and the input (by its digest) released.
         assert!(reg.file_mask_used("fed", round, "update").expect("query"));
@@ -311,6 +315,13 @@ fn capture(
 /// `mask_update` journals after streaming.)
 #[test]
 fn no_masked_bytes_reach_the_disk_before_the_key_is_journaled() {
+    // Both paths: residues in memory, and two passes streaming into the file.
+    for memory in [u64::MAX, 0] {
+        no_masked_bytes_before_the_journal(memory);
+    }
+}
+
+fn no_masked_bytes_before_the_journal(memory: u64) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let (lab, node) = nodes();
@@ -323,7 +334,7 @@ fn no_masked_bytes_reach_the_disk_before_the_key_is_journaled() {
     tensor::write_values(&b, &layout, vb.iter().copied()).expect("write b");
     let mut reg = registry(&node.home);
     let quant = QuantParams::default();
-    job::mask_update(
+    job::mask_update_with(
         &me,
         &mut reg,
         &spec(quant, 1),
@@ -332,12 +343,13 @@ fn no_masked_bytes_reach_the_disk_before_the_key_is_journaled() {
         &lab.path("a1.masked"),
         1,
         0,
+        memory,
     )
     .expect("round 1");
     // Round 2: A again, by mistake. Refused...
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = capture(lab.dir.path().to_owned(), "a2.masked", stop.clone());
-    let refused = job::mask_update(
+    let refused = job::mask_update_with(
         &me,
         &mut reg,
         &spec(quant, 2),
@@ -346,6 +358,7 @@ fn no_masked_bytes_reach_the_disk_before_the_key_is_journaled() {
         &lab.path("a2.masked"),
         1,
         0,
+        memory,
     );
     stop.store(true, Ordering::Relaxed);
     let captured = watcher.join().expect("watcher");
@@ -358,7 +371,7 @@ fn no_masked_bytes_reach_the_disk_before_the_key_is_journaled() {
         "a masking of A for round 2 reached the disk"
     );
     // Nothing was journaled for round 2, so B masks for it.
-    job::mask_update(
+    job::mask_update_with(
         &me,
         &mut reg,
         &spec(quant, 2),
@@ -367,6 +380,7 @@ fn no_masked_bytes_reach_the_disk_before_the_key_is_journaled() {
         &lab.path("b2.masked"),
         1,
         0,
+        memory,
     )
     .expect("B for round 2");
     // The masked file is for the researcher and this node only.

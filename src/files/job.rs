@@ -197,21 +197,24 @@ pub struct MaskedFile {
     pub clipped: u64,
 }
 
-/// Masks an update for a file-mode round and writes the signed masked file at `out`.
+/// Masks an update for a file-mode round and writes the signed masked file at `out`,
+/// using at most about 1.25 times the update's size in memory.
 ///
-/// 1. Checks the round ([`prepare`]), then reads the whole input once
-///    ([`inspect_input`]): a NaN, an infinity or a damaged file is refused here, with
-///    nothing journaled, so the fixed file can be masked for the same round.
-/// 2. Journals the mask key and the input's release in one transaction
-///    ([`Registry::journal_file_mask`]): a key already used or an input already released
-///    is refused before a single masked byte exists anywhere.
-/// 3. Reads, quantizes, weights and masks the input again, block by block, streaming the
-///    masked file into a temporary 0600 file beside `out` (memory is one block, whatever
-///    the update's size), and checks that the values read are the ones step 1 journaled.
-/// 4. Signs the file and moves it into place.
+/// No masked byte of the input exists anywhere, in memory or on disk, before the mask
+/// key and the input's release are journaled (one transaction,
+/// [`Registry::journal_file_mask`]): a key already used or an input already released is
+/// refused first, and a masking refused or interrupted leaves nothing a later masking
+/// under the same key could be subtracted from. An input that fails to read (a NaN, a
+/// damaged file) journals nothing, so the fixed file can be masked for the same round.
 ///
-/// A failure after step 2 (disk full, the input changed in between) leaves the key and
-/// the input used: mask again for a new round. Nothing is ever left at `out` on failure.
+/// When the residues (w bytes per element) fit in 1.25 times the update's data bytes,
+/// one pass reads, digests, quantizes and masks into memory; the journal follows; then
+/// the file is written. Otherwise ([`mask_update_with`] with a smaller budget) a first
+/// pass digests the input, the journal follows, and a second pass masks block by block
+/// into the file, checking with a BLAKE3 of the values that it read what the digest
+/// covers. A failure after the journal (disk full, the input changed between the
+/// passes) leaves the key and the input used: mask again for a new round. Nothing is
+/// ever left at `out` on failure.
 #[allow(clippy::too_many_arguments)]
 pub fn mask_update(
     me: &Identity,
@@ -223,6 +226,28 @@ pub fn mask_update(
     threads: usize,
     now: i64,
 ) -> Result<MaskedFile> {
+    // 1.25 times the data, and 1 MiB for the weight and small updates: within the node's
+    // memory target (docs/performance.md: peak RSS at most 1.5 x update + 30 MB).
+    let budget = tensor::read_layout(input)?
+        .checked_encoded_len()
+        .map_or(0, |b| b.saturating_add(b / 4).saturating_add(1 << 20));
+    mask_update_with(me, reg, spec, input, weight, out, threads, now, budget)
+}
+
+/// [`mask_update`] holding the masked residues in memory only if they take at most
+/// `memory` bytes (else two passes over the input, streaming into the file).
+#[allow(clippy::too_many_arguments)]
+pub fn mask_update_with(
+    me: &Identity,
+    reg: &mut Registry,
+    spec: &MaskSpec,
+    input: &Path,
+    weight: u64,
+    out: &Path,
+    threads: usize,
+    now: i64,
+    memory: u64,
+) -> Result<MaskedFile> {
     let (plan, ctx) = prepare(me, reg, spec, weight)?;
     for id in ctx
         .participants
@@ -232,43 +257,121 @@ pub fn mask_update(
         registered_node_at(reg, id, now)?;
     }
     let masks = peer_masks(me, reg, &ctx)?;
-    let summary = inspect_input(input)?;
-    let ids: Vec<&str> = ctx.participants.iter().map(PartyId::as_str).collect();
-    reg.journal_file_mask(
-        &FileMask {
-            federation: &ctx.federation,
-            round: ctx.round,
-            label: &ctx.label,
-            researcher: &ctx.researcher,
-            participants: &ids.join(","),
-            digest: &summary.digest,
-        },
-        now,
-    )?;
-    let header = Header {
+    let layout = tensor::read_layout(input)?;
+    let width = plan.wire_bytes();
+    let residues = layout
+        .checked_elements()
+        .ok()
+        .and_then(|e| e.checked_add(1))
+        .and_then(|e| e.checked_mul(width as u64));
+    let header = |layout: Layout, values: u64| Header {
         format_version: masked::FORMAT_VERSION,
         context: ctx.clone(),
         quant: plan.params,
         modulus: plan.modulus,
-        elements: summary.values + 1,
-        layout: summary.layout.clone(),
+        elements: values + 1,
+        layout,
         sender: me.config.party_id.clone(),
     };
-    let mut writer = masked::Writer::create(out, &header, me)?;
+    let ids: Vec<&str> = ctx.participants.iter().map(PartyId::as_str).collect();
+    let journal = |reg: &mut Registry, digest: &[u8; 32]| {
+        reg.journal_file_mask(
+            &FileMask {
+                federation: &ctx.federation,
+                round: ctx.round,
+                label: &ctx.label,
+                researcher: &ctx.researcher,
+                participants: &ids.join(","),
+                digest,
+            },
+            now,
+        )
+    };
     let block = masked::SEGMENT_ELEMENTS;
+    if let Some(bytes) = residues.filter(|b| *b <= memory) {
+        // One pass into memory, then the journal, then the file.
+        let mut payload: Vec<u8> = Vec::with_capacity(bytes as usize);
+        let streamed = match plan.modulus.machine() {
+            Machine::U32 => {
+                let emit = |_: u64, words: &[u32]| -> std::result::Result<(), Error> {
+                    crate::secagg::sum::encode_words(words, width, &mut payload);
+                    Ok(())
+                };
+                stream(
+                    &plan,
+                    &masks,
+                    input,
+                    weight,
+                    threads,
+                    block,
+                    Digests::Journal,
+                    emit,
+                )
+            }
+            Machine::U64 => {
+                let emit = |_: u64, words: &[u64]| -> std::result::Result<(), Error> {
+                    crate::secagg::sum::encode_words(words, width, &mut payload);
+                    Ok(())
+                };
+                stream(
+                    &plan,
+                    &masks,
+                    input,
+                    weight,
+                    threads,
+                    block,
+                    Digests::Journal,
+                    emit,
+                )
+            }
+        };
+        let (streamed, (digest, _)) = streamed.map_err(Stopped::into_error)?;
+        let digest = digest.ok_or_else(|| our_bug(input))?;
+        let values = streamed.layout.elements();
+        let header = header(streamed.layout, values);
+        journal(reg, &digest)?;
+        let mut writer = masked::Writer::create(out, &header, me)?;
+        writer.write_residues(&payload)?;
+        writer.finish(me)?.commit()?;
+        return Ok(MaskedFile {
+            header,
+            clipped: streamed.clipped,
+        });
+    }
+    // Two passes: digest, journal, then mask into the file.
+    let summary = inspect_input(input)?;
+    journal(reg, &summary.digest)?;
+    let header = header(summary.layout.clone(), summary.values);
+    let mut writer = masked::Writer::create(out, &header, me)?;
     let streamed = match plan.modulus.machine() {
         Machine::U32 => {
             let emit = |_: u64, words: &[u32]| writer.write_words(words);
-            stream(&plan, &masks, input, weight, threads, block, true, emit)
+            stream(
+                &plan,
+                &masks,
+                input,
+                weight,
+                threads,
+                block,
+                Digests::Check,
+                emit,
+            )
         }
         Machine::U64 => {
             let emit = |_: u64, words: &[u64]| writer.write_words(words);
-            stream(&plan, &masks, input, weight, threads, block, true, emit)
+            stream(
+                &plan,
+                &masks,
+                input,
+                weight,
+                threads,
+                block,
+                Digests::Check,
+                emit,
+            )
         }
     };
-    let (streamed, check) = streamed.map_err(|e| match e {
-        Stopped::Masking(e) | Stopped::Emit(e) => e,
-    })?;
+    let (streamed, (_, check)) = streamed.map_err(Stopped::into_error)?;
     if streamed.layout != header.layout || check != Some(summary.check) {
         return Err(Error::Malformed {
             path: input.to_owned(),
@@ -285,6 +388,35 @@ pub fn mask_update(
     })
 }
 
+fn our_bug(input: &Path) -> Error {
+    Error::Malformed {
+        path: input.to_owned(),
+        reason: "no layout was read (our bug)".into(),
+    }
+}
+
+impl Stopped<Error> {
+    fn into_error(self) -> Error {
+        match self {
+            Stopped::Masking(e) | Stopped::Emit(e) => e,
+        }
+    }
+}
+
+/// The journaled digest and the check, as [`stream`] computed them.
+type DigestsOut = (Option<[u8; 32]>, Option<[u8; 32]>);
+
+/// Which digests of the input [`stream`] computes as it reads.
+#[derive(Clone, Copy, PartialEq)]
+enum Digests {
+    /// None.
+    None,
+    /// The journaled SHA-256 digest.
+    Journal,
+    /// The BLAKE3 check of the same bytes.
+    Check,
+}
+
 /// Domain separation of the input digest.
 pub const INPUT_DIGEST_LABEL: &[u8] = b"secagg input v1";
 
@@ -295,7 +427,7 @@ pub const INPUT_DIGEST_LABEL: &[u8] = b"secagg input v1";
 pub fn input_digest(input: &Path) -> Result<[u8; 32]> {
     let mut digest = None;
     let read = tensor::read_value_blocks(input, |layout| {
-        let d = digest.insert(InputDigest::new(layout, true));
+        let d = digest.insert(InputDigest::new(layout, true, false));
         |xs: &[f64]| {
             d.values(xs);
             Ok::<(), std::convert::Infallible>(())
@@ -318,12 +450,12 @@ pub fn input_digest(input: &Path) -> Result<[u8; 32]> {
 /// same content.
 struct InputDigest {
     hash: Option<Sha256>,
-    check: blake3::Hasher,
+    check: Option<blake3::Hasher>,
     bytes: Vec<u8>,
 }
 
 impl InputDigest {
-    fn new(layout: &Layout, journaled: bool) -> InputDigest {
+    fn new(layout: &Layout, journaled: bool, checked: bool) -> InputDigest {
         let mut head = INPUT_DIGEST_LABEL.to_vec();
         for t in &layout.tensors {
             head.extend_from_slice(&(t.name.len() as u32).to_be_bytes());
@@ -339,8 +471,11 @@ impl InputDigest {
             h.update(&head);
             h
         });
-        let mut check = blake3::Hasher::new();
-        check.update(&head);
+        let check = checked.then(|| {
+            let mut h = blake3::Hasher::new();
+            h.update(&head);
+            h
+        });
         InputDigest {
             hash,
             check,
@@ -357,15 +492,17 @@ impl InputDigest {
             if let Some(h) = self.hash.as_mut() {
                 h.update(&*bytes);
             }
-            self.check.update(bytes);
+            if let Some(h) = self.check.as_mut() {
+                h.update(bytes);
+            }
         }
     }
 
     /// The journaled digest (if computed) and the check.
-    fn finish(self) -> (Option<[u8; 32]>, [u8; 32]) {
+    fn finish(self) -> (Option<[u8; 32]>, Option<[u8; 32]>) {
         (
             self.hash.map(|h| h.finalize().into()),
-            *self.check.finalize().as_bytes(),
+            self.check.map(|h| *h.finalize().as_bytes()),
         )
     }
 }
@@ -408,11 +545,21 @@ pub fn stream_masked<W: Word, E>(
     block: usize,
     emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
 ) -> std::result::Result<Streamed, Stopped<E>> {
-    stream(plan, masks, input, weight, threads, block, false, emit).map(|(s, _)| s)
+    stream(
+        plan,
+        masks,
+        input,
+        weight,
+        threads,
+        block,
+        Digests::None,
+        emit,
+    )
+    .map(|(s, _)| s)
 }
 
-/// [`stream_masked`], and the BLAKE3 check of the input's values ([`InputSummary::check`])
-/// in the same pass when `digest`.
+/// [`stream_masked`], and the input's `digests` in the same pass (the journaled SHA-256
+/// digest and the BLAKE3 check, when asked for).
 #[allow(clippy::too_many_arguments)]
 fn stream<W: Word, E>(
     plan: &Plan,
@@ -421,9 +568,9 @@ fn stream<W: Word, E>(
     weight: u64,
     threads: usize,
     block: usize,
-    digest: bool,
+    digests: Digests,
     mut emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
-) -> std::result::Result<(Streamed, Option<[u8; 32]>), Stopped<E>> {
+) -> std::result::Result<(Streamed, DigestsOut), Stopped<E>> {
     let machine = match plan.modulus.machine() {
         Machine::U32 => 4,
         Machine::U64 => 8,
@@ -447,7 +594,13 @@ fn stream<W: Word, E>(
     };
     let (b, off, clip, fl) = (&mut buf, &mut offset, &mut clipped, &mut flush);
     let layout = tensor::read_value_blocks(input, |layout| {
-        let mut hash = digest.then(|| hash.insert(InputDigest::new(layout, false)));
+        let mut hash = (digests != Digests::None).then(|| {
+            hash.insert(InputDigest::new(
+                layout,
+                digests == Digests::Journal,
+                digests == Digests::Check,
+            ))
+        });
         move |mut xs: &[f64]| -> std::result::Result<(), Stopped<E>> {
             if let Some(h) = hash.as_mut() {
                 h.values(xs);
@@ -469,7 +622,10 @@ fn stream<W: Word, E>(
     .map_err(|e| Stopped::Masking(e.into()))??;
     buf.push(W::from_u64(weight));
     flush(&mut buf, &mut offset).map_err(Stopped::Emit)?;
-    Ok((Streamed { layout, clipped }, hash.map(|h| h.finish().1)))
+    Ok((
+        Streamed { layout, clipped },
+        hash.map_or((None, None), InputDigest::finish),
+    ))
 }
 
 /// What [`inspect_input`] found: the update's layout, its content digest, and how many
@@ -496,7 +652,7 @@ pub fn inspect_input(input: &Path) -> Result<InputSummary> {
     let mut at = 0u64;
     let mut bad: Option<u64> = None;
     let read = tensor::read_value_blocks(input, |layout| {
-        let d = digest.insert(InputDigest::new(layout, true));
+        let d = digest.insert(InputDigest::new(layout, true, true));
         |xs: &[f64]| {
             if bad.is_none() {
                 bad = xs
@@ -517,7 +673,7 @@ pub fn inspect_input(input: &Path) -> Result<InputSummary> {
         return Err(quantize::Error::NonFinite(i).into());
     }
     let (digest, check) = match digest.map(InputDigest::finish) {
-        Some((Some(digest), check)) => (digest, check),
+        Some((Some(digest), Some(check))) => (digest, check),
         _ => {
             return Err(Error::Malformed {
                 path: input.to_owned(),

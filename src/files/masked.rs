@@ -346,22 +346,37 @@ impl Writer {
     }
 
     /// Appends words (their low w bytes each), in order.
-    pub fn write_words<W: Word>(&mut self, mut words: &[W]) -> Result<()> {
-        if self.written + words.len() as u64 > self.elements {
+    pub fn write_words<W: Word>(&mut self, words: &[W]) -> Result<()> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let per = (buf.capacity() / self.width).max(1);
+        let mut res = Ok(());
+        for chunk in words.chunks(per) {
+            buf.clear();
+            crate::secagg::sum::encode_words(chunk, self.width, &mut buf);
+            res = self.write_residues(&buf);
+            if res.is_err() {
+                break;
+            }
+        }
+        self.buf = buf;
+        res
+    }
+
+    /// Appends residues already encoded as w little-endian bytes each, in order.
+    pub fn write_residues(&mut self, mut bytes: &[u8]) -> Result<()> {
+        let w = self.width;
+        let count = (bytes.len() / w) as u64;
+        if bytes.len() % w != 0 || self.written + count > self.elements {
             return Err(Error::Malformed {
                 path: self.staged.path().to_owned(),
-                reason: "more payload than the header declares (our bug)".into(),
+                reason: "payload does not match the header (our bug)".into(),
             });
         }
-        let w = self.width;
-        while !words.is_empty() {
-            let room = SEGMENT_ELEMENTS - self.in_segment;
-            let take = words.len().min(room).min(self.buf.capacity() / w);
-            let (now, rest) = words.split_at(take);
-            self.buf.clear();
-            crate::secagg::sum::encode_words(now, w, &mut self.buf);
-            self.segment.update(&self.buf);
-            if let Err(e) = self.out.write_all(&self.buf) {
+        while !bytes.is_empty() {
+            let take = (bytes.len() / w).min(SEGMENT_ELEMENTS - self.in_segment);
+            let (now, rest) = bytes.split_at(take * w);
+            self.segment.update(now);
+            if let Err(e) = self.out.write_all(now) {
                 return Err(self.io("write", e));
             }
             self.in_segment += take;
@@ -369,7 +384,7 @@ impl Writer {
             if self.in_segment == SEGMENT_ELEMENTS {
                 self.close_segment();
             }
-            words = rest;
+            bytes = rest;
         }
         Ok(())
     }
