@@ -656,3 +656,61 @@ fn the_researcher_is_bound_into_the_file() {
     );
     assert!(!Path::new(mean).exists());
 }
+
+/// `-q` silences the progress lines of `mask`, `aggregate` and `bench` (stderr stays
+/// empty on success); without it they report what they did.
+#[test]
+fn quiet_silences_progress_lines() {
+    let fed = federation(3);
+    let layout = npy64(1000);
+    let mut files = Vec::new();
+    for (i, node) in fed.nodes.iter().enumerate() {
+        let input = fed.lab.path(&format!("q{i}.npy"));
+        // Inside [-1, 1]: nothing is clipped, so no warning either.
+        let vals: Vec<f64> = values(i as u64 + 40, 1000)
+            .iter()
+            .map(|x| x / 4.0)
+            .collect();
+        tensor::write_values(&input, &layout, vals.into_iter()).expect("write");
+        let out = fed.lab.path(&format!("q{i}.masked"));
+        let mut args = vec!["-q"];
+        args.extend(mask_args(
+            input.to_str().expect("utf8"),
+            out.to_str().expect("utf8"),
+            "1",
+            "1",
+            &[],
+        ));
+        let run = node.run(&args);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&run.stderr), "", "mask -q");
+        files.push(out.to_str().expect("utf8").to_owned());
+    }
+    let mean = fed.lab.path("q.npy");
+    let mut args = vec!["-q", "aggregate"];
+    args.extend(files.iter().map(String::as_str));
+    args.extend(["--out", mean.to_str().expect("utf8")]);
+    let run = fed.researcher.run(&args);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&run.stderr), "", "aggregate -q");
+    assert!(mean.exists());
+    let run = fed
+        .researcher
+        .run(&["-q", "bench", "--nodes", "2", "--len", "1000"]);
+    assert!(run.status.success());
+    assert_eq!(String::from_utf8_lossy(&run.stderr), "", "bench -q");
+    assert!(String::from_utf8_lossy(&run.stdout).contains("masking"));
+    // Without -q, bench says what it measures.
+    let run = fed
+        .researcher
+        .run(&["bench", "--nodes", "2", "--len", "1000"]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("raw PRG"));
+}

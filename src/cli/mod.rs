@@ -107,10 +107,10 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Certificate(cmd) => certificate::run(&home()?, cmd),
         Command::Federation(cmd) => federation::run(home(), cmd),
-        Command::Mask(a) => secure::mask(&home()?, a),
-        Command::Aggregate(a) => secure::aggregate(&home()?, a),
+        Command::Mask(a) => secure::mask(&home()?, a, cli.quiet),
+        Command::Aggregate(a) => secure::aggregate(&home()?, a, cli.quiet),
         Command::Round(cmd) => round::run(&home()?, cmd, cli.quiet),
-        Command::Bench(a) => secure::bench(a),
+        Command::Bench(a) => secure::bench(a, cli.quiet),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "secagg", &mut std::io::stdout());
             Ok(())

@@ -29,7 +29,8 @@ pub(super) fn parse_ids(ids: &[String]) -> Result<Vec<PartyId>, Failure> {
         .collect()
 }
 
-pub(super) fn mask(home: &Home, a: MaskArgs) -> Result<(), Failure> {
+pub(super) fn mask(home: &Home, a: MaskArgs, quiet: bool) -> Result<(), Failure> {
+    let say = Say(quiet);
     let me = home.load_identity()?;
     let mut reg = Registry::open(&home.registry_path())?;
     tensor::container_of(&a.input)?;
@@ -53,12 +54,12 @@ pub(super) fn mask(home: &Home, a: MaskArgs) -> Result<(), Failure> {
         quant: quant(a.quant),
     };
     let t = Instant::now();
-    eprintln!(
+    say.line(format_args!(
         "masking {} for round {} with {} other node(s)...",
         a.input.display(),
         spec.round,
         spec.participants.len().saturating_sub(1)
-    );
+    ));
     let now = unix_secs(SystemTime::now());
     let m = secagg::files::job::mask_update(
         &me,
@@ -71,15 +72,27 @@ pub(super) fn mask(home: &Home, a: MaskArgs) -> Result<(), Failure> {
         now,
     )?;
     report_clipped(m.clipped, m.header.layout.elements(), spec.quant.clip);
-    eprintln!(
+    say.line(format_args!(
         "wrote {} ({} values, modulus {}, {} bytes each) in {:.2}s",
         a.out.display(),
         m.header.layout.elements(),
         m.header.modulus,
         m.header.modulus.word_bytes(),
         t.elapsed().as_secs_f64()
-    );
+    ));
     Ok(())
+}
+
+/// Progress lines on stderr, unless `-q`.
+#[derive(Clone, Copy)]
+struct Say(bool);
+
+impl Say {
+    fn line(self, args: std::fmt::Arguments<'_>) {
+        if !self.0 {
+            eprintln!("{args}");
+        }
+    }
 }
 
 pub(super) fn report_clipped(clipped: u64, total: u64, clip: f64) {
@@ -91,7 +104,8 @@ pub(super) fn report_clipped(clipped: u64, total: u64, clip: f64) {
     }
 }
 
-pub(super) fn aggregate(home: &Home, a: AggregateArgs) -> Result<(), Failure> {
+pub(super) fn aggregate(home: &Home, a: AggregateArgs, quiet: bool) -> Result<(), Failure> {
+    let say = Say(quiet);
     let reg = Registry::open_read_only(&home.registry_path())?.ok_or_else(|| {
         Failure::new(
             format!("no registry in {}", home.root().display()),
@@ -105,8 +119,8 @@ pub(super) fn aggregate(home: &Home, a: AggregateArgs) -> Result<(), Failure> {
     let now = unix_secs(SystemTime::now());
     let threads = mask::default_threads();
     let result = aggregate::aggregate_files(&reg, &own, &a.files, now, threads, |p| match p {
-        Progress::Checked(k) => eprintln!("checked {k} header(s); summing..."),
-        Progress::Summed(i, who) => eprintln!("  [{i}/{n}] {who}: signature ok"),
+        Progress::Checked(k) => say.line(format_args!("checked {k} header(s); summing...")),
+        Progress::Summed(i, who) => say.line(format_args!("  [{i}/{n}] {who}: signature ok")),
     })?;
     let header = &result.header;
     let out_kind = tensor::container_of(&a.out)?;
@@ -121,12 +135,12 @@ pub(super) fn aggregate(home: &Home, a: AggregateArgs) -> Result<(), Failure> {
         ));
     }
     tensor::write_encoded(&a.out, &header.layout, &result.mean)?;
-    eprintln!(
+    say.line(format_args!(
         "wrote weighted mean of {n} node(s) (total weight {}) to {} in {:.2}s",
         result.total_weight,
         a.out.display(),
         t.elapsed().as_secs_f64()
-    );
+    ));
     if a.json {
         let participants: Vec<&str> = header
             .context
@@ -148,7 +162,8 @@ pub(super) fn aggregate(home: &Home, a: AggregateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-pub(super) fn bench(a: BenchArgs) -> Result<(), Failure> {
+pub(super) fn bench(a: BenchArgs, quiet: bool) -> Result<(), Failure> {
+    let say = Say(quiet);
     if a.nodes < 2 || a.len == 0 {
         return Err(Failure::new(
             "bench needs --nodes >= 2 and --len >= 1".into(),
@@ -156,11 +171,13 @@ pub(super) fn bench(a: BenchArgs) -> Result<(), Failure> {
         ));
     }
     let threads = a.threads.unwrap_or_else(mask::default_threads).max(1);
-    eprintln!(
+    say.line(format_args!(
         "secagg bench: {} nodes, {} elements, {threads} thread(s)",
         a.nodes, a.len
-    );
-    let report = bench::run(a.nodes, a.len, threads, |line| eprintln!("  {line}"));
+    ));
+    let report = bench::run(a.nodes, a.len, threads, |line| {
+        say.line(format_args!("  {line}"))
+    });
     if a.json {
         println!("{}", super::certificate::to_json(&report)?);
     } else {

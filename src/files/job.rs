@@ -339,7 +339,7 @@ pub fn mask_update_with(
         });
     }
     // Two passes: digest, journal, then mask into the file.
-    let summary = inspect_input(input)?;
+    let summary = inspect(input, true)?;
     journal(reg, &summary.digest)?;
     let header = header(summary.layout.clone(), summary.values);
     let mut writer = masked::Writer::create(out, &header, me)?;
@@ -372,7 +372,7 @@ pub fn mask_update_with(
         }
     };
     let (streamed, (_, check)) = streamed.map_err(Stopped::into_error)?;
-    if streamed.layout != header.layout || check != Some(summary.check) {
+    if streamed.layout != header.layout || check.is_none() || check != summary.check {
         return Err(Error::Malformed {
             path: input.to_owned(),
             reason: format!(
@@ -640,19 +640,25 @@ pub struct InputSummary {
     pub digest: [u8; 32],
     /// Values.
     pub values: u64,
-    /// BLAKE3 over the same bytes as `digest`: a cheap way for a second pass to check
-    /// that it read the same content.
-    pub check: [u8; 32],
+    /// BLAKE3 over the same bytes as `digest` (only when asked for, by file mode's
+    /// two-pass masking): a cheap way for a second pass to check that it read the same
+    /// content.
+    pub check: Option<[u8; 32]>,
 }
 
 /// Reads a whole update before a round: parses it, refuses NaN and infinities (naming
 /// the index), and computes its content digest. Nothing is allocated per value.
 pub fn inspect_input(input: &Path) -> Result<InputSummary> {
+    inspect(input, false)
+}
+
+/// [`inspect_input`], with the BLAKE3 check when `check`.
+fn inspect(input: &Path, check: bool) -> Result<InputSummary> {
     let mut digest = None;
     let mut at = 0u64;
     let mut bad: Option<u64> = None;
     let read = tensor::read_value_blocks(input, |layout| {
-        let d = digest.insert(InputDigest::new(layout, true, true));
+        let d = digest.insert(InputDigest::new(layout, true, check));
         |xs: &[f64]| {
             if bad.is_none() {
                 bad = xs
@@ -673,7 +679,7 @@ pub fn inspect_input(input: &Path) -> Result<InputSummary> {
         return Err(quantize::Error::NonFinite(i).into());
     }
     let (digest, check) = match digest.map(InputDigest::finish) {
-        Some((Some(digest), Some(check))) => (digest, check),
+        Some((Some(digest), check)) => (digest, check),
         _ => {
             return Err(Error::Malformed {
                 path: input.to_owned(),
