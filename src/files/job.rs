@@ -287,51 +287,26 @@ pub fn mask_update_with(
             now,
         )
     };
-    let block = masked::SEGMENT_ELEMENTS;
+    let job = Job {
+        plan: &plan,
+        masks: &masks,
+        input,
+        weight,
+        threads,
+    };
     if let Some(bytes) = residues.filter(|b| *b <= memory) {
         // One pass into memory, then the journal, then the file.
-        let mut payload: Vec<u8> = Vec::with_capacity(bytes as usize);
-        let streamed = match plan.modulus.machine() {
-            Machine::U32 => {
-                let emit = |_: u64, words: &[u32]| -> std::result::Result<(), Error> {
-                    crate::secagg::sum::encode_words(words, width, &mut payload);
-                    Ok(())
-                };
-                stream(
-                    &plan,
-                    &masks,
-                    input,
-                    weight,
-                    threads,
-                    block,
-                    Digests::Journal,
-                    emit,
-                )
-            }
-            Machine::U64 => {
-                let emit = |_: u64, words: &[u64]| -> std::result::Result<(), Error> {
-                    crate::secagg::sum::encode_words(words, width, &mut payload);
-                    Ok(())
-                };
-                stream(
-                    &plan,
-                    &masks,
-                    input,
-                    weight,
-                    threads,
-                    block,
-                    Digests::Journal,
-                    emit,
-                )
-            }
+        let mut payload = Residues {
+            width,
+            bytes: Vec::with_capacity(bytes as usize),
         };
-        let (streamed, (digest, _)) = streamed.map_err(Stopped::into_error)?;
+        let (streamed, (digest, _)) = job.run(Digests::Journal, &mut payload)?;
         let digest = digest.ok_or_else(|| our_bug(input))?;
         let values = streamed.layout.elements();
         let header = header(streamed.layout, values);
         journal(reg, &digest)?;
         let mut writer = masked::Writer::create(out, &header, me)?;
-        writer.write_residues(&payload)?;
+        writer.write_residues(&payload.bytes)?;
         writer.finish(me)?.commit()?;
         return Ok(MaskedFile {
             header,
@@ -343,35 +318,7 @@ pub fn mask_update_with(
     journal(reg, &summary.digest)?;
     let header = header(summary.layout.clone(), summary.values);
     let mut writer = masked::Writer::create(out, &header, me)?;
-    let streamed = match plan.modulus.machine() {
-        Machine::U32 => {
-            let emit = |_: u64, words: &[u32]| writer.write_words(words);
-            stream(
-                &plan,
-                &masks,
-                input,
-                weight,
-                threads,
-                block,
-                Digests::Check,
-                emit,
-            )
-        }
-        Machine::U64 => {
-            let emit = |_: u64, words: &[u64]| writer.write_words(words);
-            stream(
-                &plan,
-                &masks,
-                input,
-                weight,
-                threads,
-                block,
-                Digests::Check,
-                emit,
-            )
-        }
-    };
-    let (streamed, (_, check)) = streamed.map_err(Stopped::into_error)?;
+    let (streamed, (_, check)) = job.run(Digests::Check, &mut writer)?;
     if streamed.layout != header.layout || check.is_none() || check != summary.check {
         return Err(Error::Malformed {
             path: input.to_owned(),
@@ -386,6 +333,53 @@ pub fn mask_update_with(
         header,
         clipped: streamed.clipped,
     })
+}
+
+/// What file mode masks: the plan, the masks, the input and its weight.
+struct Job<'a> {
+    plan: &'a Plan,
+    masks: &'a [PeerMask],
+    input: &'a Path,
+    weight: u64,
+    threads: usize,
+}
+
+/// Where masked words go, whatever the machine word.
+trait Sink {
+    fn put<W: Word>(&mut self, words: &[W]) -> Result<()>;
+}
+
+/// Residues held in memory, `width` bytes each.
+struct Residues {
+    width: usize,
+    bytes: Vec<u8>,
+}
+
+impl Sink for Residues {
+    fn put<W: Word>(&mut self, words: &[W]) -> Result<()> {
+        crate::secagg::sum::encode_words(words, self.width, &mut self.bytes);
+        Ok(())
+    }
+}
+
+impl Sink for masked::Writer {
+    fn put<W: Word>(&mut self, words: &[W]) -> Result<()> {
+        self.write_words(words)
+    }
+}
+
+impl Job<'_> {
+    /// Reads, quantizes, weights and masks the input block by block into `sink`, with
+    /// the machine word the plan needs, computing `digests` of the input on the way.
+    fn run(&self, digests: Digests, sink: &mut impl Sink) -> Result<(Streamed, DigestsOut)> {
+        let (p, m, i, w, t) = (self.plan, self.masks, self.input, self.weight, self.threads);
+        let block = masked::SEGMENT_ELEMENTS;
+        let done = match p.modulus.machine() {
+            Machine::U32 => stream::<u32, _>(p, m, i, w, t, block, digests, |_, x| sink.put(x)),
+            Machine::U64 => stream::<u64, _>(p, m, i, w, t, block, digests, |_, x| sink.put(x)),
+        };
+        done.map_err(Stopped::into_error)
+    }
 }
 
 fn our_bug(input: &Path) -> Error {
