@@ -324,11 +324,11 @@ pub struct Mean {
     pub values: Vec<f64>,
 }
 
-/// Either word size.
+/// Either machine word (see [`Modulus::machine`]).
 pub enum AnyAccumulator {
-    /// 2^32.
+    /// u32 words, for rings of 1 to 4 bytes.
     M32(Accumulator<u32>),
-    /// 2^64.
+    /// u64 words, for rings of 5 to 8 bytes.
     M64(Accumulator<u64>),
 }
 
