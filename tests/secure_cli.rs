@@ -714,3 +714,74 @@ fn quiet_silences_progress_lines() {
         .run(&["bench", "--nodes", "2", "--len", "1000"]);
     assert!(String::from_utf8_lossy(&run.stderr).contains("raw PRG"));
 }
+
+/// A node that signs a poisoned masked file (one value far outside what a clipped,
+/// weighted input can be) cannot move the mean: `aggregate` range-checks every sum
+/// against W·L and refuses, writing no mean. Built from the library's own pieces: the
+/// attacker is node_2 with its real key, re-signing its own file after adding 2^36 to
+/// its first residue. (Fails if `aggregate_files` decodes with `finish` instead of
+/// `finish_checked`.)
+#[test]
+fn a_poisoned_masked_file_cannot_move_the_mean() {
+    use secagg::files::masked::{self, Masked, Reader};
+    use secagg::pki::identity::Home;
+    let fed = federation(3);
+    let layout = npy64(1000);
+    let mut files = Vec::new();
+    for (i, node) in fed.nodes.iter().enumerate() {
+        let input = fed.lab.path(&format!("p{i}.npy"));
+        let vals: Vec<f64> = values(i as u64 + 70, 1000)
+            .iter()
+            .map(|x| x / 4.0)
+            .collect();
+        tensor::write_values(&input, &layout, vals.into_iter()).expect("write");
+        let out = fed.lab.path(&format!("p{i}.masked"));
+        node.ok(&mask_args(
+            input.to_str().expect("utf8"),
+            out.to_str().expect("utf8"),
+            "1",
+            "1",
+            &[],
+        ));
+        files.push(out);
+    }
+    // node_2 re-signs its own file with one residue pushed far out of range.
+    let me = Home::new(&fed.nodes[1].home)
+        .load_identity()
+        .expect("identity");
+    let key = p256::PublicKey::from(me.key.signing_key().verifying_key());
+    let mut r = Reader::open(&files[1]).expect("open");
+    r.authenticate(&key).expect("header");
+    let header = r.header().clone();
+    let w = header.modulus.word_bytes();
+    let mut words: Vec<u64> = Vec::new();
+    r.stream(|_, b| {
+        for c in b.chunks_exact(w) {
+            let mut x = [0u8; 8];
+            x[..w].copy_from_slice(c);
+            words.push(u64::from_le_bytes(x));
+        }
+    })
+    .expect("read");
+    r.verify(&key).expect("honest file verifies");
+    words[0] = words[0].wrapping_add(1 << 36);
+    let poisoned = Masked {
+        header,
+        words,
+        clipped: 0,
+    };
+    masked::write_file(&files[1], &poisoned, &me).expect("re-sign");
+    let mean = fed.lab.path("p.npy");
+    let mut args = vec!["aggregate"];
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.to_str().expect("utf8").to_owned())
+        .collect();
+    args.extend(names.iter().map(String::as_str));
+    args.extend(["--out", mean.to_str().expect("utf8")]);
+    let err = fed
+        .researcher
+        .fails(&args, "the sum is out of range at value #0");
+    assert!(err.contains("poisoned"), "{err}");
+    assert!(!mean.exists(), "no mean is written");
+}
