@@ -193,6 +193,42 @@ pub fn encode_values(layout: &Layout, values: impl Iterator<Item = f64>) -> Vec<
     out
 }
 
+/// The index (in layout order) of the first value of `bytes` (as [`encode_values`]
+/// writes them) for which `bad` holds, if any. One branch-free pass per tensor (it
+/// vectorises); the index is looked up only when something was found.
+pub fn find_value(layout: &Layout, bytes: &[u8], bad: impl Fn(f64) -> bool) -> Option<u64> {
+    let (mut at, mut index) = (0usize, 0u64);
+    for spec in &layout.tensors {
+        let size = spec.checked_bytes().unwrap_or(0) as usize;
+        let part = bytes.get(at..at.saturating_add(size)).unwrap_or(&[]);
+        let f32s = || {
+            part.chunks_exact(4)
+                .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        };
+        let f64s = || {
+            part.chunks_exact(8).map(|c| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(c);
+                f64::from_le_bytes(a)
+            })
+        };
+        let found = match spec.dtype {
+            DType::F32 => f32s()
+                .fold(false, |b, v| b | bad(v))
+                .then(|| f32s().position(&bad)),
+            DType::F64 => f64s()
+                .fold(false, |b, v| b | bad(v))
+                .then(|| f64s().position(&bad)),
+        };
+        if let Some(Some(i)) = found {
+            return Some(index + i as u64);
+        }
+        index += spec.checked_elements().unwrap_or(0);
+        at = at.saturating_add(size);
+    }
+    None
+}
+
 /// The values of bytes from [`encode_values`], in layout order. `bytes` must be
 /// `layout.encoded_len()` long (a shorter one yields fewer values).
 pub fn decode_values<'a>(layout: &'a Layout, bytes: &'a [u8]) -> impl Iterator<Item = f64> + 'a {
@@ -208,6 +244,39 @@ pub fn decode_values<'a>(layout: &'a Layout, bytes: &'a [u8]) -> impl Iterator<I
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_value_finds_the_first_in_layout_order() {
+        let layout = Layout {
+            container: Container::Safetensors,
+            tensors: vec![
+                TensorSpec {
+                    name: "a".into(),
+                    shape: vec![3],
+                    dtype: DType::F32,
+                },
+                TensorSpec {
+                    name: "b".into(),
+                    shape: vec![4],
+                    dtype: DType::F64,
+                },
+            ],
+        };
+        let vals = [0.5, -0.25, 0.0, 1.0, 9.0, -9.0, f64::NAN];
+        let bytes = encode_values(&layout, vals.into_iter());
+        let big = |v: f64| v.is_nan() || v.abs() > 2.0;
+        assert_eq!(find_value(&layout, &bytes, big), Some(4));
+        assert_eq!(find_value(&layout, &bytes, f64::is_nan), Some(6));
+        assert_eq!(find_value(&layout, &bytes, |v| v < -0.2), Some(1));
+        assert_eq!(find_value(&layout, &bytes, |v| v > 100.0), None);
+        // The same answers as a scan of the decoded values.
+        for bad in [big, |v: f64| v == 1.0, |v: f64| v < 0.0] {
+            let want = decode_values(&layout, &bytes)
+                .position(bad)
+                .map(|i| i as u64);
+            assert_eq!(find_value(&layout, &bytes, bad), want);
+        }
+    }
 
     fn npy(shape: Vec<u64>) -> Layout {
         Layout {

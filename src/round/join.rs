@@ -497,7 +497,7 @@ impl Driver<'_> {
 /// when `--bits` is 32); anything else (or NaN) is not the mean of this round.
 pub fn check_mean(layout: &Layout, plan: &Plan, mean: &[u8]) -> std::result::Result<(), String> {
     let bound = (plan.params.clip + plan.step()) * (1.0 + 1e-6);
-    match crate::layout::decode_values(layout, mean).position(|v| v.is_nan() || v.abs() > bound) {
+    match crate::layout::find_value(layout, mean, |v| v.is_nan() || v.abs() > bound) {
         Some(bad) => Err(format!(
             "sent a mean whose value #{bad} lies outside the clip range ±{bound}"
         )),
