@@ -657,22 +657,28 @@ fn the_researcher_is_bound_into_the_file() {
     assert!(!Path::new(mean).exists());
 }
 
+/// One update of 1000 f64 values per node, all inside [-1, 1] (nothing is clipped, so no
+/// warning is printed), written as `{prefix}{i}.npy`; with the masked file's path
+/// `{prefix}{i}.masked` beside each.
+fn small_updates(fed: &Fed, prefix: &str, seed: u64) -> Vec<(PathBuf, PathBuf)> {
+    let layout = npy64(1000);
+    (0..fed.nodes.len())
+        .map(|i| {
+            let input = fed.lab.path(&format!("{prefix}{i}.npy"));
+            let vals = values(seed + i as u64, 1000).into_iter().map(|x| x / 4.0);
+            tensor::write_values(&input, &layout, vals).expect("write");
+            (input, fed.lab.path(&format!("{prefix}{i}.masked")))
+        })
+        .collect()
+}
+
 /// `-q` silences the progress lines of `mask`, `aggregate` and `bench` (stderr stays
 /// empty on success); without it they report what they did.
 #[test]
 fn quiet_silences_progress_lines() {
     let fed = federation(3);
-    let layout = npy64(1000);
     let mut files = Vec::new();
-    for (i, node) in fed.nodes.iter().enumerate() {
-        let input = fed.lab.path(&format!("q{i}.npy"));
-        // Inside [-1, 1]: nothing is clipped, so no warning either.
-        let vals: Vec<f64> = values(i as u64 + 40, 1000)
-            .iter()
-            .map(|x| x / 4.0)
-            .collect();
-        tensor::write_values(&input, &layout, vals.into_iter()).expect("write");
-        let out = fed.lab.path(&format!("q{i}.masked"));
+    for (node, (input, out)) in fed.nodes.iter().zip(small_updates(&fed, "q", 40)) {
         let mut args = vec!["-q"];
         args.extend(mask_args(
             input.to_str().expect("utf8"),
@@ -726,16 +732,8 @@ fn a_poisoned_masked_file_cannot_move_the_mean() {
     use secagg::files::masked::{self, Masked, Reader};
     use secagg::pki::identity::Home;
     let fed = federation(3);
-    let layout = npy64(1000);
     let mut files = Vec::new();
-    for (i, node) in fed.nodes.iter().enumerate() {
-        let input = fed.lab.path(&format!("p{i}.npy"));
-        let vals: Vec<f64> = values(i as u64 + 70, 1000)
-            .iter()
-            .map(|x| x / 4.0)
-            .collect();
-        tensor::write_values(&input, &layout, vals.into_iter()).expect("write");
-        let out = fed.lab.path(&format!("p{i}.masked"));
+    for (node, (input, out)) in fed.nodes.iter().zip(small_updates(&fed, "p", 70)) {
         node.ok(&mask_args(
             input.to_str().expect("utf8"),
             out.to_str().expect("utf8"),

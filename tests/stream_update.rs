@@ -116,7 +116,7 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_file_mode_journals_key_and_
         let out = lab.path(&format!("u{round}.masked"));
         // Round 1 takes the two-pass path (no memory for the residues), round 2 the
         // in-memory one: both must write the same residues a round streams.
-        let memory = if round == 1 { 0 } else { u64::MAX };
+        let memory = if round == 1 { Some(0) } else { Some(u64::MAX) };
         let whole = job::mask_update_with(&me, &mut reg, &spec, &input, 7, &out, 2, 0, memory)
             .expect("mask");
         assert!(whole.clipped > 0, "some values are clipped");
@@ -316,12 +316,12 @@ fn capture(
 #[test]
 fn no_masked_bytes_reach_the_disk_before_the_key_is_journaled() {
     // Both paths: residues in memory, and two passes streaming into the file.
-    for memory in [u64::MAX, 0] {
+    for memory in [Some(u64::MAX), Some(0)] {
         no_masked_bytes_before_the_journal(memory);
     }
 }
 
-fn no_masked_bytes_before_the_journal(memory: u64) {
+fn no_masked_bytes_before_the_journal(memory: Option<u64>) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let (lab, node) = nodes();

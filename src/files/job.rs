@@ -226,16 +226,13 @@ pub fn mask_update(
     threads: usize,
     now: i64,
 ) -> Result<MaskedFile> {
-    // 1.25 times the data, and 1 MiB for the weight and small updates: within the node's
-    // memory target (docs/performance.md: peak RSS at most 1.5 x update + 30 MB).
-    let budget = tensor::read_layout(input)?
-        .checked_encoded_len()
-        .map_or(0, |b| b.saturating_add(b / 4).saturating_add(1 << 20));
-    mask_update_with(me, reg, spec, input, weight, out, threads, now, budget)
+    mask_update_with(me, reg, spec, input, weight, out, threads, now, None)
 }
 
 /// [`mask_update`] holding the masked residues in memory only if they take at most
-/// `memory` bytes (else two passes over the input, streaming into the file).
+/// `memory` bytes (else two passes over the input, streaming into the file); `None`:
+/// 1.25 times the update's data and 1 MiB for the weight and small updates, within the
+/// node's memory target (docs/performance.md: peak RSS at most 1.5 × update + 30 MB).
 #[allow(clippy::too_many_arguments)]
 pub fn mask_update_with(
     me: &Identity,
@@ -246,7 +243,7 @@ pub fn mask_update_with(
     out: &Path,
     threads: usize,
     now: i64,
-    memory: u64,
+    memory: Option<u64>,
 ) -> Result<MaskedFile> {
     let (plan, ctx) = prepare(me, reg, spec, weight)?;
     for id in ctx
@@ -258,6 +255,11 @@ pub fn mask_update_with(
     }
     let masks = peer_masks(me, reg, &ctx)?;
     let layout = tensor::read_layout(input)?;
+    let memory = memory.unwrap_or_else(|| {
+        layout
+            .checked_encoded_len()
+            .map_or(0, |b| b.saturating_add(b / 4).saturating_add(1 << 20))
+    });
     let width = plan.wire_bytes();
     let residues = layout
         .checked_elements()

@@ -105,17 +105,18 @@ fn apply_range<W: Word>(out: &mut [W], start: u64, masks: &[PeerMask], width: us
 #[inline(always)]
 fn fold<W: Word, const N: usize>(block: &mut [W], ks: &[u8], sign: Sign) {
     if N == W::BYTES {
-        let ks = ks.chunks_exact(N).map(W::from_le);
-        match sign {
-            Sign::Add => block.iter_mut().zip(ks).for_each(|(o, k)| *o = o.add(k)),
-            Sign::Sub => block.iter_mut().zip(ks).for_each(|(o, k)| *o = o.sub(k)),
-        }
+        add_each(block, ks.chunks_exact(N).map(W::from_le), sign);
     } else {
-        let ks = ks.windows(W::BYTES).step_by(N).map(W::from_le);
-        match sign {
-            Sign::Add => block.iter_mut().zip(ks).for_each(|(o, k)| *o = o.add(k)),
-            Sign::Sub => block.iter_mut().zip(ks).for_each(|(o, k)| *o = o.sub(k)),
-        }
+        add_each(block, ks.windows(W::BYTES).step_by(N).map(W::from_le), sign);
+    }
+}
+
+/// Adds (or subtracts) `ks` into `block`, word by word.
+#[inline(always)]
+fn add_each<W: Word>(block: &mut [W], ks: impl Iterator<Item = W>, sign: Sign) {
+    match sign {
+        Sign::Add => block.iter_mut().zip(ks).for_each(|(o, k)| *o = o.add(k)),
+        Sign::Sub => block.iter_mut().zip(ks).for_each(|(o, k)| *o = o.sub(k)),
     }
 }
 
