@@ -783,3 +783,100 @@ fn a_poisoned_masked_file_cannot_move_the_mean() {
     assert!(err.contains("poisoned"), "{err}");
     assert!(!mean.exists(), "no mean is written");
 }
+
+/// Masks three small updates for round 1 and returns the federation and the files.
+fn three_masked(prefix: &str, seed: u64) -> (Fed, Vec<PathBuf>) {
+    let fed = federation(3);
+    let mut files = Vec::new();
+    for (node, (input, out)) in fed.nodes.iter().zip(small_updates(&fed, prefix, seed)) {
+        node.ok(&mask_args(
+            input.to_str().expect("utf8"),
+            out.to_str().expect("utf8"),
+            "1",
+            "1",
+            &[],
+        ));
+        files.push(out);
+    }
+    (fed, files)
+}
+
+/// `aggregate FILES --out <lab>/<name>` as arguments.
+fn aggregate_args(fed: &Fed, files: &[PathBuf], name: &str) -> (Vec<String>, PathBuf) {
+    let mean = fed.lab.path(name);
+    let mut args = vec!["aggregate".to_owned()];
+    args.extend(files.iter().map(|p| p.to_str().expect("utf8").to_owned()));
+    args.extend(["--out".to_owned(), mean.to_str().expect("utf8").to_owned()]);
+    (args, mean)
+}
+
+#[test]
+fn a_weight_word_altered_on_disk_fails_the_signature_not_the_weight_check() {
+    // aggregate reads the weight words before it verifies the files (to decode while it
+    // sums); an altered one must still be reported as the alteration it is.
+    let (fed, files) = three_masked("ww", 71);
+    let mut bytes = std::fs::read(&files[2]).expect("read");
+    // magic(8) || u32le hlen || header || u16le slen || header signature || payload.
+    let hlen = u32::from_le_bytes(bytes[8..12].try_into().expect("4")) as usize;
+    let at = 12 + hlen;
+    let slen = u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
+    let payload_start = at + 2 + slen;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[12..12 + hlen]).expect("header json");
+    let elements = header["elements"].as_u64().expect("elements") as usize;
+    let w = 5; // 3 nodes at the default parameters
+    assert_eq!(header["modulus"], "2^40");
+    let last = payload_start + elements * w - 1;
+    bytes[last] ^= 0x80; // the top byte of the last residue: the weight word
+    std::fs::write(&files[2], &bytes).expect("write");
+    let (args, mean) = aggregate_args(&fed, &files, "ww.npy");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = fed
+        .researcher
+        .fails(&args, "signature check failed for sender 'node_3'");
+    assert!(!err.contains("total weight"), "{err}");
+    assert!(!mean.exists(), "no mean is written");
+}
+
+#[test]
+fn a_re_signed_impossible_weight_is_refused_and_writes_nothing() {
+    use secagg::files::masked::{self, Masked, Reader};
+    use secagg::pki::identity::Home;
+    let (fed, files) = three_masked("iw", 72);
+    let me = Home::new(&fed.nodes[0].home)
+        .load_identity()
+        .expect("identity");
+    let key = p256::PublicKey::from(me.key.signing_key().verifying_key());
+    let mut r = Reader::open(&files[0]).expect("open");
+    r.authenticate(&key).expect("header");
+    let header = r.header().clone();
+    let w = header.modulus.word_bytes();
+    let mut words: Vec<u64> = Vec::new();
+    r.stream(|_, b| {
+        for c in b.chunks_exact(w) {
+            let mut x = [0u8; 8];
+            x[..w].copy_from_slice(c);
+            words.push(u64::from_le_bytes(x));
+        }
+    })
+    .expect("read");
+    r.verify(&key).expect("honest file verifies");
+    // node_1 claims a weight far above 3 · max_weight.
+    let last = words.len() - 1;
+    words[last] = words[last].wrapping_add(1 << 30);
+    masked::write_file(
+        &files[0],
+        &Masked {
+            header,
+            words,
+            clipped: 0,
+        },
+        &me,
+    )
+    .expect("re-sign");
+    let (args, mean) = aggregate_args(&fed, &files, "iw.npy");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fed.researcher
+        .fails(&args, "is invalid (inputs inconsistent or tampered)");
+    assert!(!mean.exists(), "no mean is written");
+}

@@ -159,6 +159,7 @@ mod aggregate {
                 Error::Stranger { .. } | Error::Duplicate { .. } => "pass exactly one file per participant of the round".into(),
                 Error::OtherResearcher { .. } => "only that researcher can aggregate it; ask the nodes to mask new updates for you (secagg mask --researcher YOUR-ID) in a new round".into(),
                 Error::Mismatch { .. } => "all files must come from the same federation, round, researcher, participants and parameters".into(),
+                Error::Changed => "make sure nothing writes to the masked files while aggregate reads them, then run it again".into(),
                 Error::Registry(e) => return e.hint(),
                 Error::Sum(e) => return e.hint(),
                 Error::Masked(e) => return e.hint(),

@@ -11,7 +11,8 @@ use crate::files::masked::{self, Header, Reader};
 use crate::party::{Fingerprint, PartyId};
 use crate::pki::registry::Registry;
 use crate::secagg::quantize::Plan;
-use crate::secagg::sum::{self, AnyAccumulator};
+use crate::secagg::ring::{Machine, Word};
+use crate::secagg::sum::{self, Decoder, Placement};
 
 /// Aggregation errors.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,11 @@ pub enum Error {
         /// Which field.
         field: &'static str,
     },
+    /// A file changed while it was being read.
+    #[error(
+        "a masked file changed while it was being aggregated (its weight word no longer matches); nothing was written"
+    )]
+    Changed,
     /// The sum did not decode.
     #[error(transparent)]
     Sum(#[from] sum::Error),
@@ -167,14 +173,15 @@ pub fn aggregate_files(
     }
     progress(Progress::Checked(readers.len()));
     // The payload sizes were checked against the files' lengths when they were opened.
-    let mut acc = AnyAccumulator::new(header.modulus, header.elements as usize);
     let senders: Vec<PartyId> = readers.iter().map(|r| r.header().sender.clone()).collect();
-    masked::sum_verified(readers.into_iter().zip(keys).collect(), &mut acc, threads)
-        .map_err(|(_, e)| e)?;
+    let files = readers.into_iter().zip(keys).collect();
+    let (total_weight, mean) = match header.modulus.machine() {
+        Machine::U32 => decode_files::<u32>(files, &plan, &header, threads)?,
+        Machine::U64 => decode_files::<u64>(files, &plan, &header, threads)?,
+    };
     for (i, sender) in senders.iter().enumerate() {
         progress(Progress::Summed(i + 1, sender));
     }
-    let (total_weight, mean) = acc.finish_checked(&plan, &header.layout)?;
     Ok(Aggregate {
         header,
         total_weight,
@@ -192,6 +199,66 @@ pub struct Aggregate {
     /// The weighted mean, encoded in the inputs' layout (ready for
     /// [`crate::files::tensor::write_encoded`]).
     pub mean: Vec<u8>,
+}
+
+/// Sums, verifies and decodes the files on `threads` threads, each slice decoded into
+/// the mean as soon as it is summed (no vector-sized accumulator). The total weight is
+/// read first from the files' last residues; it is only trusted once every file
+/// verified and the verified sums carried the same weight. Verification failures come
+/// first, then a bad total weight, then the first out-of-range sum.
+fn decode_files<W: Word>(
+    files: Vec<(Reader, p256::PublicKey)>,
+    plan: &Plan,
+    header: &Header,
+    threads: usize,
+) -> Result<(u64, Vec<u8>)> {
+    let width = header.modulus.word_bytes();
+    let mut weight = 0u64;
+    for (r, _) in &files {
+        weight = weight.wrapping_add(r.last_residue()?);
+    }
+    let dec = Decoder::new(plan, width, weight);
+    let ok = dec.as_ref().ok().copied();
+    let place = Placement::new(&header.layout);
+    let values = place.elements();
+    let mut mean = vec![0u8; place.encoded_len() as usize];
+    let ranges = masked::segment_ranges(header.elements, threads);
+    // Per range: the first out-of-range value, and the summed weight if it holds it.
+    let mut found: Vec<(Option<u64>, Option<u64>)> = vec![(None, None); ranges.len()];
+    let mut work = Vec::with_capacity(ranges.len());
+    let mut rest: &mut [u8] = &mut mean;
+    for (range, slot) in ranges.into_iter().zip(found.iter_mut()) {
+        let out_at = place.byte_of(range.start);
+        let size = place.byte_of(range.end) - out_at;
+        let (out, tail) = std::mem::take(&mut rest).split_at_mut(size as usize);
+        rest = tail;
+        let place = &place;
+        let end = header.elements;
+        let sink = move |first: u64, sums: &[W]| {
+            if first + sums.len() as u64 == end {
+                slot.1 = sums.last().map(|w| w.to_u64());
+            }
+            let Some(dec) = ok else { return };
+            let vals = &sums[..(values.saturating_sub(first) as usize).min(sums.len())];
+            if slot.0.is_none() {
+                slot.0 = dec.first_out_of_range(vals).map(|i| first + i as u64);
+            }
+            place.encode(&dec, first, vals, out, out_at);
+        };
+        work.push((range, sink));
+    }
+    masked::sum_verified::<W, _>(files, work).map_err(|(_, e)| e)?;
+    let dec = dec?;
+    let bits = header.modulus.bits();
+    let low = |x: u64| x & (u64::MAX >> (64 - bits));
+    let summed = found.iter().find_map(|f| f.1).map(low);
+    if summed != Some(low(weight)) {
+        return Err(Error::Changed);
+    }
+    if let Some(i) = found.iter().find_map(|f| f.0) {
+        return Err(sum::Error::OutOfRange(i).into());
+    }
+    Ok((dec.total_weight(), mean))
 }
 
 fn disagreement(a: &Header, b: &Header) -> Option<&'static str> {

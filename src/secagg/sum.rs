@@ -2,7 +2,7 @@
 //! and the decoding of the weighted mean. Memory is one accumulator of d words whatever
 //! the number of inputs. File mode ([`crate::files::aggregate`]) and rounds both use it.
 
-use crate::layout::{self, Layout};
+use crate::layout::{DType, Layout};
 use crate::secagg::quantize::Plan;
 use crate::secagg::ring::Word;
 use crate::secagg::ring::{Machine, Modulus};
@@ -102,84 +102,232 @@ impl<W: Word> Accumulator<W> {
     }
 
     /// Like [`Accumulator::finish_encoded`], after checking that every summed value lies
-    /// in `[-W·L, W·L]` (W the total weight, L the largest quantized level): a weighted
-    /// sum of clipped inputs cannot lie outside it, so anything else is a poisoned or
-    /// broken input.
+    /// in `[-W·L, W·L]` (see [`Decoder::first_out_of_range`]).
     pub fn finish_checked(self, plan: &Plan, layout: &Layout) -> Result<(u64, Vec<u8>)> {
-        let bits = 8 * self.width as u32;
-        let (total, _, sums) = self.decoder(plan)?;
-        // total <= n·max_weight and the plan holds n·max_weight·L < 2^(bits-1), so the
-        // limit fits a u64 (saturating only guards a plan that was never checked).
-        let limit = total.saturating_mul(crate::secagg::quantize::levels(plan.params.bits));
-        let out_of_range = |s: &W| signed_low_bits(s.to_u64(), bits).unsigned_abs() > limit;
-        // A branch-free scan (it vectorises); the index is looked up only on failure.
-        if sums.iter().fold(false, |bad, s| bad | out_of_range(s)) {
-            let i = sums.iter().position(out_of_range).unwrap_or(0);
+        let (dec, sums) = self.decoder(plan)?;
+        if let Some(i) = dec.first_out_of_range(sums) {
             return Err(Error::OutOfRange(i as u64));
         }
         self.finish_encoded(plan, layout)
     }
 
-    /// The total weight (the last word) and each element's scale to the mean.
-    fn decoder(&self, plan: &Plan) -> Result<(u64, f64, &[W])> {
-        let bits = 8 * self.width as u32;
+    /// The decoder (from the total weight, the last word) and the summed values.
+    fn decoder(&self, plan: &Plan) -> Result<(Decoder, &[W])> {
         let (weight, sums) = self.acc.split_last().ok_or(Error::NoInputs)?;
-        let total = low_bits(weight.to_u64(), bits);
-        let max = plan.nodes as u128 * u128::from(plan.params.max_weight);
-        if total == 0 || u128::from(total) > max {
-            return Err(Error::BadWeight(total));
-        }
-        Ok((total, plan.step() / total as f64, sums))
+        Ok((Decoder::new(plan, self.width, weight.to_u64())?, sums))
     }
 
     /// Decodes the weighted mean. The last word is the total weight.
     pub fn finish(self, plan: &Plan) -> Result<Mean> {
-        let bits = 8 * self.width as u32;
-        let (total, scale, sums) = self.decoder(plan)?;
-        let values = sums
-            .iter()
-            .map(|s| signed_low_bits(s.to_u64(), bits) as f64 * scale)
-            .collect();
+        let (dec, sums) = self.decoder(plan)?;
         Ok(Mean {
-            total_weight: total,
-            values,
+            total_weight: dec.total_weight(),
+            values: sums.iter().map(|s| dec.value(*s)).collect(),
         })
     }
 
     /// Decodes the weighted mean straight into `layout`'s encoding (see
-    /// [`layout::encode_values`]), without a vector of f64 in between. Returns the
+    /// [`crate::layout::encode_values`]), without a vector of f64 in between. Returns the
     /// total weight and the bytes.
     pub fn finish_encoded(self, plan: &Plan, layout: &Layout) -> Result<(u64, Vec<u8>)> {
-        let bits = 8 * self.width as u32;
-        let (total, scale, sums) = self.decoder(plan)?;
-        // One tight loop per tensor (it vectorises); the same bytes as
-        // `layout::encode_values` (tested below).
-        let mut out = vec![0u8; layout.checked_encoded_len().unwrap_or(0) as usize];
-        let (mut at, mut from) = (0usize, 0usize);
-        for spec in &layout.tensors {
-            let n = spec.checked_elements().unwrap_or(0) as usize;
-            let size = spec.checked_bytes().unwrap_or(0) as usize;
-            let (Some(dst), Some(src)) = (
-                out.get_mut(at..at.saturating_add(size)),
-                sums.get(from..from.saturating_add(n)),
-            ) else {
-                break;
-            };
-            let value = |s: &W| signed_low_bits(s.to_u64(), bits) as f64 * scale;
-            match spec.dtype {
-                layout::DType::F32 => dst
-                    .chunks_exact_mut(4)
-                    .zip(src)
-                    .for_each(|(d, s)| d.copy_from_slice(&(value(s) as f32).to_le_bytes())),
-                layout::DType::F64 => dst
-                    .chunks_exact_mut(8)
-                    .zip(src)
-                    .for_each(|(d, s)| d.copy_from_slice(&value(s).to_le_bytes())),
-            }
-            at += size;
-            from += n;
+        let (dec, sums) = self.decoder(plan)?;
+        let place = Placement::new(layout);
+        let mut out = vec![0u8; place.encoded_len() as usize];
+        place.encode(&dec, 0, sums, &mut out, 0);
+        Ok((dec.total_weight(), out))
+    }
+}
+
+/// Turns summed words into the weighted mean, for the whole vector or any slice of it:
+/// the total weight's check, the range check and the scaling. Sums are read modulo
+/// 2^(8·width) as two's-complement integers.
+#[derive(Clone, Copy, Debug)]
+pub struct Decoder {
+    bits: u32,
+    total: u64,
+    scale: f64,
+    limit: u64,
+}
+
+/// 2^52 + 2^51 as an f64, and its bit pattern: adding a signed integer v with
+/// |v| ≤ 2^51 to the bit pattern gives the f64 2^52 + 2^51 + v exactly, so subtracting
+/// the constant again converts v to f64 with integer and float adds alone (which
+/// vectorise on every x86-64; a 64-bit integer conversion does not before AVX-512).
+const MAGIC_F: f64 = 6_755_399_441_055_744.0;
+const MAGIC_BITS: u64 = 0x4338_0000_0000_0000;
+
+impl Decoder {
+    /// For a vector whose summed weight word (the last one) is `weight_word`, in a ring
+    /// of `width` bytes: checks that the total weight is at least 1 and at most
+    /// nodes · max_weight.
+    pub fn new(plan: &Plan, width: usize, weight_word: u64) -> Result<Decoder> {
+        let bits = 8 * width.clamp(1, 8) as u32;
+        let total = low_bits(weight_word, bits);
+        let max = plan.nodes as u128 * u128::from(plan.params.max_weight);
+        if total == 0 || u128::from(total) > max {
+            return Err(Error::BadWeight(total));
         }
-        Ok((total, out))
+        // total <= n·max_weight and the plan holds n·max_weight·L < 2^(bits-1), so the
+        // limit fits a u64 (saturating only guards a plan that was never checked).
+        let limit = total.saturating_mul(crate::secagg::quantize::levels(plan.params.bits));
+        Ok(Decoder {
+            bits,
+            total,
+            scale: plan.step() / total as f64,
+            limit,
+        })
+    }
+
+    /// The sum of the weights.
+    pub fn total_weight(&self) -> u64 {
+        self.total
+    }
+
+    /// Whether the two's-complement sums fit the magic-constant conversion exactly.
+    fn fast(&self) -> bool {
+        self.bits <= 52
+    }
+
+    /// A sum as an exact f64 integer, for rings of at most 52 bits (see [`MAGIC_F`]):
+    /// sign extension by xor and subtract, then the magic constant.
+    #[inline(always)]
+    fn exact_fast(&self, x: u64) -> f64 {
+        let sign = 1u64 << (self.bits - 1);
+        let v = (low_bits(x, self.bits) ^ sign).wrapping_add(MAGIC_BITS.wrapping_sub(sign));
+        f64::from_bits(v) - MAGIC_F
+    }
+
+    /// The index of the first sum outside `[-W·L, W·L]` (W the total weight, L the
+    /// largest quantized level), if any: a weighted sum of clipped inputs cannot lie
+    /// there, so such a sum means a poisoned or broken input. One branch-free pass (it
+    /// vectorises); the index is looked up only on failure.
+    pub fn first_out_of_range<W: Word>(&self, sums: &[W]) -> Option<usize> {
+        let found = if self.fast() {
+            // Exact: both sides are integers below 2^52.
+            let limit = self.limit as f64;
+            let out = |s: &W| self.exact_fast(s.to_u64()).abs() > limit;
+            sums.iter()
+                .fold(false, |bad, s| bad | out(s))
+                .then(|| sums.iter().position(out))
+        } else {
+            let out = |s: &W| signed_low_bits(s.to_u64(), self.bits).unsigned_abs() > self.limit;
+            sums.iter()
+                .fold(false, |bad, s| bad | out(s))
+                .then(|| sums.iter().position(out))
+        };
+        found.flatten()
+    }
+
+    /// Writes the mean's values for `sums`, little-endian in `dtype`, into `out`
+    /// (`sums.len() · dtype.bytes()` bytes; extra sums or bytes are left alone).
+    pub fn encode_into<W: Word>(&self, sums: &[W], dtype: DType, out: &mut [u8]) {
+        let scale = self.scale;
+        macro_rules! each {
+            ($value:expr) => {
+                match dtype {
+                    DType::F32 => out
+                        .chunks_exact_mut(4)
+                        .zip(sums)
+                        .for_each(|(d, s)| d.copy_from_slice(&(($value)(s) as f32).to_le_bytes())),
+                    DType::F64 => out
+                        .chunks_exact_mut(8)
+                        .zip(sums)
+                        .for_each(|(d, s)| d.copy_from_slice(&($value)(s).to_le_bytes())),
+                }
+            };
+        }
+        if self.fast() {
+            each!(|s: &W| self.exact_fast(s.to_u64()) * scale)
+        } else {
+            let bits = self.bits;
+            each!(|s: &W| signed_low_bits(s.to_u64(), bits) as f64 * scale)
+        }
+    }
+
+    /// One value of the mean, as f64.
+    pub fn value<W: Word>(&self, sum: W) -> f64 {
+        signed_low_bits(sum.to_u64(), self.bits) as f64 * self.scale
+    }
+}
+
+/// Where each tensor's values lie in a vector and in its encoding (see
+/// [`crate::layout::encode_values`]), so that any element range can be encoded on its own.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// Per tensor: first element, element count, first byte, type.
+    parts: Vec<(u64, u64, u64, DType)>,
+    elements: u64,
+    bytes: u64,
+}
+
+impl Placement {
+    /// For a layout that passed [`Layout::check`] (a failing one places nothing).
+    pub fn new(layout: &Layout) -> Placement {
+        let (mut elements, mut bytes) = (0u64, 0u64);
+        let mut parts = Vec::with_capacity(layout.tensors.len());
+        if layout.check().is_ok() {
+            for t in &layout.tensors {
+                let n = t.checked_elements().unwrap_or(0);
+                parts.push((elements, n, bytes, t.dtype));
+                elements += n;
+                bytes += n * t.dtype.bytes() as u64;
+            }
+        }
+        Placement {
+            parts,
+            elements,
+            bytes,
+        }
+    }
+
+    /// The number of values.
+    pub fn elements(&self) -> u64 {
+        self.elements
+    }
+
+    /// The encoded length in bytes.
+    pub fn encoded_len(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The byte at which value `e` starts (the encoded length for `e` at or past the
+    /// end).
+    pub fn byte_of(&self, e: u64) -> u64 {
+        self.parts
+            .iter()
+            .find(|(first, n, _, _)| e < first + n)
+            .map_or(self.bytes, |(first, _, at, dtype)| {
+                at + (e - first) * dtype.bytes() as u64
+            })
+    }
+
+    /// Encodes `sums`, the values starting at element `first`, into `out`, which holds
+    /// the encoding from byte `out_at` on. Sums past the last value (the weight word)
+    /// are skipped.
+    pub fn encode<W: Word>(
+        &self,
+        dec: &Decoder,
+        first: u64,
+        sums: &[W],
+        out: &mut [u8],
+        out_at: u64,
+    ) {
+        let end = first.saturating_add(sums.len() as u64);
+        for &(start, n, at, dtype) in &self.parts {
+            let (lo, hi) = (first.max(start), end.min(start + n));
+            if lo >= hi {
+                continue;
+            }
+            let src = &sums[(lo - first) as usize..(hi - first) as usize];
+            let from = at + (lo - start) * dtype.bytes() as u64;
+            let Some(from) = from.checked_sub(out_at) else {
+                continue;
+            };
+            let len = src.len() * dtype.bytes();
+            if let Some(dst) = out.get_mut(from as usize..from as usize + len) {
+                dec.encode_into(src, dtype, dst);
+            }
+        }
     }
 }
 
@@ -447,7 +595,7 @@ mod tests {
         }
         acc.absorb(0, &bytes);
         let scale = plan.step() / 3.0;
-        let want = layout::encode_values(&layout, sums.iter().map(|s| *s as f64 * scale));
+        let want = crate::layout::encode_values(&layout, sums.iter().map(|s| *s as f64 * scale));
         let (total, got) = acc.finish_encoded(&plan, &layout).expect("finish");
         assert_eq!(total, 3);
         assert_eq!(got, want);
@@ -457,6 +605,82 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The magic-constant conversion is exact: the same f64 as the plain
+        /// sign-extend-and-convert, at every width it is used for, and the range check
+        /// and the encoding agree with the plain path bit for bit.
+        #[test]
+        fn fast_decoding_is_the_plain_decoding(
+            words in prop::collection::vec(any::<u64>(), 1..300),
+            width in 1usize..=6,
+            bits in 2u32..=32,
+            weight in 1u64..1000,
+            edges in any::<bool>(),
+        ) {
+            let plan = Plan::new(QuantParams { clip: 1.0, bits, max_weight: 1000 }, 3).expect("plan");
+            let dec = Decoder::new(&plan, width, weight).expect("weight");
+            prop_assert!(dec.fast());
+            let b = 8 * width as u32;
+            let mut words = words;
+            if edges {
+                // The extremes of the ring: -2^(b-1), -1, 0, 1, 2^(b-1) - 1, and the limit ± 1.
+                let l = dec.limit;
+                words.extend([1u64 << (b - 1), u64::MAX, 0, 1, (1u64 << (b - 1)) - 1, l, l + 1, l.wrapping_neg(), (l + 1).wrapping_neg()]);
+            }
+            for x in &words {
+                prop_assert_eq!(dec.exact_fast(*x).to_bits(), (signed_low_bits(*x, b) as f64).to_bits());
+            }
+            let plain = Decoder { bits: 60, ..dec };
+            let slow_first = words.iter().position(|x| signed_low_bits(*x, b).unsigned_abs() > dec.limit);
+            prop_assert_eq!(dec.first_out_of_range(&words), slow_first);
+            for dtype in [DType::F32, DType::F64] {
+                let mut fast = vec![0u8; words.len() * dtype.bytes()];
+                let mut slow = fast.clone();
+                dec.encode_into(&words, dtype, &mut fast);
+                // The same words sign-extended by hand, through the plain (> 52 bits) path.
+                let ext: Vec<u64> = words.iter().map(|x| signed_low_bits(*x, b) as u64).collect();
+                plain.encode_into(&ext, dtype, &mut slow);
+                prop_assert_eq!(fast, slow);
+            }
+        }
+
+        /// Encoding any split of the vector, piece by piece into its own slice, gives
+        /// the bytes of encoding it whole.
+        #[test]
+        fn placement_encodes_any_split_like_the_whole(
+            shapes in prop::collection::vec((1u64..40, any::<bool>()), 1..5),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..5),
+            seed: u64,
+        ) {
+            use crate::layout::{Container, TensorSpec};
+            let layout = Layout {
+                container: Container::Safetensors,
+                tensors: shapes.iter().enumerate().map(|(i, (n, f))| TensorSpec {
+                    name: format!("t{i}"),
+                    shape: vec![*n],
+                    dtype: if *f { DType::F32 } else { DType::F64 },
+                }).collect(),
+            };
+            let place = Placement::new(&layout);
+            let n = place.elements() as usize + 1; // and the weight word
+            let plan = Plan::new(QuantParams::default(), 3).expect("plan");
+            let dec = Decoder::new(&plan, plan.wire_bytes(), 2).expect("weight");
+            let sums: Vec<u64> = (0..n as u64).map(|i| (i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) % 5000).collect();
+            let mut whole = vec![0u8; place.encoded_len() as usize];
+            place.encode(&dec, 0, &sums, &mut whole, 0);
+            let want = crate::layout::encode_values(&layout, sums[..n - 1].iter().map(|s| dec.value(*s)));
+            prop_assert_eq!(&whole, &want);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(n + 1)).collect();
+            points.extend([0, n]);
+            points.sort_unstable();
+            let mut pieces = vec![0u8; whole.len()];
+            for w in points.windows(2) {
+                let (a, b) = (w[0] as u64, w[1] as u64);
+                let (from, to) = (place.byte_of(a) as usize, place.byte_of(b) as usize);
+                place.encode(&dec, a, &sums[w[0]..w[1]], &mut pieces[from..to], from as u64);
+            }
+            prop_assert_eq!(pieces, whole);
+        }
+
         /// Quantize, weight, sum mod 2^k, decode: within half a step of the plain weighted mean.
         #[test]
         fn weighted_mean_within_bound(

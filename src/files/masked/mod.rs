@@ -269,7 +269,7 @@ pub fn write_file<W: Word>(path: &Path, m: &Masked<W>, me: &Identity) -> Result<
 mod reader;
 mod writer;
 
-pub use reader::{Reader, sum_verified};
+pub use reader::{Reader, segment_ranges, sum_verified};
 pub use writer::{Finished, Writer};
 
 #[cfg(test)]

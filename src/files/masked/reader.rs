@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
@@ -50,24 +51,48 @@ impl Reader {
     }
 }
 
-/// Adds the payloads of authenticated files into `acc` and verifies each file's
-/// signature, reading every file once: `threads` threads each take a range of whole
-/// segments and, for each slice of it, read that slice of every file, hash it into the
-/// file's segment digest and add it, so the slice of the accumulator stays in the core's
-/// cache while all files pass through it. Returns the index of the first file (in
-/// order) that fails; on any error `acc` holds a partial sum and must be discarded.
-pub fn sum_verified(
+/// Splits a vector of `elements` into at most `threads` ranges of whole segments (the
+/// last range may end in a partial one), one per thread of [`sum_verified`].
+pub fn segment_ranges(elements: u64, threads: usize) -> Vec<Range<u64>> {
+    let seg = SEGMENT_ELEMENTS as u64;
+    let per = elements
+        .div_ceil(seg)
+        .div_ceil(threads.clamp(1, 256) as u64)
+        .max(1)
+        * seg;
+    (0..elements.div_ceil(per))
+        .map(|t| t * per..((t + 1) * per).min(elements))
+        .collect()
+}
+
+/// Sums the payloads of authenticated files and verifies each file's signature,
+/// reading every file once: one thread per `(range, sink)` of `work` (ranges from
+/// [`segment_ranges`]) reads each slice of its range from every file, hashes it into
+/// the file's segment digest and adds it into a slice-sized sum that stays in the
+/// core's cache, then hands the summed slice to its sink as `(first element, sums)`,
+/// in order. The sums are modulo 2^(8·w) in their low bytes (w the files' width).
+///
+/// Returns the index (in order) of the first file that fails. A sink may already have
+/// seen sums when a file fails: whatever it made of them must be discarded.
+pub fn sum_verified<W: Word, S: FnMut(u64, &[W]) + Send>(
     files: Vec<(Reader, p256::PublicKey)>,
-    acc: &mut crate::secagg::sum::AnyAccumulator,
-    threads: usize,
+    work: Vec<(Range<u64>, S)>,
 ) -> std::result::Result<(), (usize, Error)> {
-    use crate::secagg::sum::AnyAccumulator;
+    let Some(first) = files.first().map(|(r, _)| r.header.clone()) else {
+        return Ok(());
+    };
+    let w = first.modulus.word_bytes();
     for (i, (r, _)) in files.iter().enumerate() {
         r.check_authenticated().map_err(|e| (i, e))?;
-        if acc.width() != r.header.modulus.word_bytes() || acc.len() as u64 != r.header.elements {
+        let covered = work.iter().map(|(r, _)| r.end - r.start).sum::<u64>();
+        if r.header.modulus != first.modulus
+            || r.header.elements != first.elements
+            || covered != first.elements
+            || w > W::BYTES
+        {
             let e = Error::Malformed {
                 path: r.path.clone(),
-                reason: "accumulator does not match the header (our bug)".into(),
+                reason: "the files or the ranges summed do not match (our bug)".into(),
             };
             return Err((i, e));
         }
@@ -76,45 +101,13 @@ pub fn sum_verified(
         .iter()
         .map(|(r, _)| (&r.file, r.payload_start))
         .collect();
-    let w = acc.width();
-    let digests = match acc {
-        AnyAccumulator::M32(a) => sum_words(a.words_mut(), w, &sources, threads),
-        AnyAccumulator::M64(a) => sum_words(a.words_mut(), w, &sources, threads),
-    };
-    let mut digests = digests.map_err(|(i, source)| {
-        let e = Error::Io {
-            action: "read",
-            path: files[i].0.path.clone(),
-            source,
-        };
-        (i, e)
-    })?;
-    for (i, (mut r, key)) in files.into_iter().enumerate() {
-        r.segments = std::mem::take(&mut digests[i]);
-        r.verify_at_end(&key).map_err(|e| (i, e))?;
-    }
-    Ok(())
-}
-
-/// The threads of [`sum_verified`]: segment ranges of `acc`, every file per range.
-/// Returns each file's segment digests, or the failing file's index and error.
-fn sum_words<W: Word>(
-    acc: &mut [W],
-    w: usize,
-    files: &[(&File, u64)],
-    threads: usize,
-) -> std::result::Result<Vec<Vec<[u8; 32]>>, (usize, std::io::Error)> {
-    let nseg = acc.len().div_ceil(SEGMENT_ELEMENTS);
-    let per = nseg.div_ceil(threads.clamp(1, 256)).max(1) * SEGMENT_ELEMENTS;
+    let nseg = first.elements.div_ceil(SEGMENT_ELEMENTS as u64) as usize;
     type Part = std::result::Result<Vec<Vec<[u8; 32]>>, (usize, std::io::Error)>;
     let parts: Vec<Part> = std::thread::scope(|s| {
-        let handles: Vec<_> = acc
-            .chunks_mut(per)
-            .enumerate()
-            .map(|(t, part)| {
-                let first = (t * per) as u64;
-                s.spawn(move || sum_range(files, w, first, part))
-            })
+        let sources = &sources;
+        let handles: Vec<_> = work
+            .into_iter()
+            .map(|(range, sink)| s.spawn(move || sum_range::<W, S>(sources, w, range, sink)))
             .collect();
         handles
             .into_iter()
@@ -125,44 +118,65 @@ fn sum_words<W: Word>(
             })
             .collect()
     });
-    let mut out = vec![Vec::with_capacity(nseg); files.len()];
+    let mut digests = vec![Vec::with_capacity(nseg); files.len()];
     for part in parts {
-        for (all, mine) in out.iter_mut().zip(part?) {
+        let part = part.map_err(|(i, source)| {
+            let e = Error::Io {
+                action: "read",
+                path: files[i].0.path.clone(),
+                source,
+            };
+            (i, e)
+        })?;
+        for (all, mine) in digests.iter_mut().zip(part) {
             all.extend(mine);
         }
     }
-    Ok(out)
+    for (i, ((mut r, key), d)) in files.into_iter().zip(digests).enumerate() {
+        r.segments = d;
+        r.verify_at_end(&key).map_err(|e| (i, e))?;
+    }
+    Ok(())
 }
 
-/// Elements `[first, first + acc.len())` (starting on a segment boundary) of every
-/// file's payload of `w`-byte residues, added into `acc` slice by slice, each file's
-/// segments hashed on the way. Returns, per file, the digests of the range's segments.
-fn sum_range<W: Word>(
+/// One thread of [`sum_verified`]: elements `range` (starting on a segment boundary)
+/// of every file's payload of `w`-byte residues, summed slice by slice and handed to
+/// `sink`, each file's segments hashed on the way. Returns, per file, the digests of
+/// the range's segments.
+fn sum_range<W: Word, S: FnMut(u64, &[W])>(
     files: &[(&File, u64)],
     w: usize,
-    first: u64,
-    acc: &mut [W],
+    range: Range<u64>,
+    mut sink: S,
 ) -> std::result::Result<Vec<Vec<[u8; 32]>>, (usize, std::io::Error)> {
     use crate::secagg::sum::READ_ELEMENTS;
     use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; READ_ELEMENTS.min(acc.len()) * w];
+    let len = (range.end - range.start) as usize;
+    let mut buf = vec![0u8; READ_ELEMENTS.min(len) * w];
+    let mut acc = vec![W::default(); READ_ELEMENTS.min(len)];
     let mut digests = vec![Vec::new(); files.len()];
-    for (k, seg) in acc.chunks_mut(SEGMENT_ELEMENTS).enumerate() {
+    let mut seg_first = range.start;
+    while seg_first < range.end {
+        let seg_end = (seg_first + SEGMENT_ELEMENTS as u64).min(range.end);
         let mut hashers = vec![blake3::Hasher::new(); files.len()];
-        let seg_first = first + (k * SEGMENT_ELEMENTS) as u64;
-        for (j, part) in seg.chunks_mut(READ_ELEMENTS).enumerate() {
-            let bytes = &mut buf[..part.len() * w];
-            let at = seg_first + (j * READ_ELEMENTS) as u64;
+        let mut at = seg_first;
+        while at < seg_end {
+            let n = (seg_end - at).min(READ_ELEMENTS as u64) as usize;
+            let (bytes, sums) = (&mut buf[..n * w], &mut acc[..n]);
+            sums.fill(W::default());
             for (i, ((file, start), h)) in files.iter().zip(&mut hashers).enumerate() {
                 file.read_exact_at(bytes, start + at * w as u64)
                     .map_err(|e| (i, e))?;
                 h.update(bytes);
-                crate::secagg::sum::absorb_words(part, w, bytes);
+                crate::secagg::sum::absorb_words(sums, w, bytes);
             }
+            sink(at, sums);
+            at += n as u64;
         }
         for (d, h) in digests.iter_mut().zip(hashers) {
             d.push(*h.finalize().as_bytes());
         }
+        seg_first = seg_end;
     }
     Ok(digests)
 }
@@ -364,6 +378,25 @@ impl<R: Read> Reader<R> {
 }
 
 impl Reader<File> {
+    /// The last residue of the payload (the weight word), read by position once the
+    /// header is authenticated. It is only authenticated with the rest of the payload:
+    /// callers must treat it as unverified until [`sum_verified`] succeeds.
+    pub fn last_residue(&self) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        self.check_authenticated()?;
+        let w = self.header.modulus.word_bytes();
+        let at = self.payload_start + self.header.elements.saturating_sub(1) * w as u64;
+        let mut b = [0u8; 8];
+        self.file
+            .read_exact_at(&mut b[..w], at)
+            .map_err(|e| Error::Io {
+                action: "read",
+                path: self.path.clone(),
+                source: e,
+            })?;
+        Ok(u64::from_le_bytes(b))
+    }
+
     /// The trailer of a file read by position: exactly `u16le len || signature` after
     /// the payload, and nothing after it (the file's length is checked again now).
     fn verify_at_end(self, key: &p256::PublicKey) -> Result<()> {
@@ -387,5 +420,36 @@ impl Reader<File> {
             .read_exact_at(&mut der, end + 2)
             .map_err(|_| bad_sig())?;
         self.check_signature(key, &der)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_ranges_cover_the_vector_in_whole_segments() {
+        let seg = SEGMENT_ELEMENTS as u64;
+        for (elements, threads) in [
+            (1, 2),
+            (seg, 2),
+            (seg + 1, 2),
+            (10 * seg + 3, 2),
+            (10 * seg + 3, 3),
+            (5, 300),
+        ] {
+            let r = segment_ranges(elements, threads);
+            assert!(
+                !r.is_empty() && r.len() <= threads.min(256),
+                "{elements} {threads}: {r:?}"
+            );
+            assert_eq!(r[0].start, 0);
+            assert_eq!(r[r.len() - 1].end, elements);
+            for pair in r.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+                assert_eq!(pair[0].end % seg, 0, "ranges start on segment boundaries");
+            }
+        }
+        assert!(segment_ranges(0, 2).is_empty());
     }
 }
