@@ -156,14 +156,14 @@ fn register(home: &Home, a: RegisterArgs) -> Result<(), Failure> {
     identity::create_home_dir(home.root())?;
     let mut reg = Registry::open(&home.registry_path())?;
     // Fail early (before prompting) on what the transaction will refuse anyway.
-    if let Some((holder, _)) = reg.get_by_fingerprint(&cert.fingerprint())? {
-        if holder.party_id != party_id {
-            return Err(registry::Error::DuplicateFingerprint {
-                fingerprint: cert.fingerprint(),
-                existing: holder.party_id,
-            }
-            .into());
+    if let Some((holder, _)) = reg.get_by_fingerprint(&cert.fingerprint())?
+        && holder.party_id != party_id
+    {
+        return Err(registry::Error::DuplicateFingerprint {
+            fingerprint: cert.fingerprint(),
+            existing: holder.party_id,
         }
+        .into());
     }
     let existing = reg.get(&party_id)?;
     if existing.is_some() && !a.upsert {
@@ -225,16 +225,16 @@ fn read_checked(
     let own = own_fingerprint(home)?;
     check_registration(&cert, party_id, own.as_ref(), SystemTime::now(), check)
         .map_err(|e| Failure::from(e).context(&file))?;
-    if let Some(expected) = expected {
-        if *expected != cert.fingerprint() {
-            return Err(Failure::new(
-                format!(
-                    "{file}: fingerprint mismatch: the file has {}, you expected {expected}",
-                    cert.fingerprint()
-                ),
-                Some("do not register it: the file may have been replaced in transit; get it again and re-check over a trusted channel".into()),
-            ));
-        }
+    if let Some(expected) = expected
+        && *expected != cert.fingerprint()
+    {
+        return Err(Failure::new(
+            format!(
+                "{file}: fingerprint mismatch: the file has {}, you expected {expected}",
+                cert.fingerprint()
+            ),
+            Some("do not register it: the file may have been replaced in transit; get it again and re-check over a trusted channel".into()),
+        ));
     }
     Ok(cert)
 }

@@ -333,13 +333,13 @@ fn join(home: &Home, a: JoinArgs, quiet: bool) -> Result<(), Failure> {
     let me = home.load_identity()?;
     let mut reg = registry(home)?;
     let input_kind = tensor::container_of(&a.input)?;
-    if let Some(out) = &a.out {
-        if tensor::container_of(out)? != input_kind {
-            return Err(Failure::new(
-                format!("--out {} is not the format of --input", out.display()),
-                Some("use the same extension as the update (.npy or .safetensors)".into()),
-            ));
-        }
+    if let Some(out) = &a.out
+        && tensor::container_of(out)? != input_kind
+    {
+        return Err(Failure::new(
+            format!("--out {} is not the format of --input", out.display()),
+            Some("use the same extension as the update (.npy or .safetensors)".into()),
+        ));
     }
     let researcher = match &a.researcher {
         Some(r) => Some(r.trim().parse::<PartyId>()?),

@@ -128,14 +128,14 @@ pub fn aggregate_files(
                 own: *own,
             });
         }
-        if let Some(first) = readers.first().map(Reader::header) {
-            if let Some(field) = disagreement(first, h) {
-                return Err(Error::Mismatch {
-                    path: path.clone(),
-                    first: first_path.clone(),
-                    field,
-                });
-            }
+        if let Some(first) = readers.first().map(Reader::header)
+            && let Some(field) = disagreement(first, h)
+        {
+            return Err(Error::Mismatch {
+                path: path.clone(),
+                first: first_path.clone(),
+                field,
+            });
         }
         if !h.context.participants.contains(&h.sender) {
             return Err(Error::Stranger {

@@ -277,10 +277,11 @@ impl Spares {
 
     /// Hands back a chunk's data buffer once its contents are used.
     pub fn give(&self, buf: Vec<u8>) {
-        if let Ok(mut s) = self.0.lock() {
-            if s.len() < SPARE_BUFFERS && buf.capacity() <= CHUNK_BYTES {
-                s.push(buf);
-            }
+        if let Ok(mut s) = self.0.lock()
+            && s.len() < SPARE_BUFFERS
+            && buf.capacity() <= CHUNK_BYTES
+        {
+            s.push(buf);
         }
     }
 }

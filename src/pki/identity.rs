@@ -379,13 +379,11 @@ pub struct Generated {
 /// moved to `<name>.bak-<unix time>`, but only after the new ones have been fully
 /// written to temporary files, so a failure leaves the old identity in place.
 pub fn generate(home: &Home, params: &GenerateParams, replace: bool) -> Result<Generated> {
-    if !replace {
-        if let Some(existing) = home.identity_files().into_iter().find(|p| p.exists()) {
-            return Err(Error::Exists {
-                home: home.root.clone(),
-                existing,
-            });
-        }
+    if !replace && let Some(existing) = home.identity_files().into_iter().find(|p| p.exists()) {
+        return Err(Error::Exists {
+            home: home.root.clone(),
+            existing,
+        });
     }
     create_home_dir(&home.root)?;
 

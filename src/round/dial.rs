@@ -277,13 +277,13 @@ pub(super) fn protocol(rid: &PartyId, what: String) -> Error {
 /// A TLS alert right after the handshake means the researcher refused our certificate.
 pub(super) fn refused_or(e: impl Into<Error>, rid: &PartyId) -> Error {
     let e = e.into();
-    if let Error::Transport(t) = &e {
-        if let Some(rustls::Error::AlertReceived(alert)) = t.tls() {
-            return Error::CertificateRefused {
-                id: rid.clone(),
-                alert: format!("{alert:?}"),
-            };
-        }
+    if let Error::Transport(t) = &e
+        && let Some(rustls::Error::AlertReceived(alert)) = t.tls()
+    {
+        return Error::CertificateRefused {
+            id: rid.clone(),
+            alert: format!("{alert:?}"),
+        };
     }
     e
 }

@@ -109,14 +109,14 @@ impl Store {
         let need = (nodes as u64)
             .saturating_mul(words as u64)
             .saturating_mul(width as u64);
-        if let Some(free) = free_bytes(dir) {
-            if free < need {
-                return Err(Error::Disk {
-                    dir: dir.to_owned(),
-                    free,
-                    need,
-                });
-            }
+        if let Some(free) = free_bytes(dir)
+            && free < need
+        {
+            return Err(Error::Disk {
+                dir: dir.to_owned(),
+                free,
+                need,
+            });
         }
         Ok(Store {
             acc: AnyAccumulator::with_width(plan.modulus, words, width),

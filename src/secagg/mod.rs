@@ -1,8 +1,10 @@
 //! The arithmetic of secure aggregation: the ring ([`ring`]), the key schedule from
 //! certificates to per-use keys ([`keys`]), PRG masks ([`prg`]), fixed-point
-//! quantization ([`quantize`]), modular sums ([`sum`]), t-of-n secret sharing with
-//! Feldman commitments ([`shamir`], protocol 2's dropout recovery) and the throughput
-//! bench ([`bench`]). Nothing here touches files or the network.
+//! quantization ([`quantize`]), modular sums ([`sum`]), the SIMD inner loop both masking
+//! and summing run, adding packed w-byte residues into words ([`simd`], the crate's one
+//! module allowed `unsafe`), t-of-n secret sharing with Feldman commitments ([`shamir`],
+//! protocol 2's dropout recovery) and the throughput bench ([`bench`]). Nothing here
+//! touches files or the network.
 
 pub mod bench;
 pub mod keys;
@@ -10,6 +12,7 @@ pub mod prg;
 pub mod quantize;
 pub mod ring;
 pub mod shamir;
+pub mod simd;
 pub mod sum;
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 
 use crate::secagg::keys::{MaskKey, Sign};
 use crate::secagg::ring::Word;
+use crate::secagg::simd;
 
 /// The PRG: AES-128 in CTR mode, 64-bit big-endian counter, IV = 0.
 pub type Prg = ctr::Ctr64BE<Aes128>;
@@ -75,48 +76,13 @@ fn apply_range<W: Word>(out: &mut [W], start: u64, masks: &[PeerMask], width: us
         .map(|m| prg_at(&m.key, start * width as u64))
         .collect();
     let words_per_block = BLOCK_BYTES / W::BYTES;
-    // `W::BYTES - width` spare bytes at the end: every word is read with one whole-word
-    // load (see [`fold`]).
-    let mut buf = vec![0u8; words_per_block * width + W::BYTES - width];
+    let mut buf = vec![0u8; words_per_block * width];
     for block in out.chunks_mut(words_per_block) {
-        let n = block.len() * width;
+        let ks = &mut buf[..block.len() * width];
         for (prg, m) in prgs.iter_mut().zip(masks) {
-            prg.write_keystream(&mut buf[..n]);
-            let ks = &buf[..n + W::BYTES - width];
-            match width {
-                1 => fold::<W, 1>(block, ks, m.sign),
-                2 => fold::<W, 2>(block, ks, m.sign),
-                3 => fold::<W, 3>(block, ks, m.sign),
-                4 => fold::<W, 4>(block, ks, m.sign),
-                5 => fold::<W, 5>(block, ks, m.sign),
-                6 => fold::<W, 6>(block, ks, m.sign),
-                7 => fold::<W, 7>(block, ks, m.sign),
-                _ => fold::<W, 8>(block, ks, m.sign),
-            }
+            prg.write_keystream(ks);
+            simd::add_packed(block, ks, width, m.sign);
         }
-    }
-}
-
-/// Adds (or subtracts) keystream words of `N` bytes into `block`; `ks` holds
-/// `block.len()·N` keystream bytes and `W::BYTES - N` more. Word j is one whole-word load
-/// at byte `j·N`: its low `N` bytes are the keystream word, and the bytes above it
-/// (the next words' keystream, or the spare bytes) only reach bits at or above
-/// `8·N`, which every reader discards (the residue is taken modulo 2^(8N)).
-#[inline(always)]
-fn fold<W: Word, const N: usize>(block: &mut [W], ks: &[u8], sign: Sign) {
-    if N == W::BYTES {
-        add_each(block, ks.chunks_exact(N).map(W::from_le), sign);
-    } else {
-        add_each(block, ks.windows(W::BYTES).step_by(N).map(W::from_le), sign);
-    }
-}
-
-/// Adds (or subtracts) `ks` into `block`, word by word.
-#[inline(always)]
-fn add_each<W: Word>(block: &mut [W], ks: impl Iterator<Item = W>, sign: Sign) {
-    match sign {
-        Sign::Add => block.iter_mut().zip(ks).for_each(|(o, k)| *o = o.add(k)),
-        Sign::Sub => block.iter_mut().zip(ks).for_each(|(o, k)| *o = o.sub(k)),
     }
 }
 

@@ -109,10 +109,21 @@ pub trait Word: Copy + Default + Send + Sync + Eq + std::fmt::Debug + 'static {
     fn to_i64(self) -> i64;
     /// As an unsigned integer.
     fn to_u64(self) -> u64;
+    /// The slice as the concrete word type it is (lets `simd` pick its vector lanes
+    /// without a cast).
+    fn words_mut(words: &mut [Self]) -> WordsMut<'_>;
+}
+
+/// A slice of words as the concrete machine word it is (see [`Word::words_mut`]).
+pub enum WordsMut<'a> {
+    /// u32 words (widths 1 to 4).
+    U32(&'a mut [u32]),
+    /// u64 words (widths 5 to 8).
+    U64(&'a mut [u64]),
 }
 
 macro_rules! word {
-    ($t:ty, $s:ty) => {
+    ($t:ty, $s:ty, $v:ident) => {
         impl Word for $t {
             const BYTES: usize = std::mem::size_of::<$t>();
             #[inline(always)]
@@ -159,11 +170,14 @@ macro_rules! word {
             fn to_u64(self) -> u64 {
                 self as u64
             }
+            fn words_mut(words: &mut [Self]) -> WordsMut<'_> {
+                WordsMut::$v(words)
+            }
         }
     };
 }
-word!(u32, i32);
-word!(u64, i64);
+word!(u32, i32, U32);
+word!(u64, i64, U64);
 
 #[cfg(test)]
 mod tests {

@@ -386,16 +386,7 @@ pub fn absorb_hashed<W: Word>(
 /// both hold).
 #[inline]
 pub fn absorb_words<W: Word>(acc: &mut [W], width: usize, bytes: &[u8]) {
-    match width {
-        1 => absorb_narrow::<W, 1>(acc, bytes),
-        2 => absorb_narrow::<W, 2>(acc, bytes),
-        3 => absorb_narrow::<W, 3>(acc, bytes),
-        4 => absorb_narrow::<W, 4>(acc, bytes),
-        5 => absorb_narrow::<W, 5>(acc, bytes),
-        6 => absorb_narrow::<W, 6>(acc, bytes),
-        7 => absorb_narrow::<W, 7>(acc, bytes),
-        _ => absorb_narrow::<W, 8>(acc, bytes),
-    }
+    crate::secagg::simd::add_packed(acc, bytes, width, crate::secagg::keys::Sign::Add);
 }
 
 /// Appends the low `width` bytes of each word to `out`, little-endian.
@@ -418,37 +409,6 @@ fn encode_narrow<W: Word, const N: usize>(words: &[W], out: &mut Vec<u8>) {
     out.resize(start + words.len() * N, 0);
     for (w, c) in words.iter().zip(out[start..].chunks_exact_mut(N)) {
         c.copy_from_slice(&w.le8()[..N]);
-    }
-}
-
-/// Adds words of `N` little-endian bytes (`N` ≤ `W::BYTES`) to `acc`. With `N` known
-/// at compile time each word is one fixed-size load.
-#[inline]
-fn absorb_narrow<W: Word, const N: usize>(acc: &mut [W], bytes: &[u8]) {
-    if N >= W::BYTES {
-        for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(W::BYTES)) {
-            *a = a.add(W::from_le(c));
-        }
-    } else {
-        // Whole-word loads at byte j·N while a whole word fits: the bytes above the low
-        // N belong to the next words and only reach bits at or above 8·N, which the
-        // decoder discards (sums are read modulo 2^(8N)). The last few words, whose
-        // whole-word load would run past `bytes`, are read narrow.
-        let n = acc.len().min(bytes.len() / N);
-        let wide = if bytes.len() >= W::BYTES {
-            ((bytes.len() - W::BYTES) / N + 1).min(n)
-        } else {
-            0
-        };
-        let (head, tail) = acc[..n].split_at_mut(wide);
-        for (a, c) in head.iter_mut().zip(bytes.windows(W::BYTES).step_by(N)) {
-            *a = a.add(W::from_le(c));
-        }
-        for (a, c) in tail.iter_mut().zip(bytes[wide * N..].chunks_exact(N)) {
-            let mut b = [0u8; N];
-            b.copy_from_slice(c);
-            *a = a.add(W::from_le_narrow(&b));
-        }
     }
 }
 

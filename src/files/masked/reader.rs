@@ -327,7 +327,7 @@ impl<R: Read> Reader<R> {
             h.update(bytes);
             f(done, bytes);
             done += n as u64;
-            if done % SEGMENT_ELEMENTS as u64 == 0 || done == elements {
+            if done.is_multiple_of(SEGMENT_ELEMENTS as u64) || done == elements {
                 self.segments.push(*h.finalize().as_bytes());
                 h = blake3::Hasher::new();
             }

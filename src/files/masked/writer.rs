@@ -115,7 +115,7 @@ impl Writer {
     pub fn write_residues(&mut self, mut bytes: &[u8]) -> Result<()> {
         let w = self.width;
         let count = (bytes.len() / w) as u64;
-        if bytes.len() % w != 0 || self.written + count > self.elements {
+        if !bytes.len().is_multiple_of(w) || self.written + count > self.elements {
             return Err(Error::Malformed {
                 path: self.staged.path().to_owned(),
                 reason: "payload does not match the header (our bug)".into(),

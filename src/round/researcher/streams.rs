@@ -22,10 +22,12 @@ impl Researcher {
             Stage::MaskedInput { streams } => match streams.get_mut(&from) {
                 None => Some(Fault::Unexpected("chunk")),
                 Some(s) if s.ended => Some(Fault::AfterEnd),
-                Some(_) if data.is_empty() || data.len() % word != 0 => Some(Fault::PartialWords {
-                    bytes: data.len(),
-                    word,
-                }),
+                Some(_) if data.is_empty() || !data.len().is_multiple_of(word) => {
+                    Some(Fault::PartialWords {
+                        bytes: data.len(),
+                        word,
+                    })
+                }
                 Some(s) if offset != s.next => Some(Fault::OutOfOrder {
                     expected: s.next,
                     got: offset,

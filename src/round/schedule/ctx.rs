@@ -143,7 +143,7 @@ impl Ctx {
                 format!("{} is not a positive finite number", p.clip),
             );
         }
-        if !(8..=64).contains(&p.modulus_bits) || p.modulus_bits % 8 != 0 {
+        if !(8..=64).contains(&p.modulus_bits) || !p.modulus_bits.is_multiple_of(8) {
             return bad(
                 "modulus bits",
                 format!("{} is not one of 8, 16, ..., 64", p.modulus_bits),
