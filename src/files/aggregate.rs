@@ -248,17 +248,32 @@ fn decode_files<W: Word>(
         work.push((range, sink));
     }
     masked::sum_verified::<W, _>(files, work).map_err(|(_, e)| e)?;
-    let dec = dec?;
-    let bits = header.modulus.bits();
-    let low = |x: u64| x & (u64::MAX >> (64 - bits));
-    let summed = found.iter().find_map(|f| f.1).map(low);
-    if summed != Some(low(weight)) {
+    let summed = found.iter().find_map(|f| f.1);
+    let out_of_range = found.iter().find_map(|f| f.0);
+    let total = verdict(dec, weight, summed, header.modulus.bits(), out_of_range)?;
+    Ok((total, mean))
+}
+
+/// The outcome once every file verified, in this order: the weight read before summing
+/// must be the verified one (`summed`, else a file changed while it was read, and any
+/// verdict on the early weight would blame the nodes for a local race); then the total
+/// weight must be valid; then every value in range. Returns the total weight.
+fn verdict(
+    dec: std::result::Result<Decoder, sum::Error>,
+    pre: u64,
+    summed: Option<u64>,
+    bits: u32,
+    out_of_range: Option<u64>,
+) -> Result<u64> {
+    let low = |x: u64| x & (u64::MAX >> (64 - bits.clamp(1, 64)));
+    if summed.map(low) != Some(low(pre)) {
         return Err(Error::Changed);
     }
-    if let Some(i) = found.iter().find_map(|f| f.0) {
+    let dec = dec?;
+    if let Some(i) = out_of_range {
         return Err(sum::Error::OutOfRange(i).into());
     }
-    Ok((dec.total_weight(), mean))
+    Ok(dec.total_weight())
 }
 
 fn disagreement(a: &Header, b: &Header) -> Option<&'static str> {
@@ -280,5 +295,44 @@ fn disagreement(a: &Header, b: &Header) -> Option<&'static str> {
         Some("tensor shapes")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secagg::quantize::QuantParams;
+
+    fn decoder(weight: u64) -> std::result::Result<Decoder, sum::Error> {
+        let plan = Plan::new(QuantParams::default(), 3).expect("plan");
+        Decoder::new(&plan, plan.wire_bytes(), weight)
+    }
+
+    #[test]
+    fn a_weight_that_changed_is_reported_before_any_verdict_on_it() {
+        // The early read saw 0 (invalid) but the verified files sum to 3: a local race,
+        // not a bad weight.
+        let got = verdict(decoder(0), 0, Some(3), 40, None);
+        assert!(matches!(got, Err(Error::Changed)), "{got:?}");
+        let got = verdict(decoder(3), 3, Some(4), 40, Some(7));
+        assert!(matches!(got, Err(Error::Changed)), "{got:?}");
+        let got = verdict(decoder(3), 3, None, 40, None);
+        assert!(matches!(got, Err(Error::Changed)), "{got:?}");
+    }
+
+    #[test]
+    fn then_the_weight_then_the_range() {
+        let got = verdict(decoder(0), 0, Some(0), 40, Some(1));
+        assert!(
+            matches!(got, Err(Error::Sum(sum::Error::BadWeight(0)))),
+            "{got:?}"
+        );
+        // Bits above the ring's width carry no meaning.
+        let got = verdict(decoder(3), 3, Some(3 + (1 << 40)), 40, Some(5));
+        assert!(
+            matches!(got, Err(Error::Sum(sum::Error::OutOfRange(5)))),
+            "{got:?}"
+        );
+        assert_eq!(verdict(decoder(3), 3, Some(3), 40, None).expect("ok"), 3);
     }
 }

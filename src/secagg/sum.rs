@@ -320,11 +320,16 @@ impl Placement {
             }
             let src = &sums[(lo - first) as usize..(hi - first) as usize];
             let from = at + (lo - start) * dtype.bytes() as u64;
+            // Callers hand `out` exactly the bytes of the elements they encode; anything
+            // else is our bug, and is left unwritten rather than written out of place.
+            debug_assert!(from >= out_at, "encoding before the start of `out`");
             let Some(from) = from.checked_sub(out_at) else {
                 continue;
             };
             let len = src.len() * dtype.bytes();
-            if let Some(dst) = out.get_mut(from as usize..from as usize + len) {
+            let dst = out.get_mut(from as usize..from as usize + len);
+            debug_assert!(dst.is_some(), "encoding past the end of `out`");
+            if let Some(dst) = dst {
                 dec.encode_into(src, dtype, dst);
             }
         }

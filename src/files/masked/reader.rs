@@ -82,12 +82,18 @@ pub fn sum_verified<W: Word, S: FnMut(u64, &[W]) + Send>(
         return Ok(());
     };
     let w = first.modulus.word_bytes();
+    // The ranges must tile [0, elements) in order, each starting on a segment boundary.
+    let mut next = 0u64;
+    let tiled = work.iter().all(|(r, _)| {
+        let ok = r.start == next && r.start < r.end && r.start % SEGMENT_ELEMENTS as u64 == 0;
+        next = r.end;
+        ok
+    }) && next == first.elements;
     for (i, (r, _)) in files.iter().enumerate() {
         r.check_authenticated().map_err(|e| (i, e))?;
-        let covered = work.iter().map(|(r, _)| r.end - r.start).sum::<u64>();
         if r.header.modulus != first.modulus
             || r.header.elements != first.elements
-            || covered != first.elements
+            || !tiled
             || w > W::BYTES
         {
             let e = Error::Malformed {
