@@ -111,7 +111,7 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_file_mode_journals_key_and_
             .expect("write");
         let spec = spec(quant, round);
         let mut reg = registry(&node.home);
-        let digest = job::input_digest(&input).expect("digest");
+        let digest = job::input_digests(&input, false).expect("digest");
         assert!(!reg.input_released(&digest).expect("query"));
         let out = lab.path(&format!("u{round}.masked"));
         // Round 1 takes the two-pass path (no memory for the residues), round 2 the
@@ -248,7 +248,7 @@ fn file_mode_reports_a_nan_where_it_is_and_journals_nothing() {
     tensor::write_values(&input, &layout, vals.into_iter()).expect("write");
     assert!(job::mask_update(&me, &mut reg, &spec, &input, 1, &out, 2, 0).is_ok());
     assert!(out.exists());
-    let digest = job::input_digest(&input).expect("digest");
+    let digest = job::input_digests(&input, false).expect("digest");
     assert!(reg.input_released(&digest).expect("query"));
 }
 
