@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """Generate tests/data/kat3.json: known-answer vectors for right-sized residues (ring
-width), mask folding at width w, and masked file format version 3 with its segmented
-BLAKE3 digest, from an implementation independent of secagg's Rust code: Python
+width), mask folding at width w, masked file format version 3 with its segmented
+BLAKE3 digest, and the input digests (version 1, and version 2 of whole .npy and
+.safetensors files), from an implementation independent of secagg's Rust code: Python
 'cryptography' for AES-128-CTR, ECDSA P-256 and SHA-256, and scripts/blake3_ref.py (a
 pure-Python BLAKE3 checked against the official test vectors) for BLAKE3.
 
 Run:  pip install cryptography
       python3 scripts/gen-kat3.py > tests/data/kat3.json      (about 15 s)
 
-Follows docs/protocol.md ("Quantization and weights", "Masked file format (version 3)")
-step by step. Signatures are RFC 6979 deterministic where the installed 'cryptography'
+Follows docs/protocol.md ("Quantization and weights", "Masked file format (version 3)",
+"Mask-reuse journal") step by step. Signatures are RFC 6979 deterministic where the installed 'cryptography'
 supports it (then the output is reproducible byte for byte), randomised otherwise; the
 Rust test only checks that they verify.
 """
@@ -295,6 +296,101 @@ def input_digest_case():
                 values=values, digested=m.hex(), digest=hashlib.sha256(m).hexdigest())
 
 
+def digest_head(label, tensors):
+    """The input digest's label and head: per tensor, in layout order, u32be(len(name)) ||
+    name || dtype byte (4 or 8) || u32be(ndim) || u64be(dim)..."""
+    m = label
+    for name, dt, shape in tensors:
+        m += struct.pack(">I", len(name)) + name.encode() + bytes([dt])
+        m += struct.pack(">I", len(shape)) + b"".join(struct.pack(">Q", d) for d in shape)
+    return m
+
+
+def npy_file(fmt, shape, data):
+    """A .npy (format 1.0) file as numpy writes it: magic, u16le header length, the header
+    dict padded with spaces and a newline to a multiple of 64 bytes, then the data."""
+    text = "{'descr': '%s', 'fortran_order': False, 'shape': %r, }" % (fmt, tuple(shape))
+    pad = 64 - (10 + len(text) + 1) % 64
+    text = (text + " " * (pad % 64) + "\n").encode("latin1")
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + data
+
+
+def input_digest_v2_case(container, tensors, values, file_order):
+    """Digest version 2 of one file: BLAKE3 over "secagg input v2", the head, and every
+    value little-endian in its own type, tensors in layout order (a .safetensors file's
+    layout order is by name, whatever order its data sections are in); version 1 of the
+    same file for a registry that holds version-1 releases."""
+    fmt = {4: "<f", 8: "<d"}
+    per = {}
+    at = 0
+    for name, dt, shape in tensors:
+        n = 1
+        for d in shape:
+            n *= d
+        per[name] = b"".join(struct.pack(fmt[dt], v) for v in values[at:at + n])
+        at += n
+    assert at == len(values)
+    layout = sorted(tensors, key=lambda t: t[0].encode())  # the layout's order
+    data = b"".join(per[name] for name, _, _ in layout)
+    if container == "npy":
+        (name, dt, shape), = tensors
+        assert name == ""
+        file = npy_file({4: "<f4", 8: "<f8"}[dt], shape, per[name])
+    else:
+        header = {}
+        off = 0
+        for name in file_order:
+            _, dt, shape = next(t for t in tensors if t[0] == name)
+            header[name] = dict(dtype={4: "F32", 8: "F64"}[dt], shape=shape,
+                                data_offsets=[off, off + len(per[name])])
+            off += len(per[name])
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)
+        file = struct.pack("<Q", len(text)) + text + b"".join(per[n] for n in file_order)
+    m2 = digest_head(b"secagg input v2", layout) + data
+    # Version 1: every value as the f64 of its stored value.
+    widened = b""
+    for name, dt, shape in layout:
+        raw = per[name]
+        xs = struct.unpack("<%d%s" % (len(raw) // dt, "f" if dt == 4 else "d"), raw)
+        widened += b"".join(struct.pack("<d", x) for x in xs)
+    m1 = digest_head(b"secagg input v1", layout) + widened
+    return dict(container=container, file=file.hex(), digested=m2.hex(),
+                digest=blake3(m2).hex(), digest_v1=hashlib.sha256(m1).hexdigest())
+
+
+def large_bits(j):
+    """Value j of the large case, as f32 bits: finite (exponent below 255), any sign."""
+    return ((j * 2654435761 + 12345) % 2 ** 32) & 0xBFFFFFFF
+
+
+def input_digest_v2_cases():
+    tiny = [0.5, -0.0, 0.0, 1e-40, -3.4e38, 0.1, 1.0 / 3, 65504.0]
+    npy_values = (tiny + [((j * 37) % 1001 - 500) / 64.0 for j in range(300 - len(tiny))])
+    npy_values = [struct.unpack("<f", struct.pack("<f", v))[0] for v in npy_values]
+    st_values = [-0.0, 0.1, 5e-324, -1.7976931348623157e308, 2.0 ** -1022, 1.0 / 3, 7.0]
+    cases = [
+        dict(why="npy f32, 300 values (two BLAKE3 chunks): -0.0, an f32 subnormal, -3.4e38",
+             **input_digest_v2_case("npy", [("", 4, [3, 100])], npy_values, None)),
+        dict(why="safetensors f64: tensors 'z' then 'a' in the file, 'a' first in the layout",
+             **input_digest_v2_case("safetensors", [("z", 8, [3]), ("a", 8, [2, 2])],
+                                    st_values[3:] + st_values[:3], ["z", "a"])),
+    ]
+    # A .npy f32 whose data crosses the reader's 2^20-byte blocks: the values are given by
+    # large_bits, not spelled out.
+    n = 300007
+    data = b"".join(struct.pack("<I", large_bits(j)) for j in range(n))
+    head = npy_file("<f4", [n], b"")
+    m2 = digest_head(b"secagg input v2", [("", 4, [n])]) + data
+    xs = struct.unpack("<%df" % n, data)
+    m1 = digest_head(b"secagg input v1", [("", 4, [n])]) + b"".join(struct.pack("<d", x) for x in xs)
+    cases.append(dict(why="npy f32, %d values (1.2 MB, crossing 2^20-byte read blocks); "
+                          "value j has bits ((j * 2654435761 + 12345) mod 2^32) & 0xBFFFFFFF" % n,
+                      container="npy", values=n, npy_header=head.hex(),
+                      digest=blake3(m2).hex(), digest_v1=hashlib.sha256(m1).hexdigest()))
+    return cases
+
+
 def main():
     t0 = time.time()
     if blake3_self_test(verbose=False):
@@ -309,6 +405,7 @@ def main():
         digests=digest_cases(),
         file=masked_file(),
         input_digest=input_digest_case(),
+        input_digest_v2=input_digest_v2_cases(),
     )
     json.dump(out, sys.stdout, indent=2)
     print()

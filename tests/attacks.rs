@@ -991,6 +991,67 @@ fn restart_cannot_sign_twice() {
     assert!(err.to_string().contains("sign"), "{err}");
 }
 
+/// A release row as a secagg before input digest version 2 wrote it (a version-1
+/// digest, with the statement that secagg ran), in the registry at `dir`.
+fn legacy_release(dir: &tempfile::TempDir, v1: &[u8; 32]) {
+    let conn = rusqlite::Connection::open(dir.path().join("registry.db")).expect("open");
+    let hex: String = v1.iter().map(|b| format!("{b:02x}")).collect();
+    conn.execute(
+        "INSERT INTO releases (digest, mode, federation, round, released_at)
+         VALUES (?1, 'file', 'old', 4, 0)",
+        [hex],
+    )
+    .expect("legacy row");
+}
+
+#[test]
+fn an_input_released_under_digest_version_1_is_refused_at_release() {
+    let fed = Fed::new(5, D, 17);
+    let all = fed.fps();
+    let v = all[1];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reg = home_registry(&dir);
+    let old = [0x5a; 32];
+    legacy_release(&dir, &old);
+    // v's update, digested both ways (as the driver does while the registry holds a
+    // version-1 row): its version-1 digest is that row's, its version-2 digest is new.
+    let mut setup = fed.setup(&v, 0);
+    setup.input.digest.v1 = Some(old);
+    let mut nodes: BTreeMap<_, _> = all.iter().map(|f| (*f, fed.node(f))).collect();
+    nodes.insert(v, Node::new(setup));
+    let mut c = Cluster::with_nodes(&fed, nodes, fed.announce(1));
+    c.journal = Some(journal_hook(reg.clone(), v, all.len()));
+    c.announce_to(&all);
+    c.adverts_to(&all, &all);
+    c.shares_to(&all, &all);
+    let why = &c.journal_refused[&v];
+    assert!(
+        why.contains("already released (file mode, federation 'old', round 4)"),
+        "{why}"
+    );
+    assert!(!c.inbox.streams.contains_key(&v), "no masked word left");
+    assert_eq!(release_rows(&dir), 1, "nothing journaled");
+    // Without its version-1 digest the release is refused too (it cannot be checked).
+    let mut nodes: BTreeMap<_, _> = all.iter().map(|f| (*f, fed.node(f))).collect();
+    let last = reg.borrow().last_round(FED, Role::Node).expect("last");
+    nodes.insert(v, Node::new(fed.setup(&v, last)));
+    let mut c = Cluster::with_nodes(&fed, nodes, fed.announce(2));
+    c.journal = Some(journal_hook(reg.clone(), v, all.len()));
+    c.announce_to(&all);
+    c.adverts_to(&all, &all);
+    c.shares_to(&all, &all);
+    let why = &c.journal_refused[&v];
+    assert!(why.contains("version-1 input digest"), "{why}");
+    assert!(!c.inbox.streams.contains_key(&v));
+    assert_eq!(release_rows(&dir), 1, "nothing journaled");
+}
+
+fn release_rows(dir: &tempfile::TempDir) -> i64 {
+    let conn = rusqlite::Connection::open(dir.path().join("registry.db")).expect("open");
+    conn.query_row("SELECT COUNT(*) FROM releases", [], |r| r.get(0))
+        .expect("count")
+}
+
 #[test]
 fn same_input_twice_refused() {
     let fed = Fed::new(5, D, 16);

@@ -353,11 +353,59 @@ fn input_digest_matches_vector() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("u.safetensors");
     secagg::files::tensor::write_values(&path, &layout, values.into_iter()).expect("write");
-    let digest = secagg::files::job::input_digest(&path).expect("digest");
-    assert_eq!(to_hex(&digest), v["digest"].as_str().expect("digest"));
+    let digest = secagg::files::job::input_digests(&path, true).expect("digest");
+    let v1 = digest.v1.expect("version 1 asked for");
+    assert_eq!(to_hex(&v1), v["digest"].as_str().expect("digest"));
     // The bytes hashed, as docs/protocol.md spells them, give the same digest.
     assert_eq!(
         to_hex(&<sha2::Sha256 as sha2::Digest>::digest(hex(&v["digested"]))),
         v["digest"].as_str().expect("digest")
     );
+}
+
+/// Digest version 2 (and version 1, for registries with version-1 releases) of whole
+/// files that the Python generator wrote byte for byte: a .npy f32, a .safetensors f64
+/// whose data sections are not in layout order, and a .npy f32 crossing read blocks.
+#[test]
+fn input_digest_v2_matches_vectors() {
+    let cases = kat()["input_digest_v2"].as_array().expect("cases").clone();
+    assert_eq!(cases.len(), 3);
+    let dir = tempfile::tempdir().expect("tmp");
+    for (i, c) in cases.iter().enumerate() {
+        let why = c["why"].as_str().expect("why");
+        let file = match c.get("file") {
+            Some(f) => hex(f),
+            None => {
+                // The large case: the header, then value j's f32 bits by formula.
+                let mut f = hex(&c["npy_header"]);
+                for j in 0..u64_of(&c["values"]) {
+                    let bits =
+                        (j.wrapping_mul(2654435761).wrapping_add(12345) as u32) & 0xBFFF_FFFF;
+                    f.extend_from_slice(&bits.to_le_bytes());
+                }
+                f
+            }
+        };
+        let ext = c["container"].as_str().expect("container");
+        let path = dir.path().join(format!("u{i}.{ext}"));
+        std::fs::write(&path, &file).expect("write");
+        let want_v2 = c["digest"].as_str().expect("digest");
+        let want_v1 = c["digest_v1"].as_str().expect("digest_v1");
+        let both = secagg::files::job::input_digests(&path, true).expect("digest");
+        assert_eq!(to_hex(&both.v2), want_v2, "{why}");
+        assert_eq!(
+            both.v1.map(|d| to_hex(&d)).as_deref(),
+            Some(want_v1),
+            "{why}"
+        );
+        let v2 = secagg::files::job::input_digests(&path, false).expect("digest");
+        assert_eq!((to_hex(&v2.v2), v2.v1), (want_v2.to_owned(), None), "{why}");
+        // The pre-round check computes the same, and refuses nothing finite.
+        let summary = secagg::files::job::inspect_input(&path, true).expect("inspect");
+        assert_eq!(summary.digest, both, "{why}");
+        if let Some(m) = c.get("digested") {
+            // The bytes hashed, as docs/protocol.md spells them, give the same digest.
+            assert_eq!(to_hex(blake3::hash(&hex(m)).as_bytes()), want_v2, "{why}");
+        }
+    }
 }

@@ -514,6 +514,15 @@ fn replayed_rounds_and_reused_inputs_are_refused_before_any_key() {
     // round 1 again, as a replaying researcher would.
     let replayer = fed.lab.path("replayer");
     copy_dir(&fed.researcher.home, &replayer);
+    // Node 1 masked another update before input digest version 2: its registry holds a
+    // version-1 release, so it digests its input both ways for this round.
+    let older = values(99, 1000);
+    common::as_schema_4_with_release(
+        &fed.nodes[0].home,
+        &common::v1_digest_npy(DType::F32, &older),
+        "fed",
+        1,
+    );
     let out = fed.lab.path("mean.npy");
     let server = serve(&fed, &out, &[]);
     let nodes: Vec<Proc> = (0..3)
@@ -523,6 +532,18 @@ fn replayed_rounds_and_reused_inputs_are_refused_before_any_key() {
         assert_eq!(n.finish().0, Some(0));
     }
     assert_eq!(server.finish().0, Some(0));
+    // Its round journaled the version-2 digest; the version-1 row stays.
+    let (version, rows) = common::release_rows(&fed.nodes[0].home);
+    assert_eq!(version, 5);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r.ends_with("|1|file|fed|1")),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().any(|r| r.ends_with("|2|round|fed|1")),
+        "{rows:?}"
+    );
     // The same update again: refused before connecting, nothing used up.
     let before = fed.nodes[0].ok(&["round", "list", "--json"]);
     let err = fed.nodes[0].fails(
@@ -625,6 +646,44 @@ fn replayed_rounds_and_reused_inputs_are_refused_before_any_key() {
         "{err}"
     );
     let _ = other.finish();
+}
+
+/// A node whose registry released an update under input digest version 1 (at schema 4,
+/// before the upgrade) refuses that update for a round before connecting, and uses
+/// nothing up.
+#[test]
+fn an_update_released_before_digest_version_2_is_refused_before_a_round() {
+    let fed = federation(2);
+    let node = &fed.nodes[1];
+    let layout = npy(700);
+    let xs = values(31, 700);
+    let x = fed.lab.path("x.npy");
+    tensor::write_values(&x, &layout, xs.iter().copied()).expect("write");
+    common::as_schema_4_with_release(
+        &node.home,
+        &common::v1_digest_npy(DType::F32, &xs),
+        "fed",
+        4,
+    );
+    let before = common::release_rows(&node.home).1;
+    let err = node.fails(
+        &[
+            "round",
+            "join",
+            "--federation",
+            "fed",
+            "--input",
+            x.to_str().expect("utf8"),
+            "--timeout",
+            "5",
+        ],
+        "was already released in an earlier round or masked file",
+    );
+    assert!(!err.contains("connect"), "{err}");
+    assert_eq!(common::release_rows(&node.home), (5, before));
+    let rounds: serde_json::Value =
+        serde_json::from_str(&node.ok(&["round", "list", "--json"])).expect("json");
+    assert_eq!(rounds.as_array().map(Vec::len), Some(0), "{rounds}");
 }
 
 #[test]

@@ -530,6 +530,87 @@ fn an_update_is_released_once_and_a_round_is_masked_once() {
     assert!(again.exists());
 }
 
+/// A node that masked X before the upgrade (its registry holds X's version-1 digest, at
+/// schema 4) is refused X again by the new binary, and its journal is left as it was.
+#[test]
+fn an_update_released_before_digest_version_2_is_refused_after_the_upgrade() {
+    let fed = federation(3);
+    let node = &fed.nodes[0];
+    let layout = Layout {
+        container: Container::Npy,
+        tensors: vec![TensorSpec {
+            name: String::new(),
+            shape: vec![500],
+            dtype: DType::F32,
+        }],
+    };
+    let xs = values(21, 500);
+    let x = fed.lab.path("x.npy");
+    tensor::write_values(&x, &layout, xs.iter().copied()).expect("write");
+    common::as_schema_4_with_release(
+        &node.home,
+        &common::v1_digest_npy(DType::F32, &xs),
+        "old-fed",
+        3,
+    );
+    let (version, rows) = common::release_rows(&node.home);
+    assert_eq!((version, rows.len()), (4, 1));
+    let before = journal(node);
+    let out = fed.lab.path("x.masked");
+    let out = out.to_str().expect("utf8");
+    let x = x.to_str().expect("utf8");
+    refused(
+        node,
+        &mask_args(x, out, "1", "1", &[]),
+        "this update was already released (file mode, federation 'old-fed', round 3); releasing one input to two sums lets the aggregator subtract them",
+        "train a new update (or pass a different --input); the same update is never released twice",
+    );
+    assert!(!Path::new(out).exists());
+    // The registry was upgraded (schema 5, the old row version 1) and nothing else changed.
+    assert_eq!(journal(node), before);
+    let (version, after) = common::release_rows(&node.home);
+    assert_eq!((version, &after), (5, &rows));
+    // The same content under another name and container type is the same input.
+    let copy = fed.lab.path("copy.safetensors");
+    tensor::write_values(
+        &copy,
+        &Layout {
+            container: Container::Safetensors,
+            ..layout.clone()
+        },
+        xs.iter().copied(),
+    )
+    .expect("write");
+    refused(
+        node,
+        &mask_args(copy.to_str().expect("utf8"), out, "1", "1", &[]),
+        "this update was already released (file mode, federation 'old-fed', round 3); releasing one input to two sums lets the aggregator subtract them",
+        "train a new update (or pass a different --input); the same update is never released twice",
+    );
+    assert_eq!(journal(node), before);
+    // A new update masks; it is journaled under version 2, the old row stays.
+    let y = fed.lab.path("y.npy");
+    tensor::write_values(&y, &layout, values(22, 500).into_iter()).expect("write");
+    node.ok(&mask_args(y.to_str().expect("utf8"), out, "1", "1", &[]));
+    let (_, now) = common::release_rows(&node.home);
+    assert_eq!(now.len(), 2);
+    assert!(now.contains(&rows[0]));
+    assert!(now.iter().any(|r| r.ends_with("|2|file|fed|1")), "{now:?}");
+    // Still refused after that (the version-1 row is still read).
+    refused(
+        node,
+        &mask_args(
+            x,
+            fed.lab.path("x2.masked").to_str().expect("utf8"),
+            "2",
+            "1",
+            &[],
+        ),
+        "this update was already released (file mode, federation 'old-fed', round 3); releasing one input to two sums lets the aggregator subtract them",
+        "train a new update (or pass a different --input); the same update is never released twice",
+    );
+}
+
 #[test]
 fn the_researcher_is_bound_into_the_file() {
     let fed = federation(3);

@@ -111,7 +111,7 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_file_mode_journals_key_and_
             .expect("write");
         let spec = spec(quant, round);
         let mut reg = registry(&node.home);
-        let digest = job::input_digest(&input).expect("digest");
+        let digest = job::input_digests(&input, false).expect("digest");
         assert!(!reg.input_released(&digest).expect("query"));
         let out = lab.path(&format!("u{round}.masked"));
         // Round 1 takes the two-pass path (no memory for the residues), round 2 the
@@ -248,7 +248,7 @@ fn file_mode_reports_a_nan_where_it_is_and_journals_nothing() {
     tensor::write_values(&input, &layout, vals.into_iter()).expect("write");
     assert!(job::mask_update(&me, &mut reg, &spec, &input, 1, &out, 2, 0).is_ok());
     assert!(out.exists());
-    let digest = job::input_digest(&input).expect("digest");
+    let digest = job::input_digests(&input, false).expect("digest");
     assert!(reg.input_released(&digest).expect("query"));
 }
 
@@ -390,4 +390,91 @@ fn no_masked_bytes_before_the_journal(memory: Option<u64>) {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+}
+
+/// A release row as a secagg before input digest version 2 wrote it: the version-1
+/// (SHA-256) digest, with the statement that secagg ran.
+fn legacy_release(home: &Path, v1: &[u8; 32], round: u64) {
+    let conn = rusqlite::Connection::open(Home::new(home).registry_path()).expect("open");
+    let hex: String = v1.iter().map(|b| format!("{b:02x}")).collect();
+    conn.execute(
+        "INSERT INTO releases (digest, mode, federation, round, released_at)
+         VALUES (?1, 'file', 'old', ?2, 0)",
+        rusqlite::params![hex, round as i64],
+    )
+    .expect("legacy row");
+}
+
+/// Every release row: (digest, digest_version, federation, round).
+fn releases(home: &Path) -> Vec<(String, i64, String, i64)> {
+    let conn = rusqlite::Connection::open(Home::new(home).registry_path()).expect("open");
+    let mut stmt = conn
+        .prepare("SELECT digest, digest_version, federation, round FROM releases ORDER BY 1")
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[test]
+fn an_input_released_under_digest_version_1_is_refused_on_both_paths() {
+    for memory in [Some(u64::MAX), Some(0)] {
+        let (lab, node) = nodes();
+        let me = Home::new(&node.home).load_identity().expect("identity");
+        let layout = npy(3001, DType::F32);
+        let (a, b) = (lab.path("a.npy"), lab.path("b.npy"));
+        tensor::write_values(&a, &layout, values(11, 3001).into_iter()).expect("write a");
+        tensor::write_values(&b, &layout, values(12, 3001).into_iter()).expect("write b");
+        let da = job::input_digests(&a, true).expect("digest");
+        legacy_release(&node.home, &da.v1.expect("v1"), 5);
+        let before = releases(&node.home);
+        let mut reg = registry(&node.home);
+        assert!(reg.legacy_releases().expect("query"));
+        let out = lab.path("a.masked");
+        let err = job::mask_update_with(
+            &me,
+            &mut reg,
+            &spec(QuantParams::default(), 6),
+            &a,
+            7,
+            &out,
+            1,
+            0,
+            memory,
+        )
+        .expect_err("A was released under version 1");
+        assert!(
+            err.to_string()
+                .contains("already released (file mode, federation 'old', round 5)"),
+            "{memory:?}: {err}"
+        );
+        assert!(!out.exists());
+        assert!(!reg.file_mask_used("fed", 6, "update").expect("query"));
+        assert_eq!(
+            releases(&node.home),
+            before,
+            "{memory:?}: nothing journaled"
+        );
+        // A new input masks, and is journaled under version 2 only.
+        job::mask_update_with(
+            &me,
+            &mut reg,
+            &spec(QuantParams::default(), 6),
+            &b,
+            7,
+            &out,
+            1,
+            0,
+            memory,
+        )
+        .expect("B is new");
+        let db = job::input_digests(&b, true).expect("digest");
+        let hex = |d: &[u8; 32]| d.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let mut want = before.clone();
+        want.push((hex(&db.v2), 2, "fed".into(), 6));
+        want.sort();
+        assert_eq!(releases(&node.home), want, "{memory:?}");
+        assert!(reg.input_released(&db).expect("query"));
+    }
 }

@@ -96,6 +96,9 @@ mod registry {
                 Error::InputReleased { .. } => {
                     "train a new update (or pass a different --input); the same update is never released twice".into()
                 }
+                Error::LegacyDigestMissing { .. } => {
+                    "this is a bug in secagg; please report it with the command you ran".into()
+                }
             })
         }
     }

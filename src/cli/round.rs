@@ -151,8 +151,7 @@ fn announced_layout(a: &ServeArgs) -> Result<Layout, Failure> {
 fn model_digest(model: Option<&Path>) -> Result<Option<[u8; 32]>, Failure> {
     model
         .map(|m| {
-            job::inspect_input(m)
-                .map(|s| s.digest)
+            job::model_digest(m)
                 .map_err(|e| Failure::from(e).context(format!("--model {}", m.display())))
         })
         .transpose()

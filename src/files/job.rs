@@ -3,7 +3,7 @@
 //! the masks, and hand the words to a writer or a sender.
 //!
 //! File mode ([`mask_update`]) masks once per (federation, round, label) for one named
-//! researcher, and releases an input (by its [`input_digest`]) once: both are journaled
+//! researcher, and releases an input (by its [`input_digests`]) once: both are journaled
 //! in one transaction before the masked file exists.
 
 use std::collections::BTreeSet;
@@ -17,7 +17,7 @@ use crate::layout::Layout;
 use crate::party::{Fingerprint, PartyId, Role};
 use crate::pki::certificate::PeerCertificate;
 use crate::pki::identity::Identity;
-use crate::pki::journal::FileMask;
+use crate::pki::journal::{FileMask, InputDigests};
 use crate::pki::registry::{self, NoResearcher, Registry};
 use crate::secagg::keys::{MaskContext, MaskKey, PairwiseSecret, Sign};
 use crate::secagg::prg::{self, PeerMask};
@@ -207,12 +207,16 @@ pub struct MaskedFile {
 /// under the same key could be subtracted from. An input that fails to read (a NaN, a
 /// damaged file) journals nothing, so the fixed file can be masked for the same round.
 ///
+/// The input is digested with version 2, and with version 1 as well in the same pass
+/// while the registry holds version-1 releases ([`Registry::legacy_releases`]); it is
+/// refused if either digest was released, and its version-2 digest is journaled.
+///
 /// When the residues (w bytes per element) fit in 1.25 times the update's data bytes,
 /// one pass reads, digests, quantizes and masks into memory; the journal follows; then
 /// the file is written. Otherwise ([`mask_update_with`] with a smaller budget) a first
 /// pass digests the input, the journal follows, and a second pass masks block by block
-/// into the file, checking with a BLAKE3 of the values that it read what the digest
-/// covers. A failure after the journal (disk full, the input changed between the
+/// into the file, checking with the version-2 digest of what it read that it masked
+/// what was journaled. A failure after the journal (disk full, the input changed between the
 /// passes) leaves the key and the input used: mask again for a new round. Nothing is
 /// ever left at `out` on failure.
 #[allow(clippy::too_many_arguments)]
@@ -254,6 +258,8 @@ pub fn mask_update_with(
         registered_node_at(reg, id, now)?;
     }
     let masks = peer_masks(me, reg, &ctx)?;
+    // Version-1 releases in the registry: digest both ways (docs/protocol.md, gap 18).
+    let legacy = reg.legacy_releases()?;
     let layout = tensor::read_layout(input)?;
     let memory = memory.unwrap_or_else(|| {
         layout
@@ -276,7 +282,7 @@ pub fn mask_update_with(
         sender: me.config.party_id.clone(),
     };
     let ids: Vec<&str> = ctx.participants.iter().map(PartyId::as_str).collect();
-    let journal = |reg: &mut Registry, digest: &[u8; 32]| {
+    let journal = |reg: &mut Registry, digest: &InputDigests| {
         reg.journal_file_mask(
             &FileMask {
                 federation: &ctx.federation,
@@ -302,7 +308,7 @@ pub fn mask_update_with(
             width,
             bytes: Vec::with_capacity(bytes as usize),
         };
-        let (streamed, (digest, _)) = job.run(Digests::Journal, &mut payload)?;
+        let (streamed, digest) = job.run(Digests::journal(legacy), &mut payload)?;
         let digest = digest.ok_or_else(|| our_bug(input))?;
         let values = streamed.layout.elements();
         let header = header(streamed.layout, values);
@@ -316,12 +322,14 @@ pub fn mask_update_with(
         });
     }
     // Two passes: digest, journal, then mask into the file.
-    let summary = inspect(input, true)?;
+    let summary = inspect_input(input, legacy)?;
     journal(reg, &summary.digest)?;
     let header = header(summary.layout.clone(), summary.values);
     let mut writer = masked::Writer::create(out, &header, me)?;
-    let (streamed, (_, check)) = job.run(Digests::Check, &mut writer)?;
-    if streamed.layout != header.layout || check.is_none() || check != summary.check {
+    // The second pass digests again (version 2 only): the same digest is the same
+    // layout and the same bytes, so what is masked is what was journaled.
+    let (streamed, check) = job.run(Digests::V2, &mut writer)?;
+    if streamed.layout != header.layout || check.map(|d| d.v2) != Some(summary.digest.v2) {
         return Err(Error::Malformed {
             path: input.to_owned(),
             reason: format!(
@@ -373,7 +381,11 @@ impl Sink for masked::Writer {
 impl Job<'_> {
     /// Reads, quantizes, weights and masks the input block by block into `sink`, with
     /// the machine word the plan needs, computing `digests` of the input on the way.
-    fn run(&self, digests: Digests, sink: &mut impl Sink) -> Result<(Streamed, DigestsOut)> {
+    fn run(
+        &self,
+        digests: Digests,
+        sink: &mut impl Sink,
+    ) -> Result<(Streamed, Option<InputDigests>)> {
         let (p, m, i, w, t) = (self.plan, self.masks, self.input, self.weight, self.threads);
         let block = masked::SEGMENT_ELEMENTS;
         let done = match p.modulus.machine() {
@@ -399,107 +411,115 @@ impl Stopped<Error> {
     }
 }
 
-/// The journaled digest and the check, as [`stream`] computed them.
-type DigestsOut = (Option<[u8; 32]>, Option<[u8; 32]>);
-
 /// Which digests of the input [`stream`] computes as it reads.
 #[derive(Clone, Copy, PartialEq)]
 enum Digests {
     /// None.
     None,
-    /// The journaled SHA-256 digest.
-    Journal,
-    /// The BLAKE3 check of the same bytes.
-    Check,
+    /// Version 2: the journaled digest, or the check that a second pass read the same
+    /// content as the first.
+    V2,
+    /// Versions 2 and 1 (the registry holds version-1 releases).
+    Both,
 }
 
-/// Domain separation of the input digest.
-pub const INPUT_DIGEST_LABEL: &[u8] = b"secagg input v1";
+impl Digests {
+    /// The digests to journal a release with: version 1 too when `legacy`.
+    fn journal(legacy: bool) -> Digests {
+        if legacy { Digests::Both } else { Digests::V2 }
+    }
+}
 
-/// The content digest of an update: SHA-256 over `"secagg input v1"`, then per tensor
-/// `u32be(len(name)) || name || dtype (one byte: 4 for f32, 8 for f64) || u32be(ndim) ||
-/// u64be(dim)...`, then every value as f64 little-endian, in layout order. The same
-/// update is recognised in both modes, whatever the file is called.
-pub fn input_digest(input: &Path) -> Result<[u8; 32]> {
+/// Domain separation of the version-1 input digest.
+pub const INPUT_DIGEST_LABEL_V1: &[u8] = b"secagg input v1";
+/// Domain separation of the version-2 input digest.
+pub const INPUT_DIGEST_LABEL_V2: &[u8] = b"secagg input v2";
+
+/// The content digests of an update (docs/protocol.md, "Mask-reuse journal"); the
+/// version-1 digest only when `v1`. Both start with the same head after their label:
+/// per tensor, in layout order, `u32be(len(name)) || name || dtype (one byte: 4 for f32,
+/// 8 for f64) || u32be(ndim) || u64be(dim)...`. Then:
+///
+/// - version 2: BLAKE3 over `"secagg input v2" || head || data`, where data is every
+///   value little-endian in its own type (4 bytes for f32, 8 for f64), in layout order:
+///   the tensors' data sections as the file holds them, whatever the container;
+/// - version 1: SHA-256 over `"secagg input v1" || head ||` every value widened to f64,
+///   little-endian, in layout order.
+///
+/// The same update is recognised in both modes, whatever the file is called. NaN and
+/// infinities are not refused here ([`inspect_input`] and masking refuse them).
+pub fn input_digests(input: &Path, v1: bool) -> Result<InputDigests> {
     let mut digest = None;
-    let read = tensor::read_value_blocks(input, |layout| {
-        let d = digest.insert(InputDigest::new(layout, true, false));
-        |xs: &[f64]| {
-            d.values(xs);
+    let read = tensor::read_raw_blocks(input, |layout| {
+        let d = digest.insert(InputDigest::new(layout, v1));
+        |xs: &[f64], bytes: &[u8]| {
+            d.block(xs, bytes);
             Ok::<(), std::convert::Infallible>(())
         }
     })?;
     if let Err(never) = read {
         match never {}
     }
-    // read_value_blocks calls make_visit before returning Ok.
+    // read_raw_blocks calls make_visit before returning Ok.
     digest
-        .and_then(|d| d.finish().0)
-        .ok_or_else(|| Error::Malformed {
-            path: input.to_owned(),
-            reason: "no layout was read (our bug)".into(),
-        })
+        .map(InputDigest::finish)
+        .ok_or_else(|| our_bug(input))
 }
 
-/// The running hashes behind [`input_digest`]: the journaled SHA-256 digest (when
-/// wanted) and a BLAKE3 of the same bytes, the cheap check that a second pass read the
-/// same content.
+/// The head both digest versions share after their label: each tensor's name, type and
+/// shape, in layout order.
+fn digest_head(label: &[u8], layout: &Layout) -> Vec<u8> {
+    let mut head = label.to_vec();
+    for t in &layout.tensors {
+        head.extend_from_slice(&(t.name.len() as u32).to_be_bytes());
+        head.extend_from_slice(t.name.as_bytes());
+        head.push(t.dtype.bytes() as u8);
+        head.extend_from_slice(&(t.shape.len() as u32).to_be_bytes());
+        for d in &t.shape {
+            head.extend_from_slice(&d.to_be_bytes());
+        }
+    }
+    head
+}
+
+/// The running hashes behind [`input_digests`]: version 2 always, version 1 when asked.
 struct InputDigest {
-    hash: Option<Sha256>,
-    check: Option<blake3::Hasher>,
-    bytes: Vec<u8>,
+    v2: blake3::Hasher,
+    /// The SHA-256 and a buffer for the f64 bytes it hashes.
+    v1: Option<(Sha256, Vec<u8>)>,
 }
 
 impl InputDigest {
-    fn new(layout: &Layout, journaled: bool, checked: bool) -> InputDigest {
-        let mut head = INPUT_DIGEST_LABEL.to_vec();
-        for t in &layout.tensors {
-            head.extend_from_slice(&(t.name.len() as u32).to_be_bytes());
-            head.extend_from_slice(t.name.as_bytes());
-            head.push(t.dtype.bytes() as u8);
-            head.extend_from_slice(&(t.shape.len() as u32).to_be_bytes());
-            for d in &t.shape {
-                head.extend_from_slice(&d.to_be_bytes());
-            }
-        }
-        let hash = journaled.then(|| {
+    fn new(layout: &Layout, v1: bool) -> InputDigest {
+        let mut v2 = blake3::Hasher::new();
+        v2.update(&digest_head(INPUT_DIGEST_LABEL_V2, layout));
+        let v1 = v1.then(|| {
             let mut h = Sha256::new();
-            h.update(&head);
-            h
+            h.update(digest_head(INPUT_DIGEST_LABEL_V1, layout));
+            (h, vec![0u8; 8 * 4096])
         });
-        let check = checked.then(|| {
-            let mut h = blake3::Hasher::new();
-            h.update(&head);
-            h
-        });
-        InputDigest {
-            hash,
-            check,
-            bytes: vec![0u8; 8 * 4096],
-        }
+        InputDigest { v2, v1 }
     }
 
-    fn values(&mut self, xs: &[f64]) {
-        for chunk in xs.chunks(4096) {
-            let bytes = &mut self.bytes[..chunk.len() * 8];
-            for (x, b) in chunk.iter().zip(bytes.chunks_exact_mut(8)) {
-                b.copy_from_slice(&x.to_le_bytes());
-            }
-            if let Some(h) = self.hash.as_mut() {
-                h.update(&*bytes);
-            }
-            if let Some(h) = self.check.as_mut() {
-                h.update(bytes);
+    /// One block as [`tensor::read_raw_blocks`] reads it: the values and their bytes.
+    fn block(&mut self, xs: &[f64], bytes: &[u8]) {
+        self.v2.update(bytes);
+        if let Some((h, buf)) = self.v1.as_mut() {
+            for chunk in xs.chunks(4096) {
+                let buf = &mut buf[..chunk.len() * 8];
+                for (x, b) in chunk.iter().zip(buf.chunks_exact_mut(8)) {
+                    b.copy_from_slice(&x.to_le_bytes());
+                }
+                h.update(&*buf);
             }
         }
     }
 
-    /// The journaled digest (if computed) and the check.
-    fn finish(self) -> (Option<[u8; 32]>, Option<[u8; 32]>) {
-        (
-            self.hash.map(|h| h.finalize().into()),
-            self.check.map(|h| *h.finalize().as_bytes()),
-        )
+    fn finish(self) -> InputDigests {
+        InputDigests {
+            v2: *self.v2.finalize().as_bytes(),
+            v1: self.v1.map(|(h, _)| h.finalize().into()),
+        }
     }
 }
 
@@ -554,8 +574,7 @@ pub fn stream_masked<W: Word, E>(
     .map(|(s, _)| s)
 }
 
-/// [`stream_masked`], and the input's `digests` in the same pass (the journaled SHA-256
-/// digest and the BLAKE3 check, when asked for).
+/// [`stream_masked`], and the input's `digests` in the same pass.
 #[allow(clippy::too_many_arguments)]
 fn stream<W: Word, E>(
     plan: &Plan,
@@ -566,7 +585,7 @@ fn stream<W: Word, E>(
     block: usize,
     digests: Digests,
     mut emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
-) -> std::result::Result<(Streamed, DigestsOut), Stopped<E>> {
+) -> std::result::Result<(Streamed, Option<InputDigests>), Stopped<E>> {
     let machine = match plan.modulus.machine() {
         Machine::U32 => 4,
         Machine::U64 => 8,
@@ -589,17 +608,12 @@ fn stream<W: Word, E>(
         Ok(())
     };
     let (b, off, clip, fl) = (&mut buf, &mut offset, &mut clipped, &mut flush);
-    let layout = tensor::read_value_blocks(input, |layout| {
-        let mut hash = (digests != Digests::None).then(|| {
-            hash.insert(InputDigest::new(
-                layout,
-                digests == Digests::Journal,
-                digests == Digests::Check,
-            ))
-        });
-        move |mut xs: &[f64]| -> std::result::Result<(), Stopped<E>> {
+    let layout = tensor::read_raw_blocks(input, |layout| {
+        let mut hash = (digests != Digests::None)
+            .then(|| hash.insert(InputDigest::new(layout, digests == Digests::Both)));
+        move |mut xs: &[f64], bytes: &[u8]| -> std::result::Result<(), Stopped<E>> {
             if let Some(h) = hash.as_mut() {
-                h.values(xs);
+                h.block(xs, bytes);
             }
             while !xs.is_empty() {
                 let (head, rest) = xs.split_at(xs.len().min(block - b.len()));
@@ -618,51 +632,40 @@ fn stream<W: Word, E>(
     .map_err(|e| Stopped::Masking(e.into()))??;
     buf.push(W::from_u64(weight));
     flush(&mut buf, &mut offset).map_err(Stopped::Emit)?;
-    Ok((
-        Streamed { layout, clipped },
-        hash.map_or((None, None), InputDigest::finish),
-    ))
+    Ok((Streamed { layout, clipped }, hash.map(InputDigest::finish)))
 }
 
-/// What [`inspect_input`] found: the update's layout, its content digest, and how many
-/// values lie outside a clip bound.
+/// What [`inspect_input`] found: the update's layout, its content digests, and how many
+/// values it has.
 #[derive(Clone, Debug)]
 pub struct InputSummary {
     /// Tensor names, shapes and types.
     pub layout: Layout,
-    /// SHA-256 over `"secagg input v1"`, the layout (names, shapes, types) and every value
-    /// as f64 little-endian: re-encoding the file (f32 → f64, npy → safetensors with the
-    /// same names) does not change it.
-    pub digest: [u8; 32],
+    /// The digests the release journal keys the input by ([`input_digests`]): version 2,
+    /// and version 1 when asked for.
+    pub digest: InputDigests,
     /// Values.
     pub values: u64,
-    /// BLAKE3 over the same bytes as `digest` (only when asked for, by file mode's
-    /// two-pass masking): a cheap way for a second pass to check that it read the same
-    /// content.
-    pub check: Option<[u8; 32]>,
 }
 
-/// Reads a whole update before a round: parses it, refuses NaN and infinities (naming
-/// the index), and computes its content digest. Nothing is allocated per value.
-pub fn inspect_input(input: &Path) -> Result<InputSummary> {
-    inspect(input, false)
-}
-
-/// [`inspect_input`], with the BLAKE3 check when `check`.
-fn inspect(input: &Path, check: bool) -> Result<InputSummary> {
+/// Reads a whole update before a round (or before file mode's two-pass masking): parses
+/// it, refuses NaN and infinities (naming the index), and computes its content digests,
+/// version 1 too when `v1` (the registry holds version-1 releases,
+/// [`Registry::legacy_releases`]). Nothing is allocated per value.
+pub fn inspect_input(input: &Path, v1: bool) -> Result<InputSummary> {
     let mut digest = None;
     let mut at = 0u64;
     let mut bad: Option<u64> = None;
-    let read = tensor::read_value_blocks(input, |layout| {
-        let d = digest.insert(InputDigest::new(layout, true, check));
-        |xs: &[f64]| {
+    let read = tensor::read_raw_blocks(input, |layout| {
+        let d = digest.insert(InputDigest::new(layout, v1));
+        |xs: &[f64], bytes: &[u8]| {
             if bad.is_none() {
                 bad = xs
                     .iter()
                     .position(|x| !x.is_finite())
                     .map(|i| at + i as u64);
             }
-            d.values(xs);
+            d.block(xs, bytes);
             at += xs.len() as u64;
             Ok::<(), std::convert::Infallible>(())
         }
@@ -674,21 +677,22 @@ fn inspect(input: &Path, check: bool) -> Result<InputSummary> {
     if let Some(i) = bad {
         return Err(quantize::Error::NonFinite(i).into());
     }
-    let (digest, check) = match digest.map(InputDigest::finish) {
-        Some((Some(digest), check)) => (digest, check),
-        _ => {
-            return Err(Error::Malformed {
-                path: input.to_owned(),
-                reason: "no layout was read (our bug)".into(),
-            });
-        }
-    };
+    let digest = digest.ok_or_else(|| our_bug(input))?.finish();
     Ok(InputSummary {
         layout,
         digest,
         values: at,
-        check,
     })
+}
+
+/// The digest a round binds the global model by (`--model`): the version-1 input digest
+/// of the model file. It travels in the announcement and the round context, so it stays
+/// version 1 whatever the journal uses. Refuses NaN and infinities as [`inspect_input`].
+pub fn model_digest(model: &Path) -> Result<[u8; 32]> {
+    inspect_input(model, true)?
+        .digest
+        .v1
+        .ok_or_else(|| our_bug(model))
 }
 
 fn wrong_word<W: Word>(plan: &Plan, input: &Path) -> Error {
@@ -708,7 +712,7 @@ mod tests {
     use crate::layout::{Container, DType, TensorSpec};
 
     #[test]
-    fn input_digest_hashes_names_types_shapes_and_f64_values() {
+    fn input_digests_hash_names_types_shapes_and_values() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("u.safetensors");
         let layout = Layout {
@@ -726,18 +730,39 @@ mod tests {
                 },
             ],
         };
-        tensor::write_values(&path, &layout, [0.5, -1.0, 0.1].into_iter()).expect("write");
+        tensor::write_values(&path, &layout, [0.5, -0.0, 0.1].into_iter()).expect("write");
         // The bytes spelled out, as docs/protocol.md gives them.
-        let mut m = b"secagg input v1".to_vec();
-        m.extend_from_slice(&[0, 0, 0, 1, b'a', 4, 0, 0, 0, 1]);
-        m.extend_from_slice(&2u64.to_be_bytes());
-        m.extend_from_slice(&[0, 0, 0, 2, b'b', b'b', 8, 0, 0, 0, 2]);
-        m.extend_from_slice(&1u64.to_be_bytes());
-        m.extend_from_slice(&1u64.to_be_bytes());
-        for x in [0.5f64, -1.0, 0.1] {
-            m.extend_from_slice(&x.to_le_bytes());
+        let mut head = vec![0, 0, 0, 1, b'a', 4, 0, 0, 0, 1];
+        head.extend_from_slice(&2u64.to_be_bytes());
+        head.extend_from_slice(&[0, 0, 0, 2, b'b', b'b', 8, 0, 0, 0, 2]);
+        head.extend_from_slice(&1u64.to_be_bytes());
+        head.extend_from_slice(&1u64.to_be_bytes());
+        // Version 1: every value as f64.
+        let mut m1 = b"secagg input v1".to_vec();
+        m1.extend_from_slice(&head);
+        for x in [0.5f64, -0.0, 0.1] {
+            m1.extend_from_slice(&x.to_le_bytes());
         }
-        let expected: [u8; 32] = Sha256::digest(&m).into();
-        assert_eq!(input_digest(&path).expect("digest"), expected);
+        // Version 2: every value in its own type (a is f32, bb is f64).
+        let mut m2 = b"secagg input v2".to_vec();
+        m2.extend_from_slice(&head);
+        m2.extend_from_slice(&0.5f32.to_le_bytes());
+        m2.extend_from_slice(&(-0.0f32).to_le_bytes());
+        m2.extend_from_slice(&0.1f64.to_le_bytes());
+        let v1: [u8; 32] = Sha256::digest(&m1).into();
+        let v2: [u8; 32] = *blake3::hash(&m2).as_bytes();
+        assert_eq!(
+            input_digests(&path, true).expect("digest"),
+            InputDigests { v2, v1: Some(v1) }
+        );
+        assert_eq!(
+            input_digests(&path, false).expect("digest"),
+            InputDigests { v2, v1: None }
+        );
+        // -0.0 and 0.0 are different inputs under both versions, as they were under 1.
+        tensor::write_values(&path, &layout, [0.5, 0.0, 0.1].into_iter()).expect("write");
+        let zero = input_digests(&path, true).expect("digest");
+        assert_ne!(zero.v2, v2);
+        assert_ne!(zero.v1, Some(v1));
     }
 }

@@ -97,13 +97,54 @@ where
 pub fn value_blocks_from_reader<R, E, V>(
     container: Container,
     name: &Path,
-    mut reader: R,
+    reader: R,
     len: u64,
     make_visit: impl FnOnce(&Layout) -> V,
 ) -> Result<std::result::Result<Layout, E>>
 where
     R: Read + Seek,
     V: FnMut(&[f64]) -> std::result::Result<(), E>,
+{
+    blocks_from_reader(container, name, reader, len, |layout| {
+        let mut visit = make_visit(layout);
+        move |values: &[f64], _: &[u8]| visit(values)
+    })
+}
+
+/// [`read_value_blocks`], handing `visit` each block's values together with the bytes
+/// of the file they were decoded from: each value little-endian in its tensor's own
+/// type (4 bytes for f32, 8 for f64), so `bytes.len()` is `values.len()` times the
+/// tensor's value size and a block never straddles two tensors. Over the whole read
+/// the bytes are the tensors' data sections in layout order, whatever the container.
+pub fn read_raw_blocks<E, V>(
+    path: &Path,
+    make_visit: impl FnOnce(&Layout) -> V,
+) -> Result<std::result::Result<Layout, E>>
+where
+    V: FnMut(&[f64], &[u8]) -> std::result::Result<(), E>,
+{
+    let container = container_of(path)?;
+    let (file, len) = open_sized(path)?;
+    blocks_from_reader(
+        container,
+        path,
+        BufReader::with_capacity(1 << 20, file),
+        len,
+        make_visit,
+    )
+}
+
+/// The reader behind [`read_value_blocks`] and [`read_raw_blocks`].
+fn blocks_from_reader<R, E, V>(
+    container: Container,
+    name: &Path,
+    mut reader: R,
+    len: u64,
+    make_visit: impl FnOnce(&Layout) -> V,
+) -> Result<std::result::Result<Layout, E>>
+where
+    R: Read + Seek,
+    V: FnMut(&[f64], &[u8]) -> std::result::Result<(), E>,
 {
     let (layout, sections) = layout_from_reader(container, name, &mut reader, len)?;
     let mut visit = make_visit(&layout);
@@ -115,6 +156,8 @@ where
             .map_err(|e| invalid(name, container, e.to_string()))?;
         let mut left = bytes;
         while left > 0 {
+            // A section is a whole number of values and shorter than the file, so `n` is
+            // either all that is left of it or NPY_BLOCK, a multiple of every value size.
             let n = usize::try_from(left).unwrap_or(usize::MAX).min(block.len());
             reader.read_exact(&mut block[..n]).map_err(|e| {
                 invalid(
@@ -129,7 +172,8 @@ where
             })?;
             values.clear();
             crate::layout::decode_into(spec.dtype, &block[..n], &mut values);
-            if let Err(e) = visit(&values) {
+            debug_assert_eq!(values.len() * spec.dtype.bytes(), n);
+            if let Err(e) = visit(&values, &block[..n]) {
                 return Ok(Err(e));
             }
             left -= n as u64;

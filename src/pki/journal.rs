@@ -30,8 +30,22 @@ pub struct FileMask<'a> {
     pub researcher: &'a Fingerprint,
     /// Participants, comma separated.
     pub participants: &'a str,
-    /// Content digest of the input masked.
-    pub digest: &'a [u8; 32],
+    /// Content digests of the input masked.
+    pub digest: &'a InputDigests,
+}
+
+/// The content digests of one input, as the release journal keys it: the version-2
+/// digest always, and the version-1 digest when the registry holds releases journaled
+/// with it ([`Registry::legacy_releases`]); docs/protocol.md, "Mask-reuse journal", gives
+/// both byte for byte. An input is released if either is in `releases`; a release
+/// journals the version-2 digest only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputDigests {
+    /// BLAKE3 over `"secagg input v2"`, the layout and the values' own bytes.
+    pub v2: [u8; 32],
+    /// SHA-256 over `"secagg input v1"`, the layout and the values as f64: computed only
+    /// when some release row has it (written by a secagg before digest version 2).
+    pub v1: Option<[u8; 32]>,
 }
 
 impl Registry {
@@ -73,6 +87,14 @@ impl Registry {
         }
         insert_release(&tx, &path, m.digest, "file", m.federation, m.round, now)?;
         tx.commit().map_err(sql)
+    }
+
+    /// Whether any release was journaled with a version-1 (SHA-256) input digest, by a
+    /// secagg from before digest version 2. Such a row cannot be converted (the input
+    /// is not kept), so while one exists every input must be digested both ways. No
+    /// secagg that knows schema 5 writes one, and none that does not can open it.
+    pub fn legacy_releases(&self) -> Result<bool> {
+        legacy_releases(&self.conn, &self.path)
     }
 
     /// Whether this party already masked a file for (federation, round, label).
@@ -151,38 +173,94 @@ fn hex(digest: &[u8; 32]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Inserts a release row on `conn` (a plain connection or an open transaction).
+/// The `digest_version` of release rows with a version-1 and a version-2 digest.
+const DIGEST_V1: i64 = 1;
+const DIGEST_V2: i64 = 2;
+
+fn legacy_releases(conn: &Connection, path: &Path) -> Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM releases WHERE digest_version = ?1)",
+        [DIGEST_V1],
+        |r| r.get(0),
+    )
+    .map_err(|e| classify(path, e))
+}
+
+/// The release of an input, by either of its digests: (mode, federation, round).
+/// Refuses digests without the version-1 one when the registry needs it (our bug: the
+/// check would miss an input released before digest version 2).
+fn find_release(
+    conn: &Connection,
+    path: &Path,
+    digest: &InputDigests,
+) -> Result<Option<(String, String, i64)>> {
+    if digest.v1.is_none() && legacy_releases(conn, path)? {
+        return Err(Error::LegacyDigestMissing {
+            path: path.to_owned(),
+        });
+    }
+    let find = |hex: String, version: i64| {
+        conn.query_row(
+            "SELECT mode, federation, round FROM releases
+             WHERE digest = ?1 AND digest_version = ?2",
+            params![hex, version],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(|e| classify(path, e))
+    };
+    if let Some(found) = find(hex(&digest.v2), DIGEST_V2)? {
+        return Ok(Some(found));
+    }
+    match &digest.v1 {
+        Some(v1) => find(hex(v1), DIGEST_V1),
+        None => Ok(None),
+    }
+}
+
+/// Inserts a release row for `digest.v2` on `conn` (inside a transaction), refusing an
+/// input released before under either digest.
 fn insert_release(
     conn: &Connection,
     path: &Path,
-    digest: &[u8; 32],
+    digest: &InputDigests,
     mode: &str,
     federation: &str,
     round: u64,
     now: i64,
 ) -> Result<()> {
-    let hex = hex(digest);
+    let released = |(mode, federation, round): (String, String, i64)| Error::InputReleased {
+        mode,
+        federation,
+        round: u64::try_from(round).unwrap_or(0),
+    };
+    if let Some(found) = find_release(conn, path, digest)? {
+        return Err(released(found));
+    }
     let res = conn.execute(
-        "INSERT INTO releases (digest, mode, federation, round, released_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![hex, mode, federation, round_i(round), now],
+        "INSERT INTO releases (digest, digest_version, mode, federation, round, released_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            hex(&digest.v2),
+            DIGEST_V2,
+            mode,
+            federation,
+            round_i(round),
+            now
+        ],
     );
     match res {
         Ok(_) => Ok(()),
-        Err(e) if violated(&e) => {
-            let (mode, federation, round): (String, String, i64) = conn
-                .query_row(
-                    "SELECT mode, federation, round FROM releases WHERE digest = ?1",
-                    [&hex],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .map_err(|e| classify(path, e))?;
-            Err(Error::InputReleased {
-                mode,
-                federation,
-                round: u64::try_from(round).unwrap_or(0),
-            })
-        }
+        // Only a version-1 row with the same hex (a SHA-256 equal to a BLAKE3) could be
+        // there: refuse it as a release all the same.
+        Err(e) if violated(&e) => Err(released(
+            conn.query_row(
+                "SELECT mode, federation, round FROM releases WHERE digest = ?1",
+                [hex(&digest.v2)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(|e| classify(path, e))?,
+        )),
         Err(e) => Err(classify(path, e)),
     }
 }
@@ -324,32 +402,32 @@ impl Registry {
         tx.commit().map_err(sql)
     }
 
-    /// Journals that an input (by content digest) is released; refuses a digest released
-    /// before, in any federation and either mode.
+    /// Journals that an input (by its content digests) is released, in one
+    /// `BEGIN IMMEDIATE` transaction; refuses an input released before under either
+    /// digest, in any federation and either mode.
     pub fn release_input(
         &mut self,
-        digest: &[u8; 32],
+        digest: &InputDigests,
         mode: &str,
         federation: &str,
         round: u64,
         now: i64,
     ) -> Result<()> {
         self.durable()?;
-        insert_release(&self.conn, &self.path, digest, mode, federation, round, now)
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| classify(&path, e))?;
+        insert_release(&tx, &path, digest, mode, federation, round, now)?;
+        tx.commit().map_err(|e| classify(&path, e))
     }
 
-    /// Whether an input digest was released before (checked before a round starts, so
-    /// a node does not spend a round number on an input it may not release).
-    pub fn input_released(&self, digest: &[u8; 32]) -> Result<bool> {
-        self.conn
-            .query_row(
-                "SELECT 1 FROM releases WHERE digest = ?1",
-                [hex(digest)],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|r| r.is_some())
-            .map_err(|e| self.err(e))
+    /// Whether an input was released before under either of its digests (checked
+    /// before a round starts, so a node does not spend a round number on an input it
+    /// may not release).
+    pub fn input_released(&self, digest: &InputDigests) -> Result<bool> {
+        find_release(&self.conn, &self.path, digest).map(|r| r.is_some())
     }
 
     /// Records how a round ended (outcome line, JSON detail, result file).
@@ -417,11 +495,20 @@ impl Registry {
     }
 }
 
+/// Digests with version 2 only, all bytes `b`.
+#[cfg(test)]
+fn v2(b: u8) -> InputDigests {
+    InputDigests {
+        v2: [b; 32],
+        v1: None,
+    }
+}
+
 #[cfg(test)]
 mod file_tests {
     use super::*;
 
-    fn entry<'a>(round: u64, fp: &'a Fingerprint, digest: &'a [u8; 32]) -> FileMask<'a> {
+    fn entry<'a>(round: u64, fp: &'a Fingerprint, digest: &'a InputDigests) -> FileMask<'a> {
         FileMask {
             federation: "f",
             round,
@@ -437,7 +524,7 @@ mod file_tests {
         let dir = tempfile::tempdir().expect("tmp");
         let mut reg = Registry::open(&dir.path().join("r.sqlite")).expect("open");
         let r = Fingerprint::of_der(b"r");
-        let (d1, d2, d3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let (d1, d2, d3) = (v2(1), v2(2), v2(3));
         assert!(!reg.file_mask_used("f", 1, "update").expect("query"));
         reg.journal_file_mask(&entry(1, &r, &d1), 0).expect("first");
         assert!(reg.file_mask_used("f", 1, "update").expect("query"));
@@ -488,7 +575,7 @@ mod file_tests {
             .expect("carry over");
         let r = Fingerprint::of_der(b"r");
         assert!(matches!(
-            reg.journal_file_mask(&entry(7, &r, &[5; 32]), 0),
+            reg.journal_file_mask(&entry(7, &r, &v2(5)), 0),
             Err(Error::MaskReuse { .. })
         ));
     }
@@ -558,7 +645,7 @@ mod round_tests {
     #[test]
     fn an_input_is_released_once_across_federations_and_modes() {
         let (_d, mut reg) = reg();
-        let d = [9u8; 32];
+        let d = v2(9);
         assert!(!reg.input_released(&d).expect("query"));
         reg.release_input(&d, "file", "f", 1, 0).expect("first");
         assert!(reg.input_released(&d).expect("query"));
@@ -569,5 +656,115 @@ mod round_tests {
             matches!(&e, Error::InputReleased { mode, round: 1, .. } if mode == "file"),
             "{e}"
         );
+    }
+
+    /// The registry as a secagg before digest version 2 left it (schema 4), with one
+    /// release row inserted by the statement that secagg ran.
+    fn schema_4_with_release(path: &Path, v1: &[u8; 32]) {
+        let mut conn = Connection::open(path).expect("open");
+        let tx = conn.transaction().expect("tx");
+        for (i, step) in crate::pki::schema::MIGRATIONS[..4].iter().enumerate() {
+            tx.execute_batch(step).expect("step");
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .expect("version");
+        }
+        tx.execute(
+            "INSERT INTO releases (digest, mode, federation, round, released_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![hex(v1), "file", "old", 3i64, 0i64],
+        )
+        .expect("old release");
+        tx.commit().expect("commit");
+    }
+
+    #[test]
+    fn migration_5_keeps_version_1_releases_recognisable() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("r.sqlite");
+        let old = [7u8; 32];
+        schema_4_with_release(&path, &old);
+        let mut reg = Registry::open(&path).expect("open upgrades");
+        let (version, rows): (i64, i64) = reg
+            .conn
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version),
+                        (SELECT COUNT(*) FROM releases WHERE digest_version = 1)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("query");
+        assert_eq!((version, rows), (5, 1));
+        assert!(reg.legacy_releases().expect("query"));
+        // The same input, digested both ways: released under version 1.
+        let x = InputDigests {
+            v2: [8; 32],
+            v1: Some(old),
+        };
+        assert!(reg.input_released(&x).expect("query"));
+        let e = reg
+            .release_input(&x, "round", "g", 9, 0)
+            .expect_err("again");
+        assert!(
+            matches!(&e, Error::InputReleased { mode, federation, round: 3 } if mode == "file" && federation == "old"),
+            "{e}"
+        );
+        // Without its version-1 digest the check cannot answer: refused, not "no".
+        let e = reg.input_released(&v2(8)).expect_err("no v1");
+        assert!(matches!(e, Error::LegacyDigestMissing { .. }), "{e}");
+        let e = reg
+            .release_input(&v2(8), "round", "g", 9, 0)
+            .expect_err("no v1");
+        assert!(matches!(e, Error::LegacyDigestMissing { .. }), "{e}");
+        // A version-1 digest is never taken for a version-2 one, nor the reverse.
+        let swapped = InputDigests {
+            v2: old,
+            v1: Some([8; 32]),
+        };
+        assert!(!reg.input_released(&swapped).expect("query"));
+        // Nothing of the refusals was written; a new input journals version 2 only.
+        let y = InputDigests {
+            v2: [10; 32],
+            v1: Some([11; 32]),
+        };
+        reg.release_input(&y, "round", "g", 9, 0)
+            .expect("new input");
+        let rows: Vec<(String, i64)> = reg
+            .conn
+            .prepare("SELECT digest, digest_version FROM releases ORDER BY digest_version")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(rows, vec![(hex(&old), 1), (hex(&[10; 32]), 2)]);
+        assert!(reg.input_released(&y).expect("query"));
+        assert!(reg.legacy_releases().expect("query"), "v1 rows stay");
+        // The schema refuses a digest version it does not know.
+        assert!(
+            reg.conn
+                .execute(
+                    "INSERT INTO releases (digest, digest_version, mode, federation, round, released_at)
+                     VALUES ('x', 3, 'file', 'f', 1, 0)",
+                    [],
+                )
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_fresh_registry_needs_no_version_1_digest() {
+        let (_d, mut reg) = reg();
+        assert!(!reg.legacy_releases().expect("query"));
+        reg.release_input(&v2(1), "file", "f", 1, 0).expect("first");
+        assert!(!reg.legacy_releases().expect("query"));
+        assert!(reg.input_released(&v2(1)).expect("query"));
+        // A version-1 digest given anyway is checked too, never journaled.
+        let both = InputDigests {
+            v2: [2; 32],
+            v1: Some([1; 32]),
+        };
+        assert!(!reg.input_released(&both).expect("query"));
+        reg.release_input(&both, "file", "f", 2, 0).expect("second");
+        assert!(!reg.legacy_releases().expect("query"));
     }
 }

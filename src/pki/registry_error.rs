@@ -120,4 +120,14 @@ pub enum Error {
         /// Round.
         round: u64,
     },
+    /// A release checked without its version-1 digest in a registry that holds
+    /// version-1 releases: the check could miss an input released before the upgrade.
+    #[error(
+        "registry {} holds releases journaled with the version-1 input digest, and this update's was not computed (our bug); nothing was released",
+        path.display()
+    )]
+    LegacyDigestMissing {
+        /// The registry file.
+        path: PathBuf,
+    },
 }

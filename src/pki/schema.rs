@@ -90,4 +90,10 @@ pub const MIGRATIONS: &[&str] = &[
         fingerprint TEXT NOT NULL,
         PRIMARY KEY (federation, party_id)
     ) STRICT;",
+    // 5: input digest version 2. Every release row so far holds a version-1 digest
+    // (SHA-256, values widened to f64); rows from now on hold version 2 (BLAKE3 over the
+    // values' own bytes). Bumping the version also keeps a secagg that knows only
+    // version 1 from opening this registry: it would not recognise a version-2 row.
+    "ALTER TABLE releases ADD COLUMN digest_version INTEGER NOT NULL DEFAULT 1
+        CHECK (digest_version IN (1, 2));",
 ];

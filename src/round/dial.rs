@@ -65,7 +65,8 @@ pub(super) fn validate_input(reg: &Registry, p: &LocalChecks<'_>) -> Result<Inpu
     if let Some(out) = p.out {
         check_out(out, p.force)?;
     }
-    let summary = job::inspect_input(p.input)?;
+    // Version-1 releases in the registry: digest both ways (docs/protocol.md, gap 18).
+    let summary = job::inspect_input(p.input, reg.legacy_releases()?)?;
     if summary.values == 0 || summary.values > MAX_ELEMENTS {
         return Err(Error::Setup(format!(
             "the update has {} values (allowed 1..={MAX_ELEMENTS})",

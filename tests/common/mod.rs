@@ -202,3 +202,69 @@ pub fn read_all(path: &Path) -> Vec<f64> {
     .expect("visit");
     out
 }
+
+/// The version-1 input digest of a one-tensor `.npy` update of `values` in `dtype`,
+/// spelled out here as the secagg before digest version 2 computed it (docs/protocol.md,
+/// "Mask-reuse journal"): SHA-256 over "secagg input v1", the head (empty name, dtype
+/// byte, one dimension), and every value as stored, widened to f64 little-endian.
+pub fn v1_digest_npy(dtype: secagg::layout::DType, values: &[f64]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut m = b"secagg input v1".to_vec();
+    m.extend_from_slice(&0u32.to_be_bytes());
+    m.push(dtype.bytes() as u8);
+    m.extend_from_slice(&1u32.to_be_bytes());
+    m.extend_from_slice(&(values.len() as u64).to_be_bytes());
+    for v in values {
+        let stored = match dtype {
+            secagg::layout::DType::F32 => f64::from(*v as f32),
+            secagg::layout::DType::F64 => *v,
+        };
+        m.extend_from_slice(&stored.to_le_bytes());
+    }
+    Sha256::digest(&m).into()
+}
+
+/// Turns the registry in `home` (schema 5) back into schema 4, as a secagg before input
+/// digest version 2 left it, and inserts a release of `v1` with the statement that
+/// secagg ran: the home of a node that masked before the upgrade.
+pub fn as_schema_4_with_release(home: &Path, v1: &[u8; 32], federation: &str, round: u64) {
+    let conn = rusqlite::Connection::open(home.join("registry.sqlite")).expect("open");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, 5, "this helper undoes migration 5 only");
+    conn.execute_batch(
+        "ALTER TABLE releases DROP COLUMN digest_version;
+         PRAGMA user_version = 4;",
+    )
+    .expect("back to schema 4");
+    let hex: String = v1.iter().map(|b| format!("{b:02x}")).collect();
+    conn.execute(
+        "INSERT INTO releases (digest, mode, federation, round, released_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![hex, "file", federation, round as i64, 1_700_000_000i64],
+    )
+    .expect("old release");
+}
+
+/// The registry's schema version and each release row as
+/// `digest|digest_version|mode|federation|round` (version 1 for a schema-4 registry).
+pub fn release_rows(home: &Path) -> (i64, Vec<String>) {
+    let conn = rusqlite::Connection::open(home.join("registry.sqlite")).expect("open");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    let dv = if version >= 5 { "digest_version" } else { "1" };
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT digest || '|' || {dv} || '|' || mode || '|' || federation || '|' || round
+             FROM releases ORDER BY 1"
+        ))
+        .expect("prepare");
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .expect("query")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("rows");
+    (version, rows)
+}

@@ -206,7 +206,10 @@ impl Fed {
         let m = self.member(fp);
         Input {
             layout: layout(self.d),
-            digest: digest_of(&m.values),
+            digest: secagg::pki::journal::InputDigests {
+                v2: digest_of(&m.values),
+                v1: None,
+            },
             weight: m.weight,
         }
     }

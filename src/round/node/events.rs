@@ -2,6 +2,7 @@
 
 use crate::layout::Layout;
 use crate::party::Fingerprint;
+use crate::pki::journal::InputDigests;
 use crate::round::messages::{Message2, ResultHeader, ShareKind};
 use crate::secagg::prg::PeerMask;
 use crate::secagg::quantize::Plan;
@@ -38,11 +39,11 @@ pub enum Action {
     },
     /// Send a message to the researcher.
     Send(Message2),
-    /// Record that this input is released in (federation, round): refused if the digest
-    /// was released before, in any federation or mode.
+    /// Record that this input is released in (federation, round): refused if either of
+    /// its digests was released before, in any federation or mode.
     JournalRelease {
-        /// Input digest.
-        digest: [u8; 32],
+        /// Input digests.
+        digest: InputDigests,
         /// Federation.
         federation: String,
         /// Round.

@@ -36,6 +36,7 @@ use p256::elliptic_curve::rand_core::TryCryptoRng;
 use crate::layout::Layout;
 use crate::party::{Fingerprint, PartyId};
 use crate::pki::identity::PartyKey;
+use crate::pki::journal::InputDigests;
 use crate::round::messages::Message2;
 use crate::round::policy::Policy;
 use crate::round::schedule::{Advert, ConsistencyMessage, Ctx, RoundSecrets, SharePair};
@@ -55,8 +56,9 @@ pub struct Peer {
 pub struct Input {
     /// Tensor names, shapes and types.
     pub layout: Layout,
-    /// Content digest of the decoded values (one release per input).
-    pub digest: [u8; 32],
+    /// Content digests (one release per input): version 2, and version 1 when the
+    /// registry holds version-1 releases.
+    pub digest: InputDigests,
     /// The weight this node sends.
     pub weight: u64,
 }
