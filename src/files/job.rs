@@ -216,9 +216,9 @@ pub struct MaskedFile {
 /// the file is written. Otherwise ([`mask_update_with`] with a smaller budget) a first
 /// pass digests the input, the journal follows, and a second pass masks block by block
 /// into the file, checking with the version-2 digest of what it read that it masked
-/// what was journaled. A failure after the journal (disk full, the input changed between the
-/// passes) leaves the key and the input used: mask again for a new round. Nothing is
-/// ever left at `out` on failure.
+/// what was journaled. A failure after the journal (disk full, the input changed
+/// between the passes) leaves the key and the input used: mask again for a new round.
+/// Nothing is ever left at `out` on failure.
 #[allow(clippy::too_many_arguments)]
 pub fn mask_update(
     me: &Identity,
