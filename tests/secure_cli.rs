@@ -810,8 +810,7 @@ fn quiet_silences_progress_lines() {
 /// `finish_checked`.)
 #[test]
 fn a_poisoned_masked_file_cannot_move_the_mean() {
-    use secagg::files::masked::{self, Masked, Reader};
-    use secagg::pki::identity::Home;
+    use secagg::files::masked::{self, Masked};
     let fed = federation(3);
     let mut files = Vec::new();
     for (node, (input, out)) in fed.nodes.iter().zip(small_updates(&fed, "p", 70)) {
@@ -825,24 +824,7 @@ fn a_poisoned_masked_file_cannot_move_the_mean() {
         files.push(out);
     }
     // node_2 re-signs its own file with one residue pushed far out of range.
-    let me = Home::new(&fed.nodes[1].home)
-        .load_identity()
-        .expect("identity");
-    let key = p256::PublicKey::from(me.key.signing_key().verifying_key());
-    let mut r = Reader::open(&files[1]).expect("open");
-    r.authenticate(&key).expect("header");
-    let header = r.header().clone();
-    let w = header.modulus.word_bytes();
-    let mut words: Vec<u64> = Vec::new();
-    r.stream(|_, b| {
-        for c in b.chunks_exact(w) {
-            let mut x = [0u8; 8];
-            x[..w].copy_from_slice(c);
-            words.push(u64::from_le_bytes(x));
-        }
-    })
-    .expect("read");
-    r.verify(&key).expect("honest file verifies");
+    let (me, header, mut words) = open_own_file(&fed.nodes[1], &files[1]);
     words[0] = words[0].wrapping_add(1 << 36);
     let poisoned = Masked {
         header,
@@ -921,27 +903,9 @@ fn a_weight_word_altered_on_disk_fails_the_signature_not_the_weight_check() {
 
 #[test]
 fn a_re_signed_impossible_weight_is_refused_and_writes_nothing() {
-    use secagg::files::masked::{self, Masked, Reader};
-    use secagg::pki::identity::Home;
+    use secagg::files::masked::{self, Masked};
     let (fed, files) = three_masked("iw", 72);
-    let me = Home::new(&fed.nodes[0].home)
-        .load_identity()
-        .expect("identity");
-    let key = p256::PublicKey::from(me.key.signing_key().verifying_key());
-    let mut r = Reader::open(&files[0]).expect("open");
-    r.authenticate(&key).expect("header");
-    let header = r.header().clone();
-    let w = header.modulus.word_bytes();
-    let mut words: Vec<u64> = Vec::new();
-    r.stream(|_, b| {
-        for c in b.chunks_exact(w) {
-            let mut x = [0u8; 8];
-            x[..w].copy_from_slice(c);
-            words.push(u64::from_le_bytes(x));
-        }
-    })
-    .expect("read");
-    r.verify(&key).expect("honest file verifies");
+    let (me, header, mut words) = open_own_file(&fed.nodes[0], &files[0]);
     // node_1 claims a weight far above 3 · max_weight.
     let last = words.len() - 1;
     words[last] = words[last].wrapping_add(1 << 30);
@@ -960,4 +924,35 @@ fn a_re_signed_impossible_weight_is_refused_and_writes_nothing() {
     fed.researcher
         .fails(&args, "is invalid (inputs inconsistent or tampered)");
     assert!(!mean.exists(), "no mean is written");
+}
+
+/// A node's identity and its own verified masked file, read back as header and words
+/// (for tests in which the node re-signs an altered file).
+fn open_own_file(
+    node: &Party,
+    file: &Path,
+) -> (
+    secagg::pki::identity::Identity,
+    secagg::files::masked::Header,
+    Vec<u64>,
+) {
+    use secagg::files::masked::Reader;
+    use secagg::pki::identity::Home;
+    let me = Home::new(&node.home).load_identity().expect("identity");
+    let key = p256::PublicKey::from(me.key.signing_key().verifying_key());
+    let mut r = Reader::open(file).expect("open");
+    r.authenticate(&key).expect("header");
+    let header = r.header().clone();
+    let w = header.modulus.word_bytes();
+    let mut words: Vec<u64> = Vec::new();
+    r.stream(|_, b| {
+        for c in b.chunks_exact(w) {
+            let mut x = [0u8; 8];
+            x[..w].copy_from_slice(c);
+            words.push(u64::from_le_bytes(x));
+        }
+    })
+    .expect("read");
+    r.verify(&key).expect("honest file verifies");
+    (me, header, words)
 }
