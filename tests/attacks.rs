@@ -945,10 +945,7 @@ fn restart_cannot_sign_twice() {
     let reg = home_registry(&dir);
     // Round 1: v signs U2 = U3 = everyone, journaled before the signature leaves.
     let mut c = Cluster::new(&fed, fed.announce(1));
-    c.journal = Some(journal_hook(reg.clone(), v, all.len()));
-    c.announce_to(&all);
-    c.adverts_to(&all, &all);
-    c.shares_to(&all, &all);
+    to_release(&mut c, &reg, v, &all);
     c.survivors_to(&all, &all, &all);
     assert!(c.inbox.sigs.contains_key(&v));
     assert!(c.journal_refused.is_empty());
@@ -1020,10 +1017,7 @@ fn an_input_released_under_digest_version_1_is_refused_at_release() {
     let mut nodes: BTreeMap<_, _> = all.iter().map(|f| (*f, fed.node(f))).collect();
     nodes.insert(v, Node::new(setup));
     let mut c = Cluster::with_nodes(&fed, nodes, fed.announce(1));
-    c.journal = Some(journal_hook(reg.clone(), v, all.len()));
-    c.announce_to(&all);
-    c.adverts_to(&all, &all);
-    c.shares_to(&all, &all);
+    to_release(&mut c, &reg, v, &all);
     let why = &c.journal_refused[&v];
     assert!(
         why.contains("already released (file mode, federation 'old', round 4)"),
@@ -1036,14 +1030,25 @@ fn an_input_released_under_digest_version_1_is_refused_at_release() {
     let last = reg.borrow().last_round(FED, Role::Node).expect("last");
     nodes.insert(v, Node::new(fed.setup(&v, last)));
     let mut c = Cluster::with_nodes(&fed, nodes, fed.announce(2));
-    c.journal = Some(journal_hook(reg.clone(), v, all.len()));
-    c.announce_to(&all);
-    c.adverts_to(&all, &all);
-    c.shares_to(&all, &all);
+    to_release(&mut c, &reg, v, &all);
     let why = &c.journal_refused[&v];
     assert!(why.contains("version-1 input digest"), "{why}");
     assert!(!c.inbox.streams.contains_key(&v));
     assert_eq!(release_rows(&dir), 1, "nothing journaled");
+}
+
+/// Runs `c` through the shares phase (where a node journals the release of its input),
+/// with `v`'s journal actions executed against `reg`.
+fn to_release(
+    c: &mut Cluster<'_>,
+    reg: &Rc<RefCell<Registry>>,
+    v: Fingerprint,
+    all: &[Fingerprint],
+) {
+    c.journal = Some(journal_hook(reg.clone(), v, all.len()));
+    c.announce_to(all);
+    c.adverts_to(all, all);
+    c.shares_to(all, all);
 }
 
 fn release_rows(dir: &tempfile::TempDir) -> i64 {
@@ -1061,10 +1066,7 @@ fn same_input_twice_refused() {
     let reg = home_registry(&dir);
     // Round 1 releases v's input.
     let mut c = Cluster::new(&fed, fed.announce(1));
-    c.journal = Some(journal_hook(reg.clone(), v, all.len()));
-    c.announce_to(&all);
-    c.adverts_to(&all, &all);
-    c.shares_to(&all, &all);
+    to_release(&mut c, &reg, v, &all);
     assert!(c.journal_refused.is_empty());
     assert!(c.inbox.streams.contains_key(&v));
     drop(c);
@@ -1073,10 +1075,7 @@ fn same_input_twice_refused() {
     let mut nodes: BTreeMap<_, _> = all.iter().map(|f| (*f, fed.node(f))).collect();
     nodes.insert(v, Node::new(fed.setup(&v, last)));
     let mut c = Cluster::with_nodes(&fed, nodes, fed.announce(2));
-    c.journal = Some(journal_hook(reg.clone(), v, all.len()));
-    c.announce_to(&all);
-    c.adverts_to(&all, &all);
-    c.shares_to(&all, &all);
+    to_release(&mut c, &reg, v, &all);
     let why = &c.journal_refused[&v];
     assert!(why.contains("released"), "{why}");
     assert!(!c.inbox.streams.contains_key(&v), "no masked word left");
@@ -1089,10 +1088,7 @@ fn same_input_twice_refused() {
         .release_input(&digest, "file", FED, 1, 0)
         .expect("file mode release");
     let mut c = Cluster::new(&fed, fed.announce(1));
-    c.journal = Some(journal_hook(reg.clone(), v, all.len()));
-    c.announce_to(&all);
-    c.adverts_to(&all, &all);
-    c.shares_to(&all, &all);
+    to_release(&mut c, &reg, v, &all);
     let why = &c.journal_refused[&v];
     assert!(why.contains("released") && why.contains("file"), "{why}");
     assert!(!c.inbox.streams.contains_key(&v));

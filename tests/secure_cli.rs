@@ -811,18 +811,7 @@ fn quiet_silences_progress_lines() {
 #[test]
 fn a_poisoned_masked_file_cannot_move_the_mean() {
     use secagg::files::masked::{self, Masked};
-    let fed = federation(3);
-    let mut files = Vec::new();
-    for (node, (input, out)) in fed.nodes.iter().zip(small_updates(&fed, "p", 70)) {
-        node.ok(&mask_args(
-            input.to_str().expect("utf8"),
-            out.to_str().expect("utf8"),
-            "1",
-            "1",
-            &[],
-        ));
-        files.push(out);
-    }
+    let (fed, files) = three_masked("p", 70);
     // node_2 re-signs its own file with one residue pushed far out of range.
     let (me, header, mut words) = open_own_file(&fed.nodes[1], &files[1]);
     words[0] = words[0].wrapping_add(1 << 36);
@@ -832,14 +821,8 @@ fn a_poisoned_masked_file_cannot_move_the_mean() {
         clipped: 0,
     };
     masked::write_file(&files[1], &poisoned, &me).expect("re-sign");
-    let mean = fed.lab.path("p.npy");
-    let mut args = vec!["aggregate"];
-    let names: Vec<String> = files
-        .iter()
-        .map(|p| p.to_str().expect("utf8").to_owned())
-        .collect();
-    args.extend(names.iter().map(String::as_str));
-    args.extend(["--out", mean.to_str().expect("utf8")]);
+    let (args, mean) = aggregate_args(&fed, &files, "p.npy");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let err = fed
         .researcher
         .fails(&args, "the sum is out of range at value #0");

@@ -108,7 +108,7 @@ impl<W: Word> Accumulator<W> {
         if let Some(i) = dec.first_out_of_range(sums) {
             return Err(Error::OutOfRange(i as u64));
         }
-        self.finish_encoded(plan, layout)
+        Ok(encode_mean(&dec, sums, layout))
     }
 
     /// The decoder (from the total weight, the last word) and the summed values.
@@ -131,11 +131,16 @@ impl<W: Word> Accumulator<W> {
     /// total weight and the bytes.
     pub fn finish_encoded(self, plan: &Plan, layout: &Layout) -> Result<(u64, Vec<u8>)> {
         let (dec, sums) = self.decoder(plan)?;
-        let place = Placement::new(layout);
-        let mut out = vec![0u8; place.encoded_len() as usize];
-        place.encode(&dec, 0, sums, &mut out, 0);
-        Ok((dec.total_weight(), out))
+        Ok(encode_mean(&dec, sums, layout))
     }
+}
+
+/// The total weight and the whole mean of `sums`, encoded in `layout`.
+fn encode_mean<W: Word>(dec: &Decoder, sums: &[W], layout: &Layout) -> (u64, Vec<u8>) {
+    let place = Placement::new(layout);
+    let mut out = vec![0u8; place.encoded_len() as usize];
+    place.encode(dec, 0, sums, &mut out, 0);
+    (dec.total_weight(), out)
 }
 
 /// Turns summed words into the weighted mean, for the whole vector or any slice of it:
