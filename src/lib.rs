@@ -3,7 +3,8 @@
 //! The library is split into folders by domain, lowest first (see docs/architecture.md):
 //! - leaf modules shared by everyone: [`party`] (party ids, roles, hosts, fingerprints),
 //!   [`clock`] (time formatting), [`layout`] (tensor shapes), [`atomic`] (atomic writes),
-//!   [`text`] (printing words that came from a peer or a file);
+//!   [`text`] (printing words that came from a peer or a file), [`hugepages`] (large
+//!   buffers on transparent huge pages);
 //! - [`pki`]: this party's identity, certificates, the peer registry and the journal;
 //! - [`secagg`]: the key schedule, PRG masks, quantization, ring words and sums;
 //! - [`files`]: `.npy` / `.safetensors` tensors, the masked-file format, and file mode;
@@ -15,6 +16,7 @@
 
 pub mod atomic;
 pub mod clock;
+pub mod hugepages;
 pub mod layout;
 pub mod party;
 pub mod text;

@@ -306,7 +306,7 @@ pub fn mask_update_with(
         // One pass into memory, then the journal, then the file.
         let mut payload = Residues {
             width,
-            bytes: Vec::with_capacity(bytes as usize),
+            bytes: crate::hugepages::vec_with_capacity(bytes as usize),
         };
         let (streamed, digest) = job.run(Digests::journal(legacy), &mut payload)?;
         let digest = digest.ok_or_else(|| our_bug(input))?;
