@@ -60,7 +60,14 @@ pub fn apply_masks_at<W: Word>(
     if threads == 1 {
         return apply_range(words, start, masks, width);
     }
-    let per = words.len().div_ceil(threads);
+    // Each thread's range starts on a block boundary, so that every keystream request
+    // but the last is a whole number of AES-CTR's parallel blocks (1 KiB): a request
+    // that is not, or that starts inside a block, takes the cipher's one-block-at-a-time
+    // path for its remainder, at a third of the speed.
+    let per = words
+        .len()
+        .div_ceil(threads)
+        .next_multiple_of(BLOCK_BYTES / W::BYTES);
     std::thread::scope(|s| {
         for (i, chunk) in words.chunks_mut(per).enumerate() {
             let at = start + (i * per) as u64;
