@@ -271,15 +271,7 @@ impl Channel {
             wire::encode_chunk_head(round, at, len, &mut out);
             let head = out.len();
             out.resize(head + len, 0);
-            if width == W::BYTES {
-                for (dst, w) in out[head..].chunks_exact_mut(W::BYTES).zip(chunk) {
-                    w.write_le_narrow(dst);
-                }
-            } else {
-                for (dst, w) in out[head..].chunks_exact_mut(width).zip(chunk) {
-                    w.write_le_narrow(dst);
-                }
-            }
+            crate::secagg::simd::pack(chunk, width, &mut out[head..]);
             if let Err(e) = self.write_plain(&out) {
                 self.out = out;
                 return Err(e);

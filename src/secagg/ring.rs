@@ -112,6 +112,16 @@ pub trait Word: Copy + Default + Send + Sync + Eq + std::fmt::Debug + 'static {
     /// The slice as the concrete word type it is (lets `simd` pick its vector lanes
     /// without a cast).
     fn words_mut(words: &mut [Self]) -> WordsMut<'_>;
+    /// [`Word::words_mut`] for a shared slice.
+    fn words(words: &[Self]) -> Words<'_>;
+}
+
+/// A shared slice of words as the concrete machine word it is (see [`Word::words`]).
+pub enum Words<'a> {
+    /// u32 words (widths 1 to 4).
+    U32(&'a [u32]),
+    /// u64 words (widths 5 to 8).
+    U64(&'a [u64]),
 }
 
 /// A slice of words as the concrete machine word it is (see [`Word::words_mut`]).
@@ -172,6 +182,9 @@ macro_rules! word {
             }
             fn words_mut(words: &mut [Self]) -> WordsMut<'_> {
                 WordsMut::$v(words)
+            }
+            fn words(words: &[Self]) -> Words<'_> {
+                Words::$v(words)
             }
         }
     };

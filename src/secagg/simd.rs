@@ -17,16 +17,20 @@
 //! The vector code takes the whole blocks whose loads lie inside the data; the scalar
 //! code takes the rest, so no caller needs spare bytes after its data.
 //!
-//! This is the only module of the crate allowed `unsafe` code (the crate denies it
+//! The inverse, [`pack`] (masked words into the w-byte residues of a file or a round's
+//! chunk), uses one `vpermb` per 8 u64 words (16 u32) with AVX-512 VBMI, else one
+//! fixed-size copy per word; each 64-byte store lies inside the packed bytes.
+//!
+//! One of the two modules of the crate allowed `unsafe` code (the crate denies it
 //! everywhere else): the intrinsics that read and write memory take raw pointers, and a
 //! function compiled for CPU features may only be called once they are detected. Every
 //! `unsafe` block is one of those two things, and says why it holds.
-// The one exception to the crate's `unsafe_code = "deny"` (see the module docs above).
+// An exception to the crate's `unsafe_code = "deny"` (see the module docs above).
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 use crate::secagg::keys::Sign;
-use crate::secagg::ring::{Word, WordsMut};
+use crate::secagg::ring::{Word, Words, WordsMut};
 
 /// acc[i] = acc[i] ± LE(bytes[w·i .. w·i + w]) (wrapping), for i < min(acc.len(),
 /// bytes.len() / w), w = `width` clamped to 1..=`W::BYTES`. Afterwards only the low 8·w
@@ -34,6 +38,60 @@ use crate::secagg::ring::{Word, WordsMut};
 /// are untouched.
 pub fn add_packed<W: Word>(acc: &mut [W], bytes: &[u8], width: usize, sign: Sign) {
     add_packed_with(Level::best(), acc, bytes, width, sign);
+}
+
+/// Packs words into residues, the inverse of the spreading [`add_packed`] reads: bytes
+/// `[w·i, w·i + w)` of `out` become the low w bytes of `words[i]`, little-endian, for
+/// i < min(words.len(), out.len() / w), w = `width` clamped to 1..=`W::BYTES`. The rest
+/// of `out` is untouched.
+pub fn pack<W: Word>(words: &[W], width: usize, out: &mut [u8]) {
+    pack_with(Level::best(), words, width, out);
+}
+
+/// [`pack`] with the given implementation (the tests run every one).
+pub(crate) fn pack_with<W: Word>(level: Level, words: &[W], width: usize, out: &mut [u8]) {
+    let width = width.clamp(1, W::BYTES);
+    let n = words.len().min(out.len() / width);
+    // The vector code stores whole 64-byte blocks, each past its own w·L bytes; limiting
+    // `out` to the packed bytes keeps every such store inside them, where the next block
+    // or the scalar tail overwrites it.
+    let (words, out) = (&words[..n], &mut out[..n * width]);
+    let done = pack_vector(level, words, width, out);
+    pack_scalar(&words[done..], width, &mut out[done * width..]);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn pack_vector<W: Word>(level: Level, words: &[W], width: usize, out: &mut [u8]) -> usize {
+    match W::words(words) {
+        Words::U32(words) => x86::pack_u32s(level, words, width, out),
+        Words::U64(words) => x86::pack_u64s(level, words, width, out),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn pack_vector<W: Word>(_: Level, _: &[W], _: usize, _: &mut [u8]) -> usize {
+    0
+}
+
+/// The scalar packing, one fixed-size copy per word.
+fn pack_scalar<W: Word>(words: &[W], width: usize, out: &mut [u8]) {
+    match width {
+        1 => pack_narrow::<W, 1>(words, out),
+        2 => pack_narrow::<W, 2>(words, out),
+        3 => pack_narrow::<W, 3>(words, out),
+        4 => pack_narrow::<W, 4>(words, out),
+        5 => pack_narrow::<W, 5>(words, out),
+        6 => pack_narrow::<W, 6>(words, out),
+        7 => pack_narrow::<W, 7>(words, out),
+        _ => pack_narrow::<W, 8>(words, out),
+    }
+}
+
+#[inline(always)]
+fn pack_narrow<W: Word, const N: usize>(words: &[W], out: &mut [u8]) {
+    for (w, c) in words.iter().zip(out.chunks_exact_mut(N)) {
+        c.copy_from_slice(&w.le8()[..N]);
+    }
 }
 
 /// An implementation of [`add_packed`].
@@ -177,7 +235,8 @@ mod x86 {
         _mm256_broadcastsi128_si256, _mm256_castsi128_si256, _mm256_inserti128_si256,
         _mm256_loadu_si256, _mm256_shuffle_epi8, _mm256_storeu_si256, _mm256_sub_epi32,
         _mm256_sub_epi64, _mm512_add_epi32, _mm512_add_epi64, _mm512_loadu_si512,
-        _mm512_maskz_permutexvar_epi8, _mm512_storeu_si512, _mm512_sub_epi32, _mm512_sub_epi64,
+        _mm512_maskz_permutexvar_epi8, _mm512_permutexvar_epi8, _mm512_storeu_si512,
+        _mm512_sub_epi32, _mm512_sub_epi64,
     };
 
     use super::{Level, Sign};
@@ -232,6 +291,88 @@ mod x86 {
             }
             _ => 0,
         }
+    }
+
+    /// The packing vector code for u64 words: AVX-512 only (the scalar copies are as
+    /// fast as AVX2 shuffles here).
+    pub(super) fn pack_u64s(level: Level, words: &[u64], w: usize, out: &mut [u8]) -> usize {
+        match level {
+            Level::Avx512 if has_avx512() => {
+                // SAFETY: avx512_pack_u64 is compiled for avx512f, avx512bw and
+                // avx512vbmi, and has_avx512() has just detected all three on this CPU.
+                unsafe { avx512_pack_u64(words, w.clamp(1, 8), out) }
+            }
+            _ => 0,
+        }
+    }
+
+    /// The packing vector code for u32 words: AVX-512 only.
+    pub(super) fn pack_u32s(level: Level, words: &[u32], w: usize, out: &mut [u8]) -> usize {
+        match level {
+            Level::Avx512 if has_avx512() => {
+                // SAFETY: avx512_pack_u32 is compiled for avx512f, avx512bw and
+                // avx512vbmi, and has_avx512() has just detected all three on this CPU.
+                unsafe { avx512_pack_u32(words, w.clamp(1, 4), out) }
+            }
+            _ => 0,
+        }
+    }
+
+    /// The byte permutation that gathers the low `w` bytes of each `lane`-byte lane into
+    /// consecutive residues: byte j < (64 / lane)·w takes byte (j / w)·lane + j mod w.
+    /// The bytes after those take byte 0 (they are overwritten, see [`pack_blocks`]).
+    fn gather(w: usize, lane: usize) -> [u8; 64] {
+        let mut index = [0u8; 64];
+        for (j, slot) in index.iter_mut().enumerate().take(64 / lane * w) {
+            // (j / w)·lane + j mod w < 64, as j < (64 / lane)·w and w ≤ lane.
+            *slot = ((j / w) * lane + j % w) as u8;
+        }
+        index
+    }
+
+    /// 8 words into 8·w bytes per `vpermb`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    fn avx512_pack_u64(words: &[u64], w: usize, out: &mut [u8]) -> usize {
+        let index = load512(&gather(w, 8));
+        let (blocks, _) = words.as_chunks::<8>();
+        pack_blocks(blocks, 8 * w, out, |b| {
+            _mm512_permutexvar_epi8(index, load512(b))
+        })
+    }
+
+    /// 16 words into 16·w bytes per `vpermb`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    fn avx512_pack_u32(words: &[u32], w: usize, out: &mut [u8]) -> usize {
+        let index = load512(&gather(w, 4));
+        let (blocks, _) = words.as_chunks::<16>();
+        pack_blocks(blocks, 16 * w, out, |b| {
+            _mm512_permutexvar_epi8(index, load512(b))
+        })
+    }
+
+    /// Stores `packed(block k)` as the 64 bytes of `out` from k·step, for the leading
+    /// blocks whose 64 bytes lie inside `out`; returns how many words they hold. Each
+    /// store's bytes past its own `step` are overwritten by the next block's store (or,
+    /// after the last, by the caller's scalar tail: `out` holds exactly the packed bytes).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    fn pack_blocks<T, const L: usize>(
+        blocks: &[[T; L]],
+        step: usize,
+        out: &mut [u8],
+        packed: impl Fn(&[T; L]) -> __m512i,
+    ) -> usize {
+        let mut done = 0;
+        for (k, block) in blocks.iter().enumerate() {
+            let Some(dst) = out
+                .get_mut(k * step..)
+                .and_then(|o| o.first_chunk_mut::<64>())
+            else {
+                break;
+            };
+            store512(dst, packed(block));
+            done += L;
+        }
+        done
     }
 
     /// Plain integer arrays of exactly `BYTES` bytes (every byte initialised, any bit
@@ -537,6 +678,60 @@ mod tests {
         ) {
             check::<u32>(width, acc_len, byte_len, skip, seed, sign(sub))?;
             check::<u64>(width, acc_len, byte_len, skip, seed, sign(sub))?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn every_level_packs_like_the_definition(
+            width in 1usize..=8,
+            len in prop_oneof![0usize..70, 0usize..2000],
+            room in prop_oneof![Just(usize::MAX), 0usize..16_100],
+            skip in 0usize..16,
+            seed: u64,
+        ) {
+            let mut next = filler(seed);
+            let words: Vec<u64> = (0..skip + len).map(|_| next()).collect();
+            let narrow: Vec<u32> = words.iter().map(|w| *w as u32).collect();
+            for w in [width, width.min(4)] {
+                let room = room.min(len * w + 70);
+                let before: Vec<u8> = (0..room).map(|_| next() as u8).collect();
+                let n = len.min(room / w);
+                let mut want = before.clone();
+                for (i, c) in want[..n * w].chunks_exact_mut(w).enumerate() {
+                    c.copy_from_slice(&words[skip + i].to_le_bytes()[..w]);
+                }
+                for level in available_levels() {
+                    let mut got = before.clone();
+                    if w <= 4 {
+                        pack_with(level, &narrow[skip..], w, &mut got);
+                        prop_assert_eq!(&got, &want, "{:?} u32 width {}", level, w);
+                    }
+                    let mut got = before.clone();
+                    pack_with(level, &words[skip..], w, &mut got);
+                    prop_assert_eq!(&got, &want, "{:?} u64 width {}", level, w);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packing_then_adding_gives_the_words_back() {
+        let words: Vec<u64> = (0..1000u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
+        for level in available_levels() {
+            for width in 1..=8usize {
+                let mut bytes = vec![0u8; words.len() * width];
+                pack_with(level, &words, width, &mut bytes);
+                let mut back = vec![0u64; words.len()];
+                add_packed_with(level, &mut back, &bytes, width, Sign::Add);
+                let mask = u64::MAX >> (64 - 8 * width as u32);
+                for (i, (b, w)) in back.iter().zip(&words).enumerate() {
+                    assert_eq!(b & mask, w & mask, "{level:?} width {width} word {i}");
+                }
+            }
         }
     }
 

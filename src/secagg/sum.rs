@@ -400,25 +400,17 @@ pub fn absorb_words<W: Word>(acc: &mut [W], width: usize, bytes: &[u8]) {
 }
 
 /// Appends the low `width` bytes of each word to `out`, little-endian.
+/// A `width` beyond the word's own bytes (1..=8) pads each word with zero bytes.
 pub fn encode_words<W: Word>(words: &[W], width: usize, out: &mut Vec<u8>) {
-    match width {
-        1 => encode_narrow::<W, 1>(words, out),
-        2 => encode_narrow::<W, 2>(words, out),
-        3 => encode_narrow::<W, 3>(words, out),
-        4 => encode_narrow::<W, 4>(words, out),
-        5 => encode_narrow::<W, 5>(words, out),
-        6 => encode_narrow::<W, 6>(words, out),
-        7 => encode_narrow::<W, 7>(words, out),
-        _ => encode_narrow::<W, 8>(words, out),
-    }
-}
-
-#[inline]
-fn encode_narrow<W: Word, const N: usize>(words: &[W], out: &mut Vec<u8>) {
+    let width = width.clamp(1, 8);
     let start = out.len();
-    out.resize(start + words.len() * N, 0);
-    for (w, c) in words.iter().zip(out[start..].chunks_exact_mut(N)) {
-        c.copy_from_slice(&w.le8()[..N]);
+    out.resize(start + words.len() * width, 0);
+    if width <= W::BYTES {
+        crate::secagg::simd::pack(words, width, &mut out[start..]);
+    } else {
+        for (w, c) in words.iter().zip(out[start..].chunks_exact_mut(width)) {
+            c.copy_from_slice(&w.le8()[..width]);
+        }
     }
 }
 
