@@ -938,3 +938,63 @@ fn five_nodes_set_up_only_through_a_roster_run_a_round() {
     assert_eq!(code, Some(0), "{err}");
     assert_mean(&read_all(&out), &inputs, &weights, &[0, 1, 2, 3, 4]);
 }
+
+#[test]
+fn an_input_changed_during_the_round_stops_the_node_before_the_change_is_masked() {
+    // node_4's file is rewritten in place while its stream is paused (after two of its
+    // four 1 MiB read blocks): it stops at the first changed block, before masking it,
+    // and drops out; the three others complete the round (threshold 3 of 4) and the
+    // release node_4 journaled before the round stays.
+    let fed = federation(4);
+    let layout = npy(800_000);
+    let inputs = write_inputs(&fed, &layout);
+    let weights = [1u64, 2, 3, 4];
+    let out = fed.lab.path("mean.npy");
+    let server = serve(&fed, &out, &["--timeout", "20"]);
+    let honest: Vec<Proc> = (0..3)
+        .map(|i| join(&fed, i, &inputs[i].0, weights[i], &[]))
+        .collect();
+    let changing = join(
+        &fed,
+        3,
+        &inputs[3].0,
+        weights[3],
+        &[
+            "--insecure-test-stall-after-bytes",
+            "1",
+            "--insecure-test-stall-secs",
+            "2",
+        ],
+    );
+    changing.wait_for("test stall");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&inputs[3].0)
+            .expect("open in place");
+        // Value 700,000 (the third read block): the file's last 3.2 MB are values.
+        let len = f.metadata().expect("len").len();
+        f.seek(SeekFrom::Start(len - 4 * (800_000 - 700_000)))
+            .expect("seek");
+        f.write_all(&0.5f32.to_le_bytes()).expect("write");
+        f.sync_all().expect("sync");
+    }
+    let (code, err) = changing.finish();
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("changed after it was checked"), "{err}");
+    for (i, n) in honest.into_iter().enumerate() {
+        let (code, err) = n.finish();
+        assert_eq!(code, Some(0), "node {i}: {err}");
+        assert!(
+            err.contains("round 1 complete: weighted mean of 3 node(s)"),
+            "node {i}: {err}"
+        );
+    }
+    let (code, err) = server.finish();
+    assert_eq!(code, Some(0), "{err}");
+    assert_mean(&read_all(&out), &inputs, &weights, &[0, 1, 2]);
+    let (_, releases) = common::release_rows(&fed.nodes[3].home);
+    assert_eq!(releases.len(), 1, "{releases:?}");
+    assert!(releases[0].contains("|2|round|fed|1"), "{releases:?}");
+}

@@ -478,3 +478,67 @@ fn an_input_released_under_digest_version_1_is_refused_on_both_paths() {
         assert!(reg.input_released(&db).expect("query"));
     }
 }
+
+#[test]
+fn a_checked_stream_masks_what_was_checked_and_stops_at_the_first_changed_block() {
+    let (lab, node) = nodes();
+    let me = Home::new(&node.home).load_identity().expect("identity");
+    let input = lab.path("u.npy");
+    // 600,000 f32 values: 2.4 MB, three 1 MiB read blocks (262,144 values each).
+    let layout = npy(600_000, DType::F32);
+    let vals = values(5, 600_000);
+    tensor::write_values(&input, &layout, vals.iter().copied()).expect("write");
+    let summary = job::inspect_input(&input, false).expect("inspect");
+    assert_eq!(summary.blocks.len(), 3);
+    let reg = registry(&node.home);
+    let (plan, ctx) = job::prepare(&me, &reg, &spec(QuantParams::default(), 1), 1).expect("plan");
+    let masks = job::peer_masks(&me, &reg, &ctx).expect("masks");
+    let collect = |checked: Option<&[[u8; 32]]>| {
+        let mut out: Vec<u64> = Vec::new();
+        let emit = |_: u64, w: &[u64]| {
+            out.extend_from_slice(w);
+            Ok::<(), ()>(())
+        };
+        let done = match checked {
+            Some(c) => {
+                job::stream_checked::<u64, ()>(&plan, &masks, &input, 7, 2, 100_000, c, emit)
+            }
+            None => job::stream_masked::<u64, ()>(&plan, &masks, &input, 7, 2, 100_000, emit),
+        };
+        (done, out)
+    };
+    // Unchanged: the same words as the unchecked stream.
+    let (done, checked_words) = collect(Some(&summary.blocks));
+    assert!(done.is_ok(), "{done:?}");
+    let (done, plain_words) = collect(None);
+    assert!(done.is_ok(), "{done:?}");
+    assert_eq!(checked_words, plain_words);
+    assert_eq!(checked_words.len(), 600_001);
+    // One value of the third block changed in place, same layout: the stream stops
+    // before masking anything of that block.
+    let mut changed = vals.clone();
+    changed[550_000] += 0.25;
+    tensor::write_values(&input, &layout, changed.iter().copied()).expect("rewrite");
+    let (done, words) = collect(Some(&summary.blocks));
+    match done {
+        Err(Stopped::Masking(e)) => assert!(
+            e.to_string().contains("changed after it was checked"),
+            "{e}"
+        ),
+        other => panic!("expected the change to stop the stream, got {other:?}"),
+    }
+    assert!(words.len() <= 2 * 262_144, "{} words went out", words.len());
+    assert_eq!(
+        words[..],
+        plain_words[..words.len()],
+        "what went out is what was checked"
+    );
+    // A digest list that is one block short (or long) is refused too.
+    tensor::write_values(&input, &layout, vals.iter().copied()).expect("restore");
+    let (done, _) = collect(Some(&summary.blocks[..2]));
+    assert!(matches!(done, Err(Stopped::Masking(_))), "{done:?}");
+    let mut longer = summary.blocks.clone();
+    longer.push([0; 32]);
+    let (done, _) = collect(Some(&longer));
+    assert!(matches!(done, Err(Stopped::Masking(_))), "{done:?}");
+}

@@ -389,8 +389,12 @@ impl Job<'_> {
         let (p, m, i, w, t) = (self.plan, self.masks, self.input, self.weight, self.threads);
         let block = masked::SEGMENT_ELEMENTS;
         let done = match p.modulus.machine() {
-            Machine::U32 => stream::<u32, _>(p, m, i, w, t, block, digests, |_, x| sink.put(x)),
-            Machine::U64 => stream::<u64, _>(p, m, i, w, t, block, digests, |_, x| sink.put(x)),
+            Machine::U32 => {
+                stream::<u32, _>(p, m, i, w, t, block, digests, None, |_, x| sink.put(x))
+            }
+            Machine::U64 => {
+                stream::<u64, _>(p, m, i, w, t, block, digests, None, |_, x| sink.put(x))
+            }
         };
         done.map_err(Stopped::into_error)
     }
@@ -569,9 +573,50 @@ pub fn stream_masked<W: Word, E>(
         threads,
         block,
         Digests::None,
+        None,
         emit,
     )
     .map(|(s, _)| s)
+}
+
+/// [`stream_masked`] that masks only what was checked: each block of the input's data,
+/// as it is read and before any of it is masked, must have the BLAKE3 digest at its
+/// place in `checked` ([`InputSummary::blocks`], from the read that journaled the
+/// release), and there must be exactly as many blocks. A round node masks its input
+/// with this, so the input it releases is the one whose release it journaled, even if
+/// the file changes during the round: the first changed block stops the stream
+/// (docs/protocol.md, "Mask-reuse journal").
+#[allow(clippy::too_many_arguments)]
+pub fn stream_checked<W: Word, E>(
+    plan: &Plan,
+    masks: &[PeerMask],
+    input: &Path,
+    weight: u64,
+    threads: usize,
+    block: usize,
+    checked: &[[u8; 32]],
+    emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
+) -> std::result::Result<Streamed, Stopped<E>> {
+    stream(
+        plan,
+        masks,
+        input,
+        weight,
+        threads,
+        block,
+        Digests::None,
+        Some(checked),
+        emit,
+    )
+    .map(|(s, _)| s)
+}
+
+/// The error for an input whose data differs from what was checked.
+fn changed_since_checked(input: &Path) -> Error {
+    Error::Malformed {
+        path: input.to_owned(),
+        reason: "the file changed after it was checked before the round; nothing after the change was masked or sent, and this update is still counted as released".into(),
+    }
 }
 
 /// [`stream_masked`], and the input's `digests` in the same pass.
@@ -584,6 +629,7 @@ fn stream<W: Word, E>(
     threads: usize,
     block: usize,
     digests: Digests,
+    checked: Option<&[[u8; 32]]>,
     mut emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
 ) -> std::result::Result<(Streamed, Option<InputDigests>), Stopped<E>> {
     let machine = match plan.modulus.machine() {
@@ -607,11 +653,19 @@ fn stream<W: Word, E>(
         buf.clear();
         Ok(())
     };
+    let mut blocks = 0usize;
     let (b, off, clip, fl) = (&mut buf, &mut offset, &mut clipped, &mut flush);
+    let seen = &mut blocks;
     let layout = tensor::read_raw_blocks(input, |layout| {
         let mut hash = (digests != Digests::None)
             .then(|| hash.insert(InputDigest::new(layout, digests == Digests::Both)));
         move |mut xs: &[f64], bytes: &[u8]| -> std::result::Result<(), Stopped<E>> {
+            if let Some(checked) = checked {
+                if checked.get(*seen) != Some(blake3::hash(bytes).as_bytes()) {
+                    return Err(changed_since_checked(input).into());
+                }
+                *seen += 1;
+            }
             if let Some(h) = hash.as_mut() {
                 h.block(xs, bytes);
             }
@@ -630,6 +684,9 @@ fn stream<W: Word, E>(
         }
     })
     .map_err(|e| Stopped::Masking(e.into()))??;
+    if checked.is_some_and(|c| c.len() != blocks) {
+        return Err(changed_since_checked(input).into());
+    }
     buf.push(W::from_u64(weight));
     flush(&mut buf, &mut offset).map_err(Stopped::Emit)?;
     Ok((Streamed { layout, clipped }, hash.map(InputDigest::finish)))
@@ -646,6 +703,9 @@ pub struct InputSummary {
     pub digest: InputDigests,
     /// Values.
     pub values: u64,
+    /// BLAKE3 of each block of the data as [`tensor::read_raw_blocks`] reads it, in
+    /// order: what [`stream_checked`] holds a later read to.
+    pub blocks: Vec<[u8; 32]>,
 }
 
 /// Reads a whole update before a round (or before file mode's two-pass masking): parses
@@ -656,9 +716,11 @@ pub fn inspect_input(input: &Path, v1: bool) -> Result<InputSummary> {
     let mut digest = None;
     let mut at = 0u64;
     let mut bad: Option<u64> = None;
+    let mut blocks = Vec::new();
     let read = tensor::read_raw_blocks(input, |layout| {
         let d = digest.insert(InputDigest::new(layout, v1));
         |xs: &[f64], bytes: &[u8]| {
+            blocks.push(*blake3::hash(bytes).as_bytes());
             if bad.is_none() {
                 bad = xs
                     .iter()
@@ -682,6 +744,7 @@ pub fn inspect_input(input: &Path, v1: bool) -> Result<InputSummary> {
         layout,
         digest,
         values: at,
+        blocks,
     })
 }
 

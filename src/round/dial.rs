@@ -53,7 +53,12 @@ pub(super) struct LocalChecks<'a> {
     pub(super) force: bool,
 }
 
-pub(super) fn validate_input(reg: &Registry, p: &LocalChecks<'_>) -> Result<Input> {
+/// Also the digests of the input's blocks as read ([`job::InputSummary::blocks`]), which
+/// the round holds its masking to.
+pub(super) fn validate_input(
+    reg: &Registry,
+    p: &LocalChecks<'_>,
+) -> Result<(Input, Vec<[u8; 32]>)> {
     if p.weight == 0 {
         return Err(Error::Setup("the weight must be at least 1".into()));
     }
@@ -79,11 +84,14 @@ pub(super) fn validate_input(reg: &Registry, p: &LocalChecks<'_>) -> Result<Inpu
             p.input.display()
         )));
     }
-    Ok(Input {
-        layout: summary.layout,
-        digest: summary.digest,
-        weight: p.weight,
-    })
+    Ok((
+        Input {
+            layout: summary.layout,
+            digest: summary.digest,
+            weight: p.weight,
+        },
+        summary.blocks,
+    ))
 }
 
 /// An output path is usable: its directory exists, and it does not exist yet (unless

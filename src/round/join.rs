@@ -130,7 +130,7 @@ pub fn join(
     }
     let deadline = Instant::now() + p.timeout;
     // Everything local first: nothing of a round is used up by a local mistake.
-    let input = validate_input(
+    let (input, checked) = validate_input(
         reg,
         &LocalChecks {
             input: &p.input,
@@ -180,6 +180,7 @@ pub fn join(
         federation: announce.federation.clone(),
         round,
         layout: input.layout.clone(),
+        checked,
         began: false,
     };
     let mut node = Node::new(NodeSetup {
@@ -253,6 +254,9 @@ struct Driver<'a> {
     federation: String,
     round: u64,
     layout: Layout,
+    /// The digests of the input's blocks when it was checked and its release journaled:
+    /// masking reads it again and stops at the first block that differs.
+    checked: Vec<[u8; 32]>,
     /// Whether the journal has this round (so its end is recorded).
     began: bool,
 }
@@ -417,13 +421,14 @@ impl Driver<'_> {
         let mut stalled = false;
         let stall = self.p.stall;
         let ch = &mut self.ch;
-        job::stream_masked::<W, transport::Error>(
+        job::stream_checked::<W, transport::Error>(
             plan,
             masks,
             &self.p.input,
             weight,
             self.p.threads,
             block,
+            &self.checked,
             |offset, words| {
                 if let Some((after, secs)) = stall.filter(|(after, _)| !stalled && sent >= *after) {
                     let _ = after;
