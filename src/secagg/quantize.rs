@@ -226,18 +226,27 @@ impl Plan {
     }
 }
 
-/// `y.round() as i64` for |y| < 2^31, without a call into libm (`f64::round` is one
-/// on x86-64 without SSE4.1, and it dominated quantization): truncate, then step away
-/// from zero when the exact remainder is at least one half.
+/// `y.round() as i64` (half away from zero) for |y| <= 2^31, in arithmetic every
+/// vector unit has: no call into libm (`f64::round` is one on x86-64 without SSE4.1) and
+/// no float-to-integer conversion (Rust's saturates, and LLVM turns it into one scalar
+/// conversion per lane). A NaN gives some integer, without a panic.
+///
+/// With S = 1.5·2^52, y + S lies in [2^52, 2^53), where consecutive f64 are 1 apart, so
+/// the sum is S + r for r the integer nearest y, ties to even (S is even, and Rust
+/// always rounds to nearest, ties to even), and the low bits of the sum minus those of
+/// S are r. The difference d = y - r is exact (a multiple of y's unit in the last
+/// place, at most 1/2); |d| = 1/2 is a tie, where ties to even took the neighbour
+/// nearer zero when d has the sign of y: step away from zero there.
 #[inline(always)]
 fn round_half_away(y: f64) -> i64 {
-    // |y| <= L < 2^31 here, so truncating through i32 is exact (and vectorises on every
-    // x86-64, where f64 -> i64 does not).
-    let t = y as i32;
-    let frac = y - f64::from(t);
-    i64::from(t)
-        .wrapping_add(i64::from(frac >= 0.5))
-        .wrapping_sub(i64::from(frac <= -0.5))
+    const S: f64 = 6_755_399_441_055_744.0; // 1.5·2^52
+    let s = y + S;
+    // Two's-complement differences of the bits: wrapping, so that a NaN cannot panic.
+    let r = (s.to_bits() as i64).wrapping_sub(S.to_bits() as i64);
+    // s - S is r exactly (Sterbenz), and y - r is exact (above).
+    let d = y - (s - S);
+    r.wrapping_add(i64::from(d == 0.5 && y > 0.0))
+        .wrapping_sub(i64::from(d == -0.5 && y < 0.0))
 }
 
 fn levels_of(bits: u32) -> u64 {
@@ -405,8 +414,30 @@ mod tests {
             -1e-300,
             0.49999999999999994,
             2147483646.4999998,
+            2147483648.0,
+            -2147483648.0,
+            2147483647.5,
+            -2147483647.5,
         ] {
             assert_eq!(round_half_away(y), y.round() as i64, "{y}");
+        }
+        // Every tie k ± 1/2 whose ties-to-even neighbour is nearer zero and every one
+        // whose is not, and their neighbours, across the range.
+        for k in (0..=31).flat_map(|e| [(1i64 << e) - 1, 1 << e, (1 << e) + 1]) {
+            for t in [k as f64 + 0.5, k as f64 - 0.5] {
+                for y in [
+                    t,
+                    t.next_up(),
+                    t.next_down(),
+                    -t,
+                    (-t).next_up(),
+                    (-t).next_down(),
+                ] {
+                    if y.abs() <= 2147483648.0 {
+                        assert_eq!(round_half_away(y), y.round() as i64, "{y}");
+                    }
+                }
+            }
         }
     }
 
@@ -433,8 +464,17 @@ mod tests {
         }
 
         #[test]
-        fn rounding_matches_f64_round(y in -2147483647.0f64..=2147483647.0) {
+        fn rounding_matches_f64_round(y in -2147483648.0f64..=2147483648.0) {
             prop_assert_eq!(round_half_away(y), y.round() as i64);
+        }
+
+        #[test]
+        fn rounding_matches_f64_round_at_ties(k in -(1i64 << 31)..(1i64 << 31), ulps in -3i32..=3) {
+            let mut y = k as f64 + 0.5;
+            for _ in 0..ulps.unsigned_abs() {
+                y = if ulps > 0 { y.next_up() } else { y.next_down() };
+            }
+            prop_assert_eq!(round_half_away(y), y.round() as i64, "{}", y);
         }
 
         #[test]
