@@ -1,6 +1,7 @@
 //! The crate denies `unsafe` code (Cargo.toml `[lints.rust]`); exactly one module, the
-//! SIMD residue add, is allowed it (docs/architecture.md, "Unsafe code"). A deny can be
-//! overridden by an `allow` anywhere, so this test keeps the exception to that module.
+//! vector code of `secagg::simd`, is allowed it (docs/architecture.md, "Unsafe code").
+//! A deny can be overridden by an `allow` anywhere, so this test keeps the exception to
+//! that module.
 
 use std::path::{Path, PathBuf};
 
