@@ -1,7 +1,7 @@
-//! The crate denies `unsafe` code (Cargo.toml `[lints.rust]`); exactly two modules, the
-//! SIMD residue add and the huge-page advice, are allowed it (docs/architecture.md,
-//! "Unsafe code"). A deny can be overridden by an `allow` anywhere, so this test keeps
-//! the exceptions to those modules.
+//! The crate denies `unsafe` code (Cargo.toml `[lints.rust]`); exactly two modules are
+//! allowed it: the vector code of `secagg::simd` and the huge-page advice of
+//! `hugepages` (docs/architecture.md, "Unsafe code"). A deny can be overridden by an
+//! `allow` anywhere, so this test keeps the exceptions to those modules.
 
 use std::path::{Path, PathBuf};
 

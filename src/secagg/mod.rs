@@ -1,10 +1,11 @@
 //! The arithmetic of secure aggregation: the ring ([`ring`]), the key schedule from
 //! certificates to per-use keys ([`keys`]), PRG masks ([`prg`]), fixed-point
-//! quantization ([`quantize`]), modular sums ([`sum`]), the SIMD inner loop both masking
-//! and summing run, adding packed w-byte residues into words ([`simd`], the crate's one
-//! module allowed `unsafe`), t-of-n secret sharing with Feldman commitments ([`shamir`],
-//! protocol 2's dropout recovery) and the throughput bench ([`bench`]). Nothing here
-//! touches files or the network.
+//! quantization ([`quantize`]), modular sums ([`sum`]), vector code chosen at run time
+//! (the SIMD inner loop both masking and summing run, adding packed w-byte residues into
+//! words, and quantization's loop compiled for AVX-512 or AVX2: [`simd`], the crate's
+//! one module allowed `unsafe`), t-of-n secret sharing with Feldman commitments
+//! ([`shamir`], protocol 2's dropout recovery) and the throughput bench ([`bench`]).
+//! Nothing here touches files or the network.
 
 pub mod bench;
 pub mod keys;

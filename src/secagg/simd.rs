@@ -1,9 +1,12 @@
-//! Adding packed residues into machine words: the inner loop of masking (keystream into
-//! the values, [`crate::secagg::prg`]) and of aggregation (payloads into the
-//! accumulator, [`crate::secagg::sum`]). Element i of a stream of w-byte residues is the
-//! little-endian integer in bytes `[w·i, w·i + w)` (docs/protocol.md, the keystream cut).
+//! Vector code chosen at run time: adding packed residues into machine words, the inner
+//! loop of masking (keystream into the values, [`crate::secagg::prg`]) and of
+//! aggregation (payloads into the accumulator, [`crate::secagg::sum`]); and
+//! [`vectorised`], which compiles a caller's loop for the widest vector instructions
+//! the CPU has (quantization, [`crate::secagg::quantize`]).
 //!
-//! One safe entry point, [`add_packed`], and three implementations chosen at run time:
+//! Element i of a stream of w-byte residues is the little-endian integer in bytes
+//! `[w·i, w·i + w)` (docs/protocol.md, the keystream cut). One safe entry point,
+//! [`add_packed`], and three implementations chosen at run time:
 //!
 //! - **AVX-512 VBMI** (x86-64 with `avx512f`, `avx512bw`, `avx512vbmi`): one 64-byte load
 //!   and one zero-masking `vpermb` spread 8 residues into u64 lanes (16 into u32 lanes),
@@ -21,10 +24,16 @@
 //! chunk), uses one `vpermb` per 8 u64 words (16 u32) with AVX-512 VBMI, else one
 //! fixed-size copy per word; each 64-byte store lies inside the packed bytes.
 //!
+//! [`vectorised`] runs a closure inside a function compiled for AVX-512 (F, BW, DQ, VL
+//! and VBMI) or AVX2, whichever this CPU has, so that the compiler vectorises the
+//! closure's loop for those instructions (the release build targets the x86-64
+//! baseline, SSE2). The closure is safe code and computes the same bits at every level.
+//!
 //! One of the two modules of the crate allowed `unsafe` code (the crate denies it
-//! everywhere else): the intrinsics that read and write memory take raw pointers, and a
-//! function compiled for CPU features may only be called once they are detected. Every
-//! `unsafe` block is one of those two things, and says why it holds.
+//! everywhere else; the other is [`crate::hugepages`]): the intrinsics that read and
+//! write memory take raw pointers, and a function compiled for CPU features (the
+//! kernels, and the two functions behind [`vectorised`]) may only be called once they
+//! are detected. Every `unsafe` block is one of those two things, and says why it holds.
 // An exception to the crate's `unsafe_code = "deny"` (see the module docs above).
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -94,21 +103,69 @@ fn pack_narrow<W: Word, const N: usize>(words: &[W], out: &mut [u8]) {
     }
 }
 
-/// An implementation of [`add_packed`].
+/// Runs `f` compiled for the widest vector instructions this CPU has (AVX-512 or AVX2,
+/// detected at run time; the x86-64 baseline otherwise), so that the loops the compiler
+/// vectorises inside it use 512- or 256-bit vectors instead of SSE2's 128.
+///
+/// Only code inlined into the function compiled for the features gets them: `f` must be
+/// a closure marked `#[inline(always)]`, and its loop must call nothing that stays out
+/// of line (`Vec::extend` does; indexing, slice iterators and small generic functions
+/// do not). Three things kept loops narrow when quantization moved here: such a call,
+/// loop constants captured by reference (reloaded every iteration; capture them with
+/// `move`), and Rust's saturating float-to-integer `as`, which LLVM turns into one
+/// scalar conversion per lane. Nothing fails if a loop stays narrow, it is only slower:
+/// check the machine code after a change (docs/performance.md says how).
+///
+/// What `f` computes does not depend on the instructions: Rust's integer and
+/// floating-point arithmetic is defined operation by operation (IEEE 754, round to
+/// nearest), and the compiler neither reassociates floating-point operations nor fuses
+/// a multiply and an add, so vector lanes give the bits the scalar loop gives (NaN
+/// payloads aside, which Rust leaves unspecified everywhere).
+#[inline(always)]
+pub fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+    vectorised_with(Level::best(), f)
+}
+
+/// [`vectorised`] at a given level (a level the CPU lacks runs the baseline code).
+#[inline(always)]
+pub(crate) fn vectorised_with<R>(level: Level, f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    match level {
+        Level::Avx512 if x86::has_avx512() => {
+            // SAFETY: x86::avx512 is compiled for the features has_avx512() has just
+            // detected on this CPU.
+            return unsafe { x86::avx512(f) };
+        }
+        Level::Avx2 if x86::has_avx2() => {
+            // SAFETY: x86::avx2 is compiled for avx2, which has_avx2() has just detected
+            // on this CPU.
+            return unsafe { x86::avx2(f) };
+        }
+        _ => {}
+    }
+    // Elsewhere every level runs the baseline code.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = level;
+    f()
+}
+
+/// A set of vector instructions: which kernels [`add_packed`] runs, and what
+/// [`vectorised`] compiles its closure for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) enum Level {
-    /// Whole-word loads, one residue at a time.
+    /// The x86-64 baseline (SSE2) or another architecture: whole-word loads, one
+    /// residue at a time.
     Scalar,
-    /// `vpshufb` on 256-bit vectors.
+    /// AVX2: `vpshufb` on 256-bit vectors.
     Avx2,
-    /// `vpermb` on 512-bit vectors.
+    /// AVX-512 F, BW, DQ, VL and VBMI: `vpermb` on 512-bit vectors.
     Avx512,
 }
 
 impl Level {
     /// The fastest level this CPU runs.
-    fn best() -> Level {
+    pub(crate) fn best() -> Level {
         #[cfg(target_arch = "x86_64")]
         {
             if x86::has_avx512() {
@@ -241,10 +298,13 @@ mod x86 {
 
     use super::{Level, Sign};
 
-    /// Whether the AVX-512 kernels can run.
+    /// Whether the AVX-512 kernels can run, and [`avx512`]: F, BW, DQ, VL and VBMI
+    /// (every CPU with VBMI has the other four).
     pub(super) fn has_avx512() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("avx512vbmi")
     }
 
@@ -253,13 +313,25 @@ mod x86 {
         std::arch::is_x86_feature_detected!("avx2")
     }
 
+    /// Runs `f` compiled for AVX-512 (see [`super::vectorised`]).
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi")]
+    pub(super) fn avx512<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
+    /// Runs `f` compiled for AVX2 (see [`super::vectorised`]).
+    #[target_feature(enable = "avx2")]
+    pub(super) fn avx2<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
     /// The vector code for u64 words.
     pub(super) fn u64s(level: Level, acc: &mut [u64], bytes: &[u8], w: usize, sign: Sign) -> usize {
         let w = w.clamp(1, 8);
         match level {
             Level::Avx512 if has_avx512() => {
                 // SAFETY: avx512_u64 is compiled for avx512f, avx512bw and avx512vbmi,
-                // and has_avx512() has just detected all three on this CPU.
+                // and has_avx512() has just detected them (and more) on this CPU.
                 unsafe { avx512_u64(acc, bytes, w, sign) }
             }
             // At w = 8 the scalar loop (whole words, which the compiler vectorises) is
@@ -279,7 +351,7 @@ mod x86 {
         match level {
             Level::Avx512 if has_avx512() => {
                 // SAFETY: avx512_u32 is compiled for avx512f, avx512bw and avx512vbmi,
-                // and has_avx512() has just detected all three on this CPU.
+                // and has_avx512() has just detected them (and more) on this CPU.
                 unsafe { avx512_u32(acc, bytes, w, sign) }
             }
             // At w = 4 the scalar loop (whole words, which the compiler vectorises) is
@@ -733,6 +805,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn vectorised_runs_the_closure_once_at_every_level() {
+        for level in available_levels() {
+            let mut runs = 0;
+            let xs: Vec<u64> = (0..1000).collect();
+            let sum = vectorised_with(level, || {
+                runs += 1;
+                xs.iter().map(|x| x * x).sum::<u64>()
+            });
+            assert_eq!((runs, sum), (1, 332_833_500), "{level:?}");
+        }
+        assert_eq!(vectorised(|| 7), 7);
     }
 
     #[test]
