@@ -28,7 +28,8 @@ const THRESHOLD: usize = 4 * HUGE;
 pub fn vec_with_capacity(capacity: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(capacity);
     if v.capacity() >= THRESHOLD {
-        advise(&mut v);
+        // An error only means no advice was taken.
+        let _ = advise(&mut v);
     }
     v
 }
@@ -41,29 +42,33 @@ fn aligned_inside(addr: usize, len: usize) -> Option<(usize, usize)> {
     (start < end).then_some((start, end))
 }
 
+/// Advises the whole 2 MiB blocks of `v`'s spare capacity (none: `Ok`).
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn advise(v: &mut Vec<u8>) {
+fn advise(v: &mut Vec<u8>) -> std::io::Result<()> {
     let spare = v.spare_capacity_mut();
     let base = spare.as_mut_ptr();
     let Some((start, end)) = aligned_inside(base.addr(), spare.len()) else {
-        return;
+        return Ok(());
     };
     // SAFETY: [start, end) lies inside `spare`, memory this Vec owns exclusively (we hold
     // `&mut`), and both ends are multiples of 2 MiB from address 0, so page-aligned as
     // madvise(2) requires. MADV_HUGEPAGE only changes how the kernel backs those pages:
     // it reads and writes none of their bytes and frees nothing, so no Rust reference
     // or value is affected. An error only means no advice was taken.
-    let _ = unsafe {
+    unsafe {
         rustix::mm::madvise(
             base.wrapping_add(start).cast(),
             end - start,
             rustix::mm::Advice::LinuxHugepage,
         )
-    };
+    }
+    .map_err(std::io::Error::from)
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn advise(_: &mut Vec<u8>) {}
+fn advise(_: &mut Vec<u8>) -> std::io::Result<()> {
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
@@ -95,5 +100,20 @@ mod tests {
         assert!(v.iter().all(|b| *b == 7));
         let small = vec_with_capacity(100);
         assert!(small.capacity() >= 100);
+    }
+
+    /// The advice itself is accepted where the kernel has transparent huge pages (a
+    /// wrong range or alignment would be EINVAL, which `vec_with_capacity` ignores).
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_kernel_takes_the_advice() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            return;
+        }
+        for (capacity, skip) in [(10 * HUGE, 0), (10 * HUGE + 12_345, 7)] {
+            let mut v: Vec<u8> = Vec::with_capacity(capacity + skip);
+            v.resize(skip, 1);
+            assert!(advise(&mut v).is_ok());
+        }
     }
 }

@@ -494,6 +494,10 @@ fn a_checked_stream_masks_what_was_checked_and_stops_at_the_first_changed_block(
     let (plan, ctx) = job::prepare(&me, &reg, &spec(QuantParams::default(), 1), 1).expect("plan");
     let masks = job::peer_masks(&me, &reg, &ctx).expect("masks");
     let collect = |checked: Option<&[[u8; 32]]>| {
+        let checked = checked.map(|blocks| job::Checked {
+            layout: &summary.layout,
+            blocks,
+        });
         let mut out: Vec<u64> = Vec::new();
         let emit = |_: u64, w: &[u64]| {
             out.extend_from_slice(w);
@@ -541,4 +545,31 @@ fn a_checked_stream_masks_what_was_checked_and_stops_at_the_first_changed_block(
     longer.push([0; 32]);
     let (done, _) = collect(Some(&longer));
     assert!(matches!(done, Err(Stopped::Masking(_))), "{done:?}");
+    // The same data bytes under another header: read as 300,000 f64 values, every block
+    // has its digest and the count is the same; the layout is not, and nothing goes out.
+    let bytes: Vec<f64> = vals
+        .iter()
+        .map(|v| *v as f32)
+        .collect::<Vec<f32>>()
+        .chunks_exact(2)
+        .map(|p| {
+            let mut b = [0u8; 8];
+            b[..4].copy_from_slice(&p[0].to_le_bytes());
+            b[4..].copy_from_slice(&p[1].to_le_bytes());
+            f64::from_le_bytes(b)
+        })
+        .collect();
+    assert!(bytes.iter().all(|x| x.is_finite()));
+    tensor::write_values(&input, &npy(300_000, DType::F64), bytes.into_iter()).expect("f64");
+    let reread = job::inspect_input(&input, false).expect("inspect");
+    assert_eq!(reread.blocks, summary.blocks, "the data bytes are the same");
+    let (done, words) = collect(Some(&summary.blocks));
+    match done {
+        Err(Stopped::Masking(e)) => assert!(
+            e.to_string().contains("changed after it was checked"),
+            "{e}"
+        ),
+        other => panic!("expected the new header to stop the stream, got {other:?}"),
+    }
+    assert!(words.is_empty(), "{} words went out", words.len());
 }

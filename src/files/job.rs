@@ -579,13 +579,24 @@ pub fn stream_masked<W: Word, E>(
     .map(|(s, _)| s)
 }
 
-/// [`stream_masked`] that masks only what was checked: each block of the input's data,
-/// as it is read and before any of it is masked, must have the BLAKE3 digest at its
-/// place in `checked` ([`InputSummary::blocks`], from the read that journaled the
-/// release), and there must be exactly as many blocks. A round node masks its input
-/// with this, so the input it releases is the one whose release it journaled, even if
-/// the file changes during the round: the first changed block stops the stream
-/// (docs/protocol.md, "Mask-reuse journal").
+/// What a round node checked before its round: the input's layout and the BLAKE3 digest
+/// of each block of its data as read ([`InputSummary::layout`] and
+/// [`InputSummary::blocks`], from the read that journaled the release).
+#[derive(Clone, Copy, Debug)]
+pub struct Checked<'a> {
+    /// The layout that was checked.
+    pub layout: &'a Layout,
+    /// The digests of the data's blocks, in order.
+    pub blocks: &'a [[u8; 32]],
+}
+
+/// [`stream_masked`] that masks only what was checked: the file's layout, parsed again,
+/// must be `checked.layout` before any value is read, each block of its data, as it is
+/// read and before any of it is masked, must have the digest at its place in
+/// `checked.blocks`, and there must be exactly as many blocks. A round node masks its
+/// input with this, so the input it releases is the one whose release it journaled,
+/// even if the file changes during the round: the first change stops the stream
+/// (docs/protocol.md, "A round node's second read").
 #[allow(clippy::too_many_arguments)]
 pub fn stream_checked<W: Word, E>(
     plan: &Plan,
@@ -594,7 +605,7 @@ pub fn stream_checked<W: Word, E>(
     weight: u64,
     threads: usize,
     block: usize,
-    checked: &[[u8; 32]],
+    checked: Checked<'_>,
     emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
 ) -> std::result::Result<Streamed, Stopped<E>> {
     stream(
@@ -615,7 +626,7 @@ pub fn stream_checked<W: Word, E>(
 fn changed_since_checked(input: &Path) -> Error {
     Error::Malformed {
         path: input.to_owned(),
-        reason: "the file changed after it was checked before the round; nothing after the change was masked or sent, and this update is still counted as released".into(),
+        reason: "the file changed after it was checked before the round; nothing of the change was masked or sent, and this update is still counted as released".into(),
     }
 }
 
@@ -629,7 +640,7 @@ fn stream<W: Word, E>(
     threads: usize,
     block: usize,
     digests: Digests,
-    checked: Option<&[[u8; 32]]>,
+    checked: Option<Checked<'_>>,
     mut emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
 ) -> std::result::Result<(Streamed, Option<InputDigests>), Stopped<E>> {
     let machine = match plan.modulus.machine() {
@@ -659,9 +670,13 @@ fn stream<W: Word, E>(
     let layout = tensor::read_raw_blocks(input, |layout| {
         let mut hash = (digests != Digests::None)
             .then(|| hash.insert(InputDigest::new(layout, digests == Digests::Both)));
+        // The same data bytes under another header (f64 read as f32, other shapes) would
+        // pass every block digest: the layout is compared before any value is used.
+        let same_layout = checked.is_none_or(|c| c.layout == layout);
         move |mut xs: &[f64], bytes: &[u8]| -> std::result::Result<(), Stopped<E>> {
             if let Some(checked) = checked {
-                if checked.get(*seen) != Some(blake3::hash(bytes).as_bytes()) {
+                if !same_layout || checked.blocks.get(*seen) != Some(blake3::hash(bytes).as_bytes())
+                {
                     return Err(changed_since_checked(input).into());
                 }
                 *seen += 1;
@@ -684,7 +699,7 @@ fn stream<W: Word, E>(
         }
     })
     .map_err(|e| Stopped::Masking(e.into()))??;
-    if checked.is_some_and(|c| c.len() != blocks) {
+    if checked.is_some_and(|c| *c.layout != layout || c.blocks.len() != blocks) {
         return Err(changed_since_checked(input).into());
     }
     buf.push(W::from_u64(weight));

@@ -416,7 +416,10 @@ impl Driver<'_> {
         total: u64,
         events: &mut impl FnMut(JoinEvent<'_>),
     ) -> std::result::Result<job::Streamed, Stopped<transport::Error>> {
-        let block = frame::CHUNK_BYTES / width;
+        // Whole masking blocks (4096 words: 2048 u64 or 4096 u32 words are one `prg`
+        // block), so that every chunk starts a keystream request on a whole AES-CTR
+        // parallel block (secagg::prg).
+        let block = (frame::CHUNK_BYTES / width).max(4096) / 4096 * 4096;
         let mut sent = 0u64;
         let mut stalled = false;
         let stall = self.p.stall;
@@ -428,7 +431,10 @@ impl Driver<'_> {
             weight,
             self.p.threads,
             block,
-            &self.checked,
+            job::Checked {
+                layout: &self.layout,
+                blocks: &self.checked,
+            },
             |offset, words| {
                 if let Some((after, secs)) = stall.filter(|(after, _)| !stalled && sent >= *after) {
                     let _ = after;

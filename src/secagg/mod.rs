@@ -2,8 +2,8 @@
 //! certificates to per-use keys ([`keys`]), PRG masks ([`prg`]), fixed-point
 //! quantization ([`quantize`]), modular sums ([`sum`]), vector code chosen at run time
 //! (the SIMD inner loop both masking and summing run, adding packed w-byte residues into
-//! words, and quantization's loop compiled for AVX-512 or AVX2: [`simd`], the crate's
-//! one module allowed `unsafe`), t-of-n secret sharing with Feldman commitments
+//! words, and quantization's loop compiled for AVX-512 or AVX2: [`simd`], one of the
+//! two modules allowed `unsafe`), t-of-n secret sharing with Feldman commitments
 //! ([`shamir`], protocol 2's dropout recovery) and the throughput bench ([`bench`]).
 //! Nothing here touches files or the network.
 

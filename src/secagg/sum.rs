@@ -400,7 +400,8 @@ pub fn absorb_words<W: Word>(acc: &mut [W], width: usize, bytes: &[u8]) {
 }
 
 /// Appends the low `width` bytes of each word to `out`, little-endian.
-/// A `width` beyond the word's own bytes (1..=8) pads each word with zero bytes.
+/// `width` is clamped to 1..=8; a width beyond the word's own bytes pads each word with
+/// zero bytes.
 pub fn encode_words<W: Word>(words: &[W], width: usize, out: &mut Vec<u8>) {
     let width = width.clamp(1, 8);
     let start = out.len();
