@@ -83,18 +83,30 @@ fn masks_with(
     participants: &[PartyId],
     derive: impl Fn(&PairwiseSecret) -> MaskKey,
 ) -> Result<Vec<PeerMask>> {
-    let own_fp = me.certificate.fingerprint();
-    participants
+    let certs = participants
         .iter()
         .filter(|id| **id != me.config.party_id)
-        .map(|id| {
-            let cert = registered_node(reg, id)?;
+        .map(|id| registered_node(reg, id))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(masks_for(me, &certs, derive))
+}
+
+/// Our mask key with each peer whose (already checked) certificate is in `certs`.
+fn masks_for(
+    me: &Identity,
+    certs: &[PeerCertificate],
+    derive: impl Fn(&PairwiseSecret) -> MaskKey,
+) -> Vec<PeerMask> {
+    let own_fp = me.certificate.fingerprint();
+    certs
+        .iter()
+        .map(|cert| {
             let peer_fp: Fingerprint = cert.fingerprint();
             let pw = PairwiseSecret::derive(&me.key, &own_fp, cert.public_key(), &peer_fp);
-            Ok(PeerMask {
+            PeerMask {
                 key: derive(&pw),
                 sign: Sign::for_pair(&own_fp, &peer_fp),
-            })
+            }
         })
         .collect()
 }
@@ -250,14 +262,14 @@ pub fn mask_update_with(
     memory: Option<u64>,
 ) -> Result<MaskedFile> {
     let (plan, ctx) = prepare(me, reg, spec, weight)?;
-    for id in ctx
+    // Each peer's certificate is parsed and checked once, then used for its key.
+    let certs = ctx
         .participants
         .iter()
         .filter(|id| **id != me.config.party_id)
-    {
-        registered_node_at(reg, id, now)?;
-    }
-    let masks = peer_masks(me, reg, &ctx)?;
+        .map(|id| registered_node_at(reg, id, now))
+        .collect::<Result<Vec<_>>>()?;
+    let masks = masks_for(me, &certs, |pw| MaskKey::derive(pw, &ctx));
     // Version-1 releases in the registry: digest both ways (docs/protocol.md, gap 18).
     let legacy = reg.legacy_releases()?;
     let layout = tensor::read_layout(input)?;
