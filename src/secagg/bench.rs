@@ -63,6 +63,15 @@ fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// Runs `a` and `b` in turn, `runs` times each, and keeps each one's best time: a job
+/// and its baseline measured apart on a shared machine can see different machines (the
+/// other tenants, the cores' clocks), and their ratio drifts with it.
+fn paired(runs: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
+    (0..runs).fold((f64::INFINITY, f64::INFINITY), |(ta, tb), _| {
+        (ta.min(best_of(1, &mut a)), tb.min(best_of(1, &mut b)))
+    })
+}
+
 fn key(i: u8) -> MaskKey {
     MaskKey([i; 16])
 }
@@ -91,7 +100,18 @@ fn run_words<W: Word>(
     let width = modulus.word_bytes();
     let peers = peer_masks(nodes);
     let ks_bytes = (len * width * (nodes - 1)) as f64;
-    let prg_secs = raw_prg(&peers, len * width, threads);
+    let mut v: Vec<W> = (0..len)
+        .map(|i| W::from_u64(i as u64 * 2_654_435_761))
+        .collect();
+    // Each job and its baseline run in turn, so both see the same machine.
+    let (prg_secs, mask_secs) = paired(
+        RUNS,
+        || raw_prg(&peers, len * width, threads),
+        || {
+            mask::apply_masks(&mut v, &peers, width, threads);
+            black_box(&v);
+        },
+    );
     let prg_rate = ks_bytes / prg_secs;
     progress(&format!(
         "raw PRG: {:.0} MiB/s on {threads} thread(s), {} streams of {} bytes",
@@ -99,10 +119,6 @@ fn run_words<W: Word>(
         nodes - 1,
         len * width
     ));
-    let x: Vec<W> = (0..len)
-        .map(|i| W::from_u64(i as u64 * 2_654_435_761))
-        .collect();
-    let (v, mask_secs) = masking(x, &peers, width, threads);
     let mask_elems = len as f64 / mask_secs;
     let mask_ratio = ks_bytes / mask_secs / prg_rate;
     progress(&format!(
@@ -113,7 +129,14 @@ fn run_words<W: Word>(
     ));
     let payloads = payloads(&v, nodes, width);
     drop(v);
-    let add_secs = plain_add::<W>(len, nodes, threads);
+    let mut add = PlainAdd::<W>::new(len, nodes);
+    let mut acc = Accumulator::<W>::with_width(len, width);
+    let (add_secs, agg_secs) = paired(
+        RUNS,
+        || add.run(threads),
+        || aggregation(&mut acc, &payloads, width, threads),
+    );
+    drop(add);
     let add_rate = (nodes * len * W::BYTES) as f64 / add_secs;
     progress(&format!(
         "memory add: {:.0} MiB/s on {threads} thread(s)",
@@ -122,7 +145,6 @@ fn run_words<W: Word>(
     let hash_secs = hash_only(&payloads, width, threads);
     let payload_bytes = (nodes * len * width) as f64;
     let hash_rate = payload_bytes / hash_secs;
-    let agg_secs = aggregation::<W>(&payloads, len, width, threads);
     let agg_elems = (nodes * len) as f64 / agg_secs;
     let aggregate_ratio = payload_bytes / agg_secs / add_rate;
     progress(&format!(
@@ -163,9 +185,9 @@ fn peer_masks(nodes: usize) -> Vec<PeerMask> {
 
 /// Raw keystream: every peer's `bytes` bytes, the streams split over `threads` threads
 /// by range exactly as masking splits them, each into a reused 16 KiB buffer.
-fn raw_prg(peers: &[PeerMask], bytes: usize, threads: usize) -> f64 {
+fn raw_prg(peers: &[PeerMask], bytes: usize, threads: usize) {
     let per = bytes.div_ceil(threads);
-    best_of(RUNS, || {
+    {
         std::thread::scope(|s| {
             for t in 0..threads {
                 let range = (t * per).min(bytes)..((t + 1) * per).min(bytes);
@@ -184,38 +206,38 @@ fn raw_prg(peers: &[PeerMask], bytes: usize, threads: usize) -> f64 {
                 });
             }
         });
-    })
+    }
 }
 
 /// `n` vectors of `len` machine words, each its own buffer, added into one accumulator
 /// on `threads` threads by coordinate range: the memory traffic aggregation cannot beat.
-fn plain_add<W: Word>(len: usize, nodes: usize, threads: usize) -> f64 {
-    let inputs: Vec<Vec<W>> = (0..nodes)
-        .map(|k| (0..len).map(|i| W::from_u64((i * 7 + k) as u64)).collect())
-        .collect();
-    let mut acc = vec![W::default(); len];
-    let per = len.div_ceil(threads);
-    best_of(RUNS, || {
-        acc.iter_mut().for_each(|a| *a = W::default());
-        for x in &inputs {
+struct PlainAdd<W> {
+    inputs: Vec<Vec<W>>,
+    acc: Vec<W>,
+}
+
+impl<W: Word> PlainAdd<W> {
+    fn new(len: usize, nodes: usize) -> Self {
+        PlainAdd {
+            inputs: (0..nodes)
+                .map(|k| (0..len).map(|i| W::from_u64((i * 7 + k) as u64)).collect())
+                .collect(),
+            acc: vec![W::default(); len],
+        }
+    }
+
+    fn run(&mut self, threads: usize) {
+        let per = self.acc.len().div_ceil(threads).max(1);
+        self.acc.iter_mut().for_each(|a| *a = W::default());
+        for x in &self.inputs {
             std::thread::scope(|s| {
-                for (a, x) in acc.chunks_mut(per).zip(x.chunks(per)) {
+                for (a, x) in self.acc.chunks_mut(per).zip(x.chunks(per)) {
                     s.spawn(move || a.iter_mut().zip(x).for_each(|(a, b)| *a = a.add(*b)));
                 }
             });
         }
-        black_box(&acc);
-    })
-}
-
-/// Masking with n-1 peers over d words on all threads; the masked vector and the time.
-fn masking<W: Word>(x: Vec<W>, peers: &[PeerMask], width: usize, threads: usize) -> (Vec<W>, f64) {
-    let mut v = x;
-    let mask_secs = best_of(RUNS, || {
-        mask::apply_masks(&mut v, peers, width, threads);
-        black_box(&v);
-    });
-    (v, mask_secs)
+        black_box(&self.acc);
+    }
 }
 
 /// n payloads of `width`-byte residues, each its own buffer (like n files in the page
@@ -251,19 +273,21 @@ fn hash_only(payloads: &[Vec<u8>], width: usize, threads: usize) -> f64 {
     })
 }
 
-/// Aggregation time: each payload hashed (BLAKE3 per segment) and summed into one
+/// Aggregation: each payload hashed (BLAKE3 per segment) and summed into one
 /// accumulator on all threads, as `secagg aggregate` does with files.
-fn aggregation<W: Word>(payloads: &[Vec<u8>], len: usize, width: usize, threads: usize) -> f64 {
-    let mut a = Accumulator::<W>::with_width(len, width);
-    best_of(RUNS, || {
-        for p in payloads {
-            black_box(crate::secagg::sum::absorb_hashed(
-                a.words_mut(),
-                width,
-                p,
-                threads,
-            ));
-        }
-        black_box(&a);
-    })
+fn aggregation<W: Word>(
+    acc: &mut Accumulator<W>,
+    payloads: &[Vec<u8>],
+    width: usize,
+    threads: usize,
+) {
+    for p in payloads {
+        black_box(crate::secagg::sum::absorb_hashed(
+            acc.words_mut(),
+            width,
+            p,
+            threads,
+        ));
+    }
+    black_box(&acc);
 }
