@@ -963,7 +963,9 @@ fn an_input_changed_during_the_round_stops_the_node_before_the_change_is_masked(
             "--insecure-test-stall-after-bytes",
             "1",
             "--insecure-test-stall-secs",
-            "2",
+            // Long enough for the rewrite below on a loaded machine (the test would fail,
+            // not pass, if the node read on before it).
+            "5",
         ],
     );
     changing.wait_for("test stall");
