@@ -240,14 +240,7 @@ fn masked_file_is_unrelated_to_its_input() {
 #[test]
 fn round_errors_are_clear() {
     let fed = federation(3);
-    let layout = Layout {
-        container: Container::Npy,
-        tensors: vec![TensorSpec {
-            name: String::new(),
-            shape: vec![64],
-            dtype: DType::F32,
-        }],
-    };
+    let layout = npy_of(64, DType::F32);
     let mut files = Vec::new();
     for (i, node) in fed.nodes.iter().enumerate() {
         let input = fed.lab.path(&format!("in{i}.npy"));
@@ -421,12 +414,17 @@ fn refused(party: &Party, args: &[&str], error: &str, hint: &str) -> String {
 }
 
 fn npy64(n: u64) -> Layout {
+    npy_of(n, DType::F64)
+}
+
+/// A one-tensor `.npy` layout of `n` values of `dtype`.
+fn npy_of(n: u64, dtype: DType) -> Layout {
     Layout {
         container: Container::Npy,
         tensors: vec![TensorSpec {
             name: String::new(),
             shape: vec![n],
-            dtype: DType::F64,
+            dtype,
         }],
     }
 }
@@ -536,14 +534,7 @@ fn an_update_is_released_once_and_a_round_is_masked_once() {
 fn an_update_released_before_digest_version_2_is_refused_after_the_upgrade() {
     let fed = federation(3);
     let node = &fed.nodes[0];
-    let layout = Layout {
-        container: Container::Npy,
-        tensors: vec![TensorSpec {
-            name: String::new(),
-            shape: vec![500],
-            dtype: DType::F32,
-        }],
-    };
+    let layout = npy_of(500, DType::F32);
     let xs = values(21, 500);
     let x = fed.lab.path("x.npy");
     tensor::write_values(&x, &layout, xs.iter().copied()).expect("write");

@@ -488,8 +488,8 @@ fn a_checked_stream_masks_what_was_checked_and_stops_at_the_first_changed_block(
     let layout = npy(600_000, DType::F32);
     let vals = values(5, 600_000);
     tensor::write_values(&input, &layout, vals.iter().copied()).expect("write");
-    let summary = job::inspect_input(&input, false).expect("inspect");
-    assert_eq!(summary.blocks.len(), 3);
+    let (summary, blocks) = job::inspect_input_blocks(&input, false).expect("inspect");
+    assert_eq!(blocks.len(), 3);
     let reg = registry(&node.home);
     let (plan, ctx) = job::prepare(&me, &reg, &spec(QuantParams::default(), 1), 1).expect("plan");
     let masks = job::peer_masks(&me, &reg, &ctx).expect("masks");
@@ -515,7 +515,7 @@ fn a_checked_stream_masks_what_was_checked_and_stops_at_the_first_changed_block(
         (done, out)
     };
     // Unchanged: the same words as the unchecked stream.
-    let (done, checked_words) = collect(Some(&summary.blocks));
+    let (done, checked_words) = collect(Some(&blocks));
     assert!(done.is_ok(), "{done:?}");
     let (done, plain_words) = collect(None);
     assert!(done.is_ok(), "{done:?}");
@@ -526,7 +526,7 @@ fn a_checked_stream_masks_what_was_checked_and_stops_at_the_first_changed_block(
     let mut changed = vals.clone();
     changed[550_000] += 0.25;
     tensor::write_values(&input, &layout, changed.iter().copied()).expect("rewrite");
-    let (done, words) = collect(Some(&summary.blocks));
+    let (done, words) = collect(Some(&blocks));
     match done {
         Err(Stopped::Masking(e)) => assert!(
             e.to_string().contains("changed after it was checked"),
@@ -542,9 +542,9 @@ fn a_checked_stream_masks_what_was_checked_and_stops_at_the_first_changed_block(
     );
     // A digest list that is one block short (or long) is refused too.
     tensor::write_values(&input, &layout, vals.iter().copied()).expect("restore");
-    let (done, _) = collect(Some(&summary.blocks[..2]));
+    let (done, _) = collect(Some(&blocks[..2]));
     assert!(matches!(done, Err(Stopped::Masking(_))), "{done:?}");
-    let mut longer = summary.blocks.clone();
+    let mut longer = blocks.clone();
     longer.push([0; 32]);
     let (done, _) = collect(Some(&longer));
     assert!(matches!(done, Err(Stopped::Masking(_))), "{done:?}");
@@ -564,9 +564,9 @@ fn a_checked_stream_masks_what_was_checked_and_stops_at_the_first_changed_block(
         .collect();
     assert!(bytes.iter().all(|x| x.is_finite()));
     tensor::write_values(&input, &npy(300_000, DType::F64), bytes.into_iter()).expect("f64");
-    let reread = job::inspect_input(&input, false).expect("inspect");
-    assert_eq!(reread.blocks, summary.blocks, "the data bytes are the same");
-    let (done, words) = collect(Some(&summary.blocks));
+    let (_, reread) = job::inspect_input_blocks(&input, false).expect("inspect");
+    assert_eq!(reread, blocks, "the data bytes are the same");
+    let (done, words) = collect(Some(&blocks));
     match done {
         Err(Stopped::Masking(e)) => assert!(
             e.to_string().contains("changed after it was checked"),

@@ -83,12 +83,21 @@ fn masks_with(
     participants: &[PartyId],
     derive: impl Fn(&PairwiseSecret) -> MaskKey,
 ) -> Result<Vec<PeerMask>> {
-    let certs = participants
+    let certs = peer_certs(me, participants, |id| registered_node(reg, id))?;
+    Ok(masks_for(me, &certs, derive))
+}
+
+/// The certificate of every participant but us, each from `cert` (which checks it).
+fn peer_certs(
+    me: &Identity,
+    participants: &[PartyId],
+    cert: impl Fn(&PartyId) -> Result<PeerCertificate>,
+) -> Result<Vec<PeerCertificate>> {
+    participants
         .iter()
         .filter(|id| **id != me.config.party_id)
-        .map(|id| registered_node(reg, id))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(masks_for(me, &certs, derive))
+        .map(cert)
+        .collect()
 }
 
 /// Our mask key with each peer whose (already checked) certificate is in `certs`.
@@ -263,12 +272,7 @@ pub fn mask_update_with(
 ) -> Result<MaskedFile> {
     let (plan, ctx) = prepare(me, reg, spec, weight)?;
     // Each peer's certificate is parsed and checked once, then used for its key.
-    let certs = ctx
-        .participants
-        .iter()
-        .filter(|id| **id != me.config.party_id)
-        .map(|id| registered_node_at(reg, id, now))
-        .collect::<Result<Vec<_>>>()?;
+    let certs = peer_certs(me, &ctx.participants, |id| registered_node_at(reg, id, now))?;
     let masks = masks_for(me, &certs, |pw| MaskKey::derive(pw, &ctx));
     // Version-1 releases in the registry: digest both ways (docs/protocol.md, gap 18).
     let legacy = reg.legacy_releases()?;
@@ -592,8 +596,8 @@ pub fn stream_masked<W: Word, E>(
 }
 
 /// What a round node checked before its round: the input's layout and the BLAKE3 digest
-/// of each block of its data as read ([`InputSummary::layout`] and
-/// [`InputSummary::blocks`], from the read that journaled the release).
+/// of each block of its data as read (both from [`inspect_input_blocks`], the read that
+/// journaled the release).
 #[derive(Clone, Copy, Debug)]
 pub struct Checked<'a> {
     /// The layout that was checked.
@@ -730,9 +734,6 @@ pub struct InputSummary {
     pub digest: InputDigests,
     /// Values.
     pub values: u64,
-    /// BLAKE3 of each block of the data as [`tensor::read_raw_blocks`] reads it, in
-    /// order: what [`stream_checked`] holds a later read to.
-    pub blocks: Vec<[u8; 32]>,
 }
 
 /// Reads a whole update before a round (or before file mode's two-pass masking): parses
@@ -740,14 +741,29 @@ pub struct InputSummary {
 /// version 1 too when `v1` (the registry holds version-1 releases,
 /// [`Registry::legacy_releases`]). Nothing is allocated per value.
 pub fn inspect_input(input: &Path, v1: bool) -> Result<InputSummary> {
+    inspect(input, v1, None)
+}
+
+/// [`inspect_input`], and the BLAKE3 digest of each block of the data as
+/// [`tensor::read_raw_blocks`] reads it, in order: what [`stream_checked`] holds a round
+/// node's second read to.
+pub fn inspect_input_blocks(input: &Path, v1: bool) -> Result<(InputSummary, Vec<[u8; 32]>)> {
+    let mut blocks = Vec::new();
+    let summary = inspect(input, v1, Some(&mut blocks))?;
+    Ok((summary, blocks))
+}
+
+/// [`inspect_input`], pushing each block's digest to `blocks` when given.
+fn inspect(input: &Path, v1: bool, mut blocks: Option<&mut Vec<[u8; 32]>>) -> Result<InputSummary> {
     let mut digest = None;
     let mut at = 0u64;
     let mut bad: Option<u64> = None;
-    let mut blocks = Vec::new();
     let read = tensor::read_raw_blocks(input, |layout| {
         let d = digest.insert(InputDigest::new(layout, v1));
         |xs: &[f64], bytes: &[u8]| {
-            blocks.push(*blake3::hash(bytes).as_bytes());
+            if let Some(blocks) = blocks.as_mut() {
+                blocks.push(*blake3::hash(bytes).as_bytes());
+            }
             if bad.is_none() {
                 bad = xs
                     .iter()
@@ -771,7 +787,6 @@ pub fn inspect_input(input: &Path, v1: bool) -> Result<InputSummary> {
         layout,
         digest,
         values: at,
-        blocks,
     })
 }
 

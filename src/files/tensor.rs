@@ -81,15 +81,10 @@ pub fn read_value_blocks<E, V>(
 where
     V: FnMut(&[f64]) -> std::result::Result<(), E>,
 {
-    let container = container_of(path)?;
-    let (file, len) = open_sized(path)?;
-    value_blocks_from_reader(
-        container,
-        path,
-        BufReader::with_capacity(1 << 20, file),
-        len,
-        make_visit,
-    )
+    read_raw_blocks(path, |layout| {
+        let mut visit = make_visit(layout);
+        move |values: &[f64], _: &[u8]| visit(values)
+    })
 }
 
 /// [`read_value_blocks`] over any seekable reader of `len` bytes (a file, or a

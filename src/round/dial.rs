@@ -53,7 +53,7 @@ pub(super) struct LocalChecks<'a> {
     pub(super) force: bool,
 }
 
-/// Also the digests of the input's blocks as read ([`job::InputSummary::blocks`]), which
+/// Also the digests of the input's blocks as read ([`job::inspect_input_blocks`]), which
 /// the round holds its masking to.
 pub(super) fn validate_input(
     reg: &Registry,
@@ -71,7 +71,7 @@ pub(super) fn validate_input(
         check_out(out, p.force)?;
     }
     // Version-1 releases in the registry: digest both ways (docs/protocol.md, gap 18).
-    let summary = job::inspect_input(p.input, reg.legacy_releases()?)?;
+    let (summary, blocks) = job::inspect_input_blocks(p.input, reg.legacy_releases()?)?;
     if summary.values == 0 || summary.values > MAX_ELEMENTS {
         return Err(Error::Setup(format!(
             "the update has {} values (allowed 1..={MAX_ELEMENTS})",
@@ -90,7 +90,7 @@ pub(super) fn validate_input(
             digest: summary.digest,
             weight: p.weight,
         },
-        summary.blocks,
+        blocks,
     ))
 }
 
