@@ -930,3 +930,77 @@ fn open_own_file(
     r.verify(&key).expect("honest file verifies");
     (me, header, words)
 }
+
+/// The unnamed file a process holds open in `dir` (Linux shows it as
+/// `dir/#inode (deleted)`), with its size so far.
+#[cfg(target_os = "linux")]
+fn unnamed_file_in(pid: u32, dir: &Path) -> Option<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .find_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let unnamed =
+                target.starts_with(dir) && target.to_string_lossy().ends_with(" (deleted)");
+            // The metadata of the fd link is the open file's own.
+            unnamed.then(|| std::fs::metadata(fd.path()).map_or(0, |m| m.len()))
+        })
+}
+
+/// A masking killed while it writes (masked bytes exist, the journal has not been
+/// written) leaves no file under any name in the output's directory and journals
+/// nothing, so the same update masks again for the same round.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_mask_killed_while_writing_leaves_no_file_and_journals_nothing() {
+    let fed = federation(3);
+    let node = &fed.nodes[0];
+    let n = 3_000_000u64;
+    let input = fed.lab.path("big.npy");
+    tensor::write_values(
+        &input,
+        &npy_of(n, DType::F32),
+        values(3, n as usize).into_iter(),
+    )
+    .expect("write");
+    let out_dir = fed.lab.path("out");
+    std::fs::create_dir(&out_dir).expect("mkdir");
+    let out = out_dir.join("u.masked");
+    let (input, out_s) = (input.to_str().expect("utf8"), out.to_str().expect("utf8"));
+    let before = journal(node);
+    let mut child = node
+        .cmd()
+        .args(mask_args(input, out_s, "1", "5", &[]))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Caught once a megabyte of masked residues is in its unnamed file.
+    let caught = loop {
+        if let Some(size) = unnamed_file_in(child.id(), &out_dir).filter(|s| *s > 1 << 20) {
+            break size;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the masking ended before it was caught writing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    assert!(
+        caught < 5 * (n + 1) + 4096,
+        "caught mid-write ({caught} bytes)"
+    );
+    let left: Vec<_> = std::fs::read_dir(&out_dir)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(journal(node), before, "nothing journaled");
+    // Nothing was released: the same update masks for the same round.
+    node.ok(&mask_args(input, out_s, "1", "5", &[]));
+    assert!(out.exists());
+    assert_ne!(journal(node), before);
+}

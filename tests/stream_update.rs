@@ -91,19 +91,21 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_file_mode_journals_key_and_
     // has already journaled.
     let twin = lab.path("twin");
     copy_dir(&node.home, &twin);
-    for (round, quant, word_bytes) in [
+    let q8 = QuantParams {
+        bits: 8,
+        max_weight: 100,
+        ..QuantParams::default()
+    };
+    // Each path of file mode: two passes (no memory for the residues, no unnamed file),
+    // in memory, and the default, an unnamed file. All must write the residues a round
+    // streams.
+    for (round, quant, word_bytes, memory) in [
         // 3 x 10^6 x 32767 < 2^39: 5 bytes, computed in u64.
-        (1, QuantParams::default(), 5),
-        (
-            2,
-            QuantParams {
-                bits: 8,
-                max_weight: 100,
-                ..QuantParams::default()
-            },
-            // 3 x 100 x 127 = 38100 < 2^23 (but not 2^15): 3 bytes, computed in u32.
-            3,
-        ),
+        (1, QuantParams::default(), 5, Some(0)),
+        // 3 x 100 x 127 = 38100 < 2^23 (but not 2^15): 3 bytes, computed in u32.
+        (2, q8, 3, Some(u64::MAX)),
+        (3, QuantParams::default(), 5, None),
+        (4, q8, 3, None),
     ] {
         // One input per round: file mode releases an input once.
         let input = lab.path(&format!("u{round}.npy"));
@@ -114,9 +116,6 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_file_mode_journals_key_and_
         let digest = job::input_digests(&input, false).expect("digest");
         assert!(!reg.input_released(&digest).expect("query"));
         let out = lab.path(&format!("u{round}.masked"));
-        // Round 1 takes the two-pass path (no memory for the residues), round 2 the
-        // in-memory one: both must write the same residues a round streams.
-        let memory = if round == 1 { Some(0) } else { Some(u64::MAX) };
         let whole = job::mask_update_with(&me, &mut reg, &spec, &input, 7, &out, 2, 0, memory)
             .expect("mask");
         assert!(whole.clipped > 0, "some values are clipped");
@@ -315,8 +314,8 @@ fn capture(
 /// `mask_update` journals after streaming.)
 #[test]
 fn no_masked_bytes_reach_the_disk_before_the_key_is_journaled() {
-    // Both paths: residues in memory, and two passes streaming into the file.
-    for memory in [Some(u64::MAX), Some(0)] {
+    // Every path: an unnamed file, residues in memory, two passes into the file.
+    for memory in [None, Some(u64::MAX), Some(0)] {
         no_masked_bytes_before_the_journal(memory);
     }
 }
@@ -418,8 +417,8 @@ fn releases(home: &Path) -> Vec<(String, i64, String, i64)> {
 }
 
 #[test]
-fn an_input_released_under_digest_version_1_is_refused_on_both_paths() {
-    for memory in [Some(u64::MAX), Some(0)] {
+fn an_input_released_under_digest_version_1_is_refused_on_every_path() {
+    for memory in [None, Some(u64::MAX), Some(0)] {
         let (lab, node) = nodes();
         let me = Home::new(&node.home).load_identity().expect("identity");
         let layout = npy(3001, DType::F32);

@@ -218,11 +218,10 @@ pub struct MaskedFile {
     pub clipped: u64,
 }
 
-/// Masks an update for a file-mode round and writes the signed masked file at `out`,
-/// using at most about 1.25 times the update's size in memory.
+/// Masks an update for a file-mode round and writes the signed masked file at `out`.
 ///
-/// No masked byte of the input exists anywhere, in memory or on disk, before the mask
-/// key and the input's release are journaled (one transaction,
+/// No masked byte of the input exists under any name, or anywhere that outlives this
+/// process, before the mask key and the input's release are journaled (one transaction,
 /// [`Registry::journal_file_mask`]): a key already used or an input already released is
 /// refused first, and a masking refused or interrupted leaves nothing a later masking
 /// under the same key could be subtracted from. An input that fails to read (a NaN, a
@@ -232,12 +231,14 @@ pub struct MaskedFile {
 /// while the registry holds version-1 releases ([`Registry::legacy_releases`]); it is
 /// refused if either digest was released, and its version-2 digest is journaled.
 ///
-/// When the residues (w bytes per element) fit in 1.25 times the update's data bytes,
-/// one pass reads, digests, quantizes and masks into memory; the journal follows; then
-/// the file is written. Otherwise ([`mask_update_with`] with a smaller budget) a first
-/// pass digests the input, the journal follows, and a second pass masks block by block
-/// into the file, checking with the version-2 digest of what it read that it masked
-/// what was journaled. A failure after the journal (disk full, the input changed
+/// One pass reads, digests, quantizes and masks the input into an unnamed file beside
+/// `out` ([`masked::Writer::create_unnamed`]: no name, gone when the process ends); the
+/// journal follows; then the file gets its name. Where the filesystem has no unnamed
+/// files, the residues (w bytes per element) are held in memory instead if they fit in
+/// 1.25 times the update's data bytes, else ([`mask_update_with`] with a smaller budget)
+/// a first pass digests the input, the journal follows, and a second pass masks block
+/// by block into the file, checking with the version-2 digest of what it read that it
+/// masked what was journaled. A failure after the journal (disk full, the input changed
 /// between the passes) leaves the key and the input used: mask again for a new round.
 /// Nothing is ever left at `out` on failure.
 #[allow(clippy::too_many_arguments)]
@@ -254,10 +255,12 @@ pub fn mask_update(
     mask_update_with(me, reg, spec, input, weight, out, threads, now, None)
 }
 
-/// [`mask_update`] holding the masked residues in memory only if they take at most
-/// `memory` bytes (else two passes over the input, streaming into the file); `None`:
-/// 1.25 times the update's data and 1 MiB for the weight and small updates, within the
-/// node's memory target (docs/performance.md: peak RSS at most 1.5 × update + 30 MB).
+/// [`mask_update`] with a choice of path. `None`: an unnamed file where the filesystem
+/// has them, else as `Some` with 1.25 times the update's data and 1 MiB for the weight
+/// and small updates, within the node's memory target (docs/performance.md: peak RSS at
+/// most 1.5 × update + 30 MB). `Some(memory)`: no unnamed file; the masked residues are
+/// held in memory if they take at most `memory` bytes, else two passes over the input
+/// stream into the file.
 #[allow(clippy::too_many_arguments)]
 pub fn mask_update_with(
     me: &Identity,
@@ -277,6 +280,7 @@ pub fn mask_update_with(
     // Version-1 releases in the registry: digest both ways (docs/protocol.md, gap 18).
     let legacy = reg.legacy_releases()?;
     let layout = tensor::read_layout(input)?;
+    let unnamed = memory.is_none();
     let memory = memory.unwrap_or_else(|| {
         layout
             .checked_encoded_len()
@@ -318,13 +322,29 @@ pub fn mask_update_with(
         weight,
         threads,
     };
+    if unnamed {
+        // One pass into an unnamed file, then the journal, then the file's name.
+        let header = header(layout.clone(), layout.elements());
+        if let Some(mut writer) = masked::Writer::create_unnamed(out, &header, me)? {
+            let expect = Expect::Layout(&layout);
+            let (streamed, digest) = job.run(Digests::journal(legacy), expect, &mut writer)?;
+            let digest = digest.ok_or_else(|| our_bug(input))?;
+            let signed = writer.finish(me)?;
+            journal(reg, &digest)?;
+            signed.commit()?;
+            return Ok(MaskedFile {
+                header,
+                clipped: streamed.clipped,
+            });
+        }
+    }
     if let Some(bytes) = residues.filter(|b| *b <= memory) {
         // One pass into memory, then the journal, then the file.
         let mut payload = Residues {
             width,
             bytes: crate::hugepages::vec_with_capacity(bytes as usize),
         };
-        let (streamed, digest) = job.run(Digests::journal(legacy), &mut payload)?;
+        let (streamed, digest) = job.run(Digests::journal(legacy), Expect::Any, &mut payload)?;
         let digest = digest.ok_or_else(|| our_bug(input))?;
         let values = streamed.layout.elements();
         let header = header(streamed.layout, values);
@@ -344,7 +364,7 @@ pub fn mask_update_with(
     let mut writer = masked::Writer::create(out, &header, me)?;
     // The second pass digests again (version 2 only): the same digest is the same
     // layout and the same bytes, so what is masked is what was journaled.
-    let (streamed, check) = job.run(Digests::V2, &mut writer)?;
+    let (streamed, check) = job.run(Digests::V2, Expect::Any, &mut writer)?;
     if streamed.layout != header.layout || check.map(|d| d.v2) != Some(summary.digest.v2) {
         return Err(Error::Malformed {
             path: input.to_owned(),
@@ -400,17 +420,15 @@ impl Job<'_> {
     fn run(
         &self,
         digests: Digests,
+        expect: Expect<'_>,
         sink: &mut impl Sink,
     ) -> Result<(Streamed, Option<InputDigests>)> {
         let (p, m, i, w, t) = (self.plan, self.masks, self.input, self.weight, self.threads);
         let block = masked::SEGMENT_ELEMENTS;
+        let e = expect;
         let done = match p.modulus.machine() {
-            Machine::U32 => {
-                stream::<u32, _>(p, m, i, w, t, block, digests, None, |_, x| sink.put(x))
-            }
-            Machine::U64 => {
-                stream::<u64, _>(p, m, i, w, t, block, digests, None, |_, x| sink.put(x))
-            }
+            Machine::U32 => stream::<u32, _>(p, m, i, w, t, block, digests, e, |_, x| sink.put(x)),
+            Machine::U64 => stream::<u64, _>(p, m, i, w, t, block, digests, e, |_, x| sink.put(x)),
         };
         done.map_err(Stopped::into_error)
     }
@@ -589,7 +607,7 @@ pub fn stream_masked<W: Word, E>(
         threads,
         block,
         Digests::None,
-        None,
+        Expect::Any,
         emit,
     )
     .map(|(s, _)| s)
@@ -632,10 +650,31 @@ pub fn stream_checked<W: Word, E>(
         threads,
         block,
         Digests::None,
-        Some(checked),
+        Expect::Checked(checked),
         emit,
     )
     .map(|(s, _)| s)
+}
+
+/// What a stream holds the input to besides being a readable update.
+#[derive(Clone, Copy)]
+enum Expect<'a> {
+    /// Nothing more.
+    Any,
+    /// This layout (read before the stream, for a header already written): compared
+    /// before any value is read.
+    Layout(&'a Layout),
+    /// What a round node checked ([`stream_checked`]).
+    Checked(Checked<'a>),
+}
+
+/// The error for an input whose layout changed between two reads in one masking, before
+/// any of it was masked or journaled.
+fn changed_while_read(input: &Path) -> Error {
+    Error::Malformed {
+        path: input.to_owned(),
+        reason: "the file changed while it was being read (its header differs from a moment ago); nothing was masked or journaled: mask it again once nothing writes to it".into(),
+    }
 }
 
 /// The error for an input whose data differs from what was checked.
@@ -656,9 +695,13 @@ fn stream<W: Word, E>(
     threads: usize,
     block: usize,
     digests: Digests,
-    checked: Option<Checked<'_>>,
+    expect: Expect<'_>,
     mut emit: impl FnMut(u64, &[W]) -> std::result::Result<(), E>,
 ) -> std::result::Result<(Streamed, Option<InputDigests>), Stopped<E>> {
+    let checked = match expect {
+        Expect::Checked(c) => Some(c),
+        _ => None,
+    };
     let machine = match plan.modulus.machine() {
         Machine::U32 => 4,
         Machine::U64 => 8,
@@ -688,11 +731,18 @@ fn stream<W: Word, E>(
             .then(|| hash.insert(InputDigest::new(layout, digests == Digests::Both)));
         // The same data bytes under another header (f64 read as f32, other shapes) would
         // pass every block digest: the layout is compared before any value is used.
-        let same_layout = checked.is_none_or(|c| c.layout == layout);
+        let changed = match expect {
+            Expect::Any => None,
+            Expect::Layout(l) => (l != layout).then(|| changed_while_read(input)),
+            Expect::Checked(c) => (c.layout != layout).then(|| changed_since_checked(input)),
+        };
+        let mut changed = changed.map(Stopped::from);
         move |mut xs: &[f64], bytes: &[u8]| -> std::result::Result<(), Stopped<E>> {
+            if let Some(e) = changed.take() {
+                return Err(e);
+            }
             if let Some(checked) = checked {
-                if !same_layout || checked.blocks.get(*seen) != Some(blake3::hash(bytes).as_bytes())
-                {
+                if checked.blocks.get(*seen) != Some(blake3::hash(bytes).as_bytes()) {
                     return Err(changed_since_checked(input).into());
                 }
                 *seen += 1;
@@ -715,8 +765,12 @@ fn stream<W: Word, E>(
         }
     })
     .map_err(|e| Stopped::Masking(e.into()))??;
-    if checked.is_some_and(|c| *c.layout != layout || c.blocks.len() != blocks) {
-        return Err(changed_since_checked(input).into());
+    match expect {
+        Expect::Layout(l) if *l != layout => return Err(changed_while_read(input).into()),
+        Expect::Checked(c) if *c.layout != layout || c.blocks.len() != blocks => {
+            return Err(changed_since_checked(input).into());
+        }
+        _ => {}
     }
     buf.push(W::from_u64(weight));
     flush(&mut buf, &mut offset).map_err(Stopped::Emit)?;
@@ -869,5 +923,57 @@ mod tests {
         let zero = input_digests(&path, true).expect("digest");
         assert_ne!(zero.v2, v2);
         assert_ne!(zero.v1, Some(v1));
+    }
+
+    /// File mode writes the header from a first read of the layout; a stream that then
+    /// parses another layout (the file was rewritten in between) must stop before any
+    /// value is masked, and say so.
+    #[test]
+    fn a_stream_expecting_a_layout_stops_before_any_value_when_it_differs() {
+        use crate::secagg::quantize::QuantParams;
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("u.npy");
+        let npy = |n: u64| Layout {
+            container: Container::Npy,
+            tensors: vec![TensorSpec {
+                name: String::new(),
+                shape: vec![n],
+                dtype: DType::F32,
+            }],
+        };
+        let (first, now) = (npy(3000), npy(3001));
+        tensor::write_values(&path, &now, (0..3001).map(|i| i as f64 / 4000.0)).expect("write");
+        let plan = Plan::new(QuantParams::default(), 3).expect("plan");
+        let run = |expect: Expect<'_>| {
+            let mut emitted = 0usize;
+            let r = stream::<u64, ()>(
+                &plan,
+                &[],
+                &path,
+                1,
+                1,
+                1000,
+                Digests::V2,
+                expect,
+                |_, w| {
+                    emitted += w.len();
+                    Ok(())
+                },
+            );
+            (r.map(|(s, _)| s.layout), emitted)
+        };
+        let (r, emitted) = run(Expect::Layout(&first));
+        let Err(Stopped::Masking(e)) = r else {
+            panic!("a changed layout must stop the stream");
+        };
+        assert!(
+            e.to_string().contains("changed while it was being read"),
+            "{e}"
+        );
+        assert_eq!(emitted, 0, "nothing is masked");
+        // The layout read a moment ago: the whole update and the weight go out.
+        let (r, emitted) = run(Expect::Layout(&now));
+        assert_eq!(r.ok(), Some(now.clone()));
+        assert_eq!(emitted, 3002);
     }
 }

@@ -382,8 +382,14 @@ pub fn write_encoded(path: &Path, layout: &Layout, bytes: &[u8]) -> Result<()> {
                     view
                 })
                 .collect::<Result<Vec<_>>>()?;
-            safetensors::serialize_to_file(views, None, staged.tmp_path())
-                .map_err(|e| st_err(path, e))?;
+            // `stage` always names its file.
+            let tmp = staged.tmp_path().map(Path::to_owned).ok_or_else(|| {
+                io(
+                    "create",
+                    std::io::Error::other("no temporary name (our bug)"),
+                )
+            })?;
+            safetensors::serialize_to_file(views, None, &tmp).map_err(|e| st_err(path, e))?;
         }
     }
     staged.commit().map_err(|e| io("move into place", e))

@@ -13,6 +13,18 @@ use crate::atomic;
 use crate::pki::identity::Identity;
 use crate::secagg::ring::Word;
 
+/// Bytes of residues encoded, hashed and written at a time: small enough to stay in L2
+/// between the three, large enough to be few system calls.
+const ENCODE_BYTES: usize = 256 * 1024;
+
+fn create_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        action: "create",
+        path: path.to_owned(),
+        source,
+    }
+}
+
 /// Writes a masked file as its payload streams in: the header block first, then
 /// residues in order, hashed segment by segment as they pass; [`Writer::finish`] signs
 /// and syncs. Nothing is visible at the final path until [`Finished::commit`]; dropping
@@ -50,17 +62,35 @@ impl Finished {
 impl Writer {
     /// Starts `path` (a temporary file beside it) and writes the signed header block.
     pub fn create(path: &Path, header: &Header, me: &Identity) -> Result<Writer> {
+        // 0600: a masked file is for the researcher only, and the node's own copy needs
+        // no other reader.
+        let staged = atomic::stage(path, true).map_err(|e| create_error(path, e))?;
+        Writer::start(staged, header, me)
+    }
+
+    /// [`Writer::create`] in an unnamed file ([`atomic::stage_unnamed`], `0600`): until
+    /// [`Finished::commit`], nothing of it has a name any process could open, and it
+    /// disappears with this process however it ends. `Ok(None)` where the filesystem of
+    /// `path`'s directory has no unnamed files.
+    pub fn create_unnamed(path: &Path, header: &Header, me: &Identity) -> Result<Option<Writer>> {
+        match atomic::stage_unnamed(path).map_err(|e| create_error(path, e))? {
+            Some(staged) => Writer::start(staged, header, me).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn start(mut staged: atomic::Staged, header: &Header, me: &Identity) -> Result<Writer> {
+        let path = staged.path().to_owned();
         let io = |action, source| Error::Io {
             action,
-            path: path.to_owned(),
+            path: path.clone(),
             source,
         };
         let width = header.modulus.word_bytes();
-        // 0600: a masked file is for the researcher only, and the node's own copy needs
-        // no other reader.
-        let mut staged = atomic::stage(path, true).map_err(|e| io("create", e))?;
         let file = staged.file().try_clone().map_err(|e| io("create", e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+        // Residues come in chunks of `ENCODE_BYTES`: those bypass the buffer, which
+        // gathers only the header, the trailer and pieces cut at a segment's end.
+        let mut out = BufWriter::with_capacity(ENCODE_BYTES / 4, file);
         let head = encode_header(header);
         let hsig: Signature = me
             .key
@@ -82,7 +112,7 @@ impl Writer {
             segment: blake3::Hasher::new(),
             in_segment: 0,
             segments: Vec::new(),
-            buf: Vec::with_capacity(1 << 16),
+            buf: Vec::with_capacity(ENCODE_BYTES),
         })
     }
 
