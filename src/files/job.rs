@@ -152,14 +152,15 @@ pub struct MaskSpec {
 }
 
 /// The checks every masking makes before any heavy work: role, membership, plan,
-/// weight, registrations. Returns the plan and the sorted participants.
+/// weight, registrations (each peer's certificate from `cert`, which checks it).
+/// Returns the plan, the sorted participants and the peers' certificates.
 fn check_round(
     me: &Identity,
-    reg: &Registry,
     participants: &[PartyId],
     quant: QuantParams,
     weight: u64,
-) -> Result<(Plan, Vec<PartyId>)> {
+    cert: impl Fn(&PartyId) -> Result<PeerCertificate>,
+) -> Result<(Plan, Vec<PartyId>, Vec<PeerCertificate>)> {
     if me.config.role != Role::Node {
         return Err(Error::NotANode(me.config.role));
     }
@@ -174,10 +175,8 @@ fn check_round(
             max: quant.max_weight,
         });
     }
-    for id in ids.iter().filter(|id| **id != me.config.party_id) {
-        registered_node(reg, id)?;
-    }
-    Ok((plan, ids))
+    let certs = peer_certs(me, &ids, cert)?;
+    Ok((plan, ids, certs))
 }
 
 /// Checks a file-mode round before any heavy work: role, membership, plan, weight,
@@ -189,7 +188,18 @@ pub fn prepare(
     spec: &MaskSpec,
     weight: u64,
 ) -> Result<(Plan, MaskContext)> {
-    let (plan, ids) = check_round(me, reg, &spec.participants, spec.quant, weight)?;
+    prepare_with(me, reg, spec, weight, |id| registered_node(reg, id)).map(|(p, c, _)| (p, c))
+}
+
+/// [`prepare`] with each peer's certificate from `cert`; also returns them.
+fn prepare_with(
+    me: &Identity,
+    reg: &Registry,
+    spec: &MaskSpec,
+    weight: u64,
+    cert: impl Fn(&PartyId) -> Result<PeerCertificate>,
+) -> Result<(Plan, MaskContext, Vec<PeerCertificate>)> {
+    let (plan, ids, certs) = check_round(me, &spec.participants, spec.quant, weight, cert)?;
     let (_, researcher) = researcher(reg, spec.researcher.as_ref())?;
     if reg.file_mask_used(&spec.federation, spec.round, &spec.label)? {
         return Err(registry::Error::MaskReuse {
@@ -206,7 +216,7 @@ pub fn prepare(
         participants: ids,
         label: spec.label.clone(),
     };
-    Ok((plan, ctx))
+    Ok((plan, ctx, certs))
 }
 
 /// What [`mask_update`] wrote.
@@ -273,9 +283,10 @@ pub fn mask_update_with(
     now: i64,
     memory: Option<u64>,
 ) -> Result<MaskedFile> {
-    let (plan, ctx) = prepare(me, reg, spec, weight)?;
-    // Each peer's certificate is parsed and checked once, then used for its key.
-    let certs = peer_certs(me, &ctx.participants, |id| registered_node_at(reg, id, now))?;
+    // Each peer's certificate is parsed and checked once (expiry too), then used for
+    // its key.
+    let (plan, ctx, certs) =
+        prepare_with(me, reg, spec, weight, |id| registered_node_at(reg, id, now))?;
     let masks = masks_for(me, &certs, |pw| MaskKey::derive(pw, &ctx));
     // Version-1 releases in the registry: digest both ways (docs/protocol.md, gap 18).
     let legacy = reg.legacy_releases()?;
