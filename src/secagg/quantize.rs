@@ -215,6 +215,35 @@ impl Plan {
         weight: i64,
         out: &mut Vec<W>,
     ) -> Result<u64, usize> {
+        match self.exact_scale() {
+            Some(k) => self.quantize_loop::<W, true>(level, xs, weight, k, out),
+            None => self.quantize_loop::<W, false>(level, xs, weight, 0.0, out),
+        }
+    }
+
+    /// L/c when the clip c is a power of two, else `None`. Then x/c·L, the definition,
+    /// is x·(L/c) bit for bit, with one multiplication instead of a division (which
+    /// costs about as much as the rest of the loop): L/c and x/c are exact (a power of
+    /// two, within the range of normal numbers for c in [`MIN_CLIP`, `MAX_CLIP`] and
+    /// L < 2^32), so both sides are the exact x·L/c rounded once. The one exception,
+    /// x/c below the normal range, rounds x/c first, but its quantized value is 0 either
+    /// way. The default clip, 1, is one.
+    fn exact_scale(&self) -> Option<f64> {
+        let c = self.params.clip;
+        let power_of_two = c.is_normal() && c > 0.0 && c.to_bits() & ((1u64 << 52) - 1) == 0;
+        power_of_two.then(|| levels(self.params.bits) as f64 / c)
+    }
+
+    /// The loop of [`Plan::quantize_into_with`]; `SCALE`: x·`k` for x/c·L
+    /// ([`Plan::exact_scale`]).
+    fn quantize_loop<W: Word, const SCALE: bool>(
+        &self,
+        level: simd::Level,
+        xs: &[f64],
+        weight: i64,
+        k: f64,
+        out: &mut Vec<W>,
+    ) -> Result<u64, usize> {
         let c = self.params.clip;
         let l = levels(self.params.bits) as f64;
         let (clipped, finite) = simd::vectorised_with(
@@ -239,7 +268,12 @@ impl Plan {
                     for (o, &x) in words.iter_mut().zip(xs) {
                         finite &= x.is_finite();
                         clipped = clipped.wrapping_add(u64::from(x.abs() > c));
-                        let q = round_half_away(x.clamp(-c, c) / c * l);
+                        let y = if SCALE {
+                            x.clamp(-c, c) * k
+                        } else {
+                            x.clamp(-c, c) / c * l
+                        };
+                        let q = round_half_away(y);
                         *o = W::from_i64(q.wrapping_mul(weight));
                     }
                     out.extend_from_slice(words);
@@ -557,7 +591,20 @@ mod tests {
     fn every_level_matches_the_definition_at_the_edges() {
         let mut ties = 0;
         for bits in MIN_BITS..=MAX_BITS {
-            for clip in [MIN_CLIP, 0.75, 1.0, 3.0, 4.0, 1e3, MAX_CLIP] {
+            // Powers of two (1/2^19 and 2^19 near both ends of the range) take the
+            // multiplication; the others the division.
+            for clip in [
+                MIN_CLIP,
+                1.0 / 524288.0,
+                0.5,
+                0.75,
+                1.0,
+                3.0,
+                4.0,
+                1e3,
+                524288.0,
+                MAX_CLIP,
+            ] {
                 let plan = widest_plan(clip, bits);
                 let xs = edge_values(&plan);
                 assert!(xs.iter().all(|x| x.is_finite()));
@@ -645,6 +692,25 @@ mod tests {
                 }
                 Err(at) => prop_assert_eq!(Some(at), nan),
             }
+        }
+
+        /// A clip that is a power of two takes the multiplication: every finite f64
+        /// (any bit pattern, subnormals included) quantizes as the definition's
+        /// division says, at every level.
+        #[test]
+        fn a_power_of_two_clip_quantizes_as_the_division_does(
+            e in -19i32..=19,
+            bits in 2u32..=32,
+            raw in proptest::collection::vec(any::<u64>(), 1..300),
+            near in proptest::collection::vec(-2.0f64..2.0, 1..300),
+        ) {
+            let clip = 2f64.powi(e);
+            let plan = widest_plan(clip, bits);
+            prop_assert!(plan.exact_scale().is_some());
+            let mut xs: Vec<f64> = raw.into_iter().map(f64::from_bits).filter(|x| x.is_finite()).collect();
+            xs.extend(near.iter().map(|x| x * clip));
+            check_levels::<u64>(&plan, &xs, 3)?;
+            check_levels::<u32>(&plan, &xs, 1)?;
         }
 
         #[test]
