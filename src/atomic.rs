@@ -69,33 +69,70 @@ pub fn stage(path: &Path, secret: bool) -> io::Result<Staged> {
     })
 }
 
-/// Starts writing `path` in an unnamed file (`O_TMPFILE`, `0600`) in its directory: no
-/// other process can open it by a name, and the kernel frees it when the process ends,
-/// however it ends, unless [`Staged::commit`] has given it the final name. `Ok(None)`
-/// where the system or the directory's filesystem has no unnamed files (the caller then
-/// stages another way).
+/// Starts writing `path` in an unnamed file (`O_TMPFILE`, created `0600`) in its
+/// directory: it has no path in the directory tree (only this process's descriptor,
+/// `/proc/PID/fd`, reaches it), and the kernel frees it when the process ends, however
+/// it ends, unless [`Staged::commit`] has given it the final name.
+///
+/// `Ok(None)`, for the caller to stage another way, unless all of these hold: the
+/// system is Linux; the directory is on a local filesystem known to keep an unnamed
+/// file's bytes in this kernel ([`LOCAL_FILESYSTEMS`]: a FUSE or network filesystem may
+/// support `O_TMPFILE` and still hand every write to a daemon or a server); and an
+/// empty unnamed file can be created there and linked and unlinked again under a probe
+/// name, so that [`Staged::commit`] will not fail for want of `/proc`, of privilege or
+/// of hard links after the caller has made a decision it cannot undo.
 pub fn stage_unnamed(path: &Path) -> io::Result<Option<Staged>> {
     #[cfg(target_os = "linux")]
     {
         use rustix::fs::{Mode, OFlags};
-        use rustix::io::Errno;
-        let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
-        match rustix::fs::open(parent(path), flags, Mode::RUSR | Mode::WUSR) {
-            Ok(fd) => Ok(Some(Staged {
-                tmp: Tmp::Unnamed(File::from(fd)),
-                path: path.to_owned(),
-            })),
-            // open(2): EOPNOTSUPP, the filesystem has no O_TMPFILE; EISDIR, the kernel
-            // predates it (3.11); EINVAL, it rejects the flag combination.
-            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => Ok(None),
-            Err(e) => Err(e.into()),
+        let dir = rustix::fs::open(
+            parent(path),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let kind = rustix::fs::fstatfs(&dir)?.f_type as i64;
+        if !LOCAL_FILESYSTEMS.contains(&kind) {
+            return Ok(None);
         }
+        let unnamed = || {
+            let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+            rustix::fs::openat(&dir, ".", flags, Mode::RUSR | Mode::WUSR).map(File::from)
+        };
+        // The probe: an empty file, under a name no reader of `path`'s temporaries
+        // looks for.
+        let Ok(probe) = unnamed() else {
+            return Ok(None);
+        };
+        let name = parent(path).join(format!(".secagg-link-probe.{}.tmp", unique()));
+        if link_fd(&probe, &name).is_err() {
+            return Ok(None);
+        }
+        std::fs::remove_file(&name)?;
+        Ok(Some(Staged {
+            tmp: Tmp::Unnamed(unnamed()?),
+            path: path.to_owned(),
+        }))
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = path;
         Ok(None)
     }
+}
+
+/// `statfs(2)` types (linux/magic.h) of the local filesystems [`stage_unnamed`] uses:
+/// ext2/3/4, XFS, Btrfs, tmpfs, F2FS.
+#[cfg(target_os = "linux")]
+pub const LOCAL_FILESYSTEMS: [i64; 5] =
+    [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0xF2F5_2010];
+
+/// A part for a temporary name: this process and a clock reading.
+#[cfg(target_os = "linux")]
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{}-{nanos:08x}", std::process::id())
 }
 
 impl Staged {
@@ -166,14 +203,9 @@ fn link_unnamed(file: &File, path: &Path, replace: bool) -> io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "secagg".into());
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    let unique = unique();
     for attempt in 0..100u32 {
-        let tmp = dir.join(format!(
-            ".{name}.{}-{nonce:08x}-{attempt}.tmp",
-            std::process::id()
-        ));
+        let tmp = dir.join(format!(".{name}.{unique}-{attempt}.tmp"));
         match link_fd(file, &tmp) {
             Ok(()) => {
                 return std::fs::rename(&tmp, path).inspect_err(|_| {
@@ -281,6 +313,20 @@ mod tests {
         names
     }
 
+    /// `stage_unnamed` in `dir`: `None` exactly where its filesystem is not a local one
+    /// (the caller's test then has nothing more to check).
+    #[cfg(target_os = "linux")]
+    fn unnamed_in(dir: &Path, name: &str) -> Option<Staged> {
+        let kind = rustix::fs::statfs(dir).expect("statfs").f_type as i64;
+        let s = stage_unnamed(&dir.join(name)).expect("stage");
+        assert_eq!(
+            s.is_some(),
+            LOCAL_FILESYSTEMS.contains(&kind),
+            "unnamed files exactly on local filesystems"
+        );
+        s
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn an_unnamed_file_has_no_name_until_committed_and_then_replaces_atomically() {
@@ -288,9 +334,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("m.masked");
         write(&p, b"old", false).expect("write");
-        let mut s = stage_unnamed(&p)
-            .expect("stage")
-            .expect("tmpfs and ext4 have O_TMPFILE");
+        let Some(mut s) = unnamed_in(dir.path(), "m.masked") else {
+            return;
+        };
         assert!(s.is_unnamed() && s.tmp_path().is_none());
         s.file().write_all(b"new bytes").expect("write");
         // Written, not committed: the directory holds only the old file.
@@ -314,12 +360,14 @@ mod tests {
     fn an_unnamed_file_dropped_leaves_nothing_and_commit_new_does_not_replace() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("m.masked");
-        let mut s = stage_unnamed(&p).expect("stage").expect("O_TMPFILE");
+        let Some(mut s) = unnamed_in(dir.path(), "m.masked") else {
+            return;
+        };
         s.file().write_all(b"dropped").expect("write");
         drop(s);
         assert!(names_in(dir.path()).is_empty());
         write(&p, b"old", false).expect("write");
-        let mut s = stage_unnamed(&p).expect("stage").expect("O_TMPFILE");
+        let mut s = unnamed_in(dir.path(), "m.masked").expect("the same directory");
         s.file().write_all(b"new").expect("write");
         let err = s.commit_new().expect_err("the name exists");
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
@@ -329,10 +377,31 @@ mod tests {
             vec![std::ffi::OsString::from("m.masked")]
         );
         let q = dir.path().join("new.masked");
-        let mut s = stage_unnamed(&q).expect("stage").expect("O_TMPFILE");
+        let mut s = unnamed_in(dir.path(), "new.masked").expect("the same directory");
         s.file().write_all(b"fresh").expect("write");
         s.commit_new().expect("a new name");
         assert_eq!(std::fs::read(&q).expect("read"), b"fresh");
+    }
+
+    /// A commit whose rename fails (the final path is a directory that is not empty)
+    /// reports it and leaves no temporary name behind.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_unnamed_file_whose_rename_fails_leaves_no_temporary_name() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("m.masked");
+        std::fs::create_dir(&p).expect("mkdir");
+        std::fs::write(p.join("inside"), b"x").expect("write");
+        let Some(mut s) = unnamed_in(dir.path(), "m.masked") else {
+            return;
+        };
+        s.file().write_all(b"masked").expect("write");
+        assert!(s.commit().is_err());
+        assert_eq!(
+            names_in(dir.path()),
+            vec![std::ffi::OsString::from("m.masked")]
+        );
+        assert_eq!(names_in(&p), vec![std::ffi::OsString::from("inside")]);
     }
 
     #[cfg(unix)]

@@ -118,6 +118,7 @@ fn streamed_blocks_equal_the_whole_masked_vector_and_file_mode_journals_key_and_
         let out = lab.path(&format!("u{round}.masked"));
         let whole = job::mask_update_with(&me, &mut reg, &spec, &input, 7, &out, 2, 0, memory)
             .expect("mask");
+        assert_eq!(whole.staging, staging_for(memory, lab.dir.path()));
         assert!(whole.clipped > 0, "some values are clipped");
         // Journaled: the key is used, and the input (by its digest) released.
         assert!(reg.file_mask_used("fed", round, "update").expect("query"));
@@ -306,6 +307,28 @@ fn capture(
     })
 }
 
+/// The path `mask_update_with(.., memory)` takes for an output in `dir`: the default
+/// stages in an unnamed file where the directory's filesystem is a local one that has
+/// them (Linux), else in memory; a budget forces memory or, below the residues' size,
+/// two passes.
+fn staging_for(memory: Option<u64>, dir: &Path) -> job::Staging {
+    match memory {
+        Some(0) => job::Staging::TwoPasses,
+        Some(_) => job::Staging::Memory,
+        #[cfg(target_os = "linux")]
+        None => {
+            let kind = rustix::fs::statfs(dir).expect("statfs").f_type as i64;
+            if secagg::atomic::LOCAL_FILESYSTEMS.contains(&kind) {
+                job::Staging::Unnamed
+            } else {
+                job::Staging::Memory
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        None => job::Staging::Memory,
+    }
+}
+
 /// No masked byte of an input may reach the disk before its mask key and its release
 /// are journaled. Otherwise a masking refused at the journal (here: the input was
 /// already released in round 1) leaves the round's key unused while a complete, signed
@@ -370,7 +393,7 @@ fn no_masked_bytes_before_the_journal(memory: Option<u64>) {
         "a masking of A for round 2 reached the disk"
     );
     // Nothing was journaled for round 2, so B masks for it.
-    job::mask_update_with(
+    let b2 = job::mask_update_with(
         &me,
         &mut reg,
         &spec(quant, 2),
@@ -382,6 +405,7 @@ fn no_masked_bytes_before_the_journal(memory: Option<u64>) {
         memory,
     )
     .expect("B for round 2");
+    assert_eq!(b2.staging, staging_for(memory, lab.dir.path()));
     // The masked file is for the researcher and this node only.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(lab.path("b2.masked"))
@@ -456,7 +480,7 @@ fn an_input_released_under_digest_version_1_is_refused_on_every_path() {
             "{memory:?}: nothing journaled"
         );
         // A new input masks, and is journaled under version 2 only.
-        job::mask_update_with(
+        let masked_b = job::mask_update_with(
             &me,
             &mut reg,
             &spec(QuantParams::default(), 6),
@@ -468,6 +492,7 @@ fn an_input_released_under_digest_version_1_is_refused_on_every_path() {
             memory,
         )
         .expect("B is new");
+        assert_eq!(masked_b.staging, staging_for(memory, lab.dir.path()));
         let db = job::input_digests(&b, true).expect("digest");
         let hex = |d: &[u8; 32]| d.iter().map(|x| format!("{x:02x}")).collect::<String>();
         let mut want = before.clone();

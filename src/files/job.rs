@@ -226,6 +226,19 @@ pub struct MaskedFile {
     pub header: Header,
     /// Values that were outside [-clip, clip] and were clipped.
     pub clipped: u64,
+    /// Where the masked residues were until the journal entry.
+    pub staging: Staging,
+}
+
+/// Where [`mask_update`] kept the masked residues until the journal entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Staging {
+    /// In an unnamed file beside the output ([`masked::Writer::create_unnamed`]).
+    Unnamed,
+    /// In memory.
+    Memory,
+    /// Nowhere: the input was digested first, then masked in a second pass.
+    TwoPasses,
 }
 
 /// Masks an update for a file-mode round and writes the signed masked file at `out`.
@@ -285,6 +298,14 @@ pub fn mask_update_with(
 ) -> Result<MaskedFile> {
     // Each peer's certificate is parsed and checked once (expiry too), then used for
     // its key.
+    if out.is_dir() {
+        // Refused here: found at the rename, it would come after the journal entry.
+        return Err(Error::Io {
+            action: "write the masked file at",
+            path: out.to_owned(),
+            source: std::io::Error::from(std::io::ErrorKind::IsADirectory),
+        });
+    }
     let (plan, ctx, certs) =
         prepare_with(me, reg, spec, weight, |id| registered_node_at(reg, id, now))?;
     let masks = masks_for(me, &certs, |pw| MaskKey::derive(pw, &ctx));
@@ -326,6 +347,11 @@ pub fn mask_update_with(
             now,
         )
     };
+    let round = ctx.round;
+    let after_journal = |e: Error| Error::AfterJournal {
+        round,
+        source: Box::new(e),
+    };
     let job = Job {
         plan: &plan,
         masks: &masks,
@@ -342,10 +368,11 @@ pub fn mask_update_with(
             let digest = digest.ok_or_else(|| our_bug(input))?;
             let signed = writer.finish(me)?;
             journal(reg, &digest)?;
-            signed.commit()?;
+            signed.commit().map_err(after_journal)?;
             return Ok(MaskedFile {
                 header,
                 clipped: streamed.clipped,
+                staging: Staging::Unnamed,
             });
         }
     }
@@ -360,22 +387,28 @@ pub fn mask_update_with(
         let values = streamed.layout.elements();
         let header = header(streamed.layout, values);
         journal(reg, &digest)?;
-        let mut writer = masked::Writer::create(out, &header, me)?;
-        writer.write_residues(&payload.bytes)?;
-        writer.finish(me)?.commit()?;
+        let write = || {
+            let mut writer = masked::Writer::create(out, &header, me)?;
+            writer.write_residues(&payload.bytes)?;
+            writer.finish(me)?.commit()
+        };
+        write().map_err(after_journal)?;
         return Ok(MaskedFile {
             header,
             clipped: streamed.clipped,
+            staging: Staging::Memory,
         });
     }
     // Two passes: digest, journal, then mask into the file.
     let summary = inspect_input(input, legacy)?;
     journal(reg, &summary.digest)?;
     let header = header(summary.layout.clone(), summary.values);
-    let mut writer = masked::Writer::create(out, &header, me)?;
+    let mut writer = masked::Writer::create(out, &header, me).map_err(after_journal)?;
     // The second pass digests again (version 2 only): the same digest is the same
     // layout and the same bytes, so what is masked is what was journaled.
-    let (streamed, check) = job.run(Digests::V2, Expect::Any, &mut writer)?;
+    let (streamed, check) = job
+        .run(Digests::V2, Expect::Any, &mut writer)
+        .map_err(after_journal)?;
     if streamed.layout != header.layout || check.map(|d| d.v2) != Some(summary.digest.v2) {
         return Err(Error::Malformed {
             path: input.to_owned(),
@@ -385,10 +418,14 @@ pub fn mask_update_with(
             ),
         });
     }
-    writer.finish(me)?.commit()?;
+    writer
+        .finish(me)
+        .and_then(masked::Finished::commit)
+        .map_err(after_journal)?;
     Ok(MaskedFile {
         header,
         clipped: streamed.clipped,
+        staging: Staging::TwoPasses,
     })
 }
 

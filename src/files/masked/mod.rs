@@ -107,6 +107,17 @@ pub(super) fn header_digest(head: &[u8]) -> sha2::digest::Output<Sha256> {
 /// Errors of masking and of masked files.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Masking failed after the round's key and the input's release were journaled:
+    /// both stay used.
+    #[error(
+        "{source}; round {round} is now used and this update counts as released: mask it again for a new round"
+    )]
+    AfterJournal {
+        /// The round.
+        round: u64,
+        /// What failed.
+        source: Box<Error>,
+    },
     /// I/O.
     #[error("cannot {action} {}: {source}", path.display())]
     Io {

@@ -69,9 +69,10 @@ impl Writer {
     }
 
     /// [`Writer::create`] in an unnamed file ([`atomic::stage_unnamed`], `0600`): until
-    /// [`Finished::commit`], nothing of it has a name any process could open, and it
-    /// disappears with this process however it ends. `Ok(None)` where the filesystem of
-    /// `path`'s directory has no unnamed files.
+    /// [`Finished::commit`] it has no path in the directory tree (only this process's
+    /// descriptor reaches it), and it disappears with this process however it ends.
+    /// `Ok(None)` where `path`'s directory is not on a local filesystem that has unnamed
+    /// files it can link.
     pub fn create_unnamed(path: &Path, header: &Header, me: &Identity) -> Result<Option<Writer>> {
         match atomic::stage_unnamed(path).map_err(|e| create_error(path, e))? {
             Some(staged) => Writer::start(staged, header, me).map(Some),
