@@ -1042,3 +1042,36 @@ fn a_directory_as_out_is_refused_before_the_journal() {
     let ok = fed.lab.path("u.masked");
     node.ok(&mask_args(input, ok.to_str().expect("utf8"), "1", "5", &[]));
 }
+
+/// A registry row whose certificate was swapped for another (valid, self-signed) one
+/// while its fingerprint stayed is refused by `mask` before anything is journaled:
+/// registered certificates are held to their stored fingerprints.
+#[test]
+fn a_registry_row_whose_certificate_was_swapped_is_refused() {
+    let fed = federation(3);
+    let node = &fed.nodes[0];
+    let input = fed.lab.path("u.npy");
+    tensor::write_values(&input, &npy64(64), values(1, 64).into_iter()).expect("write");
+    let conn = rusqlite::Connection::open(node.home.join("registry.sqlite")).expect("open");
+    conn.execute(
+        "UPDATE peers SET cert_der = (SELECT cert_der FROM peers WHERE party_id = 'node_3')
+         WHERE party_id = 'node_2'",
+        [],
+    )
+    .expect("swap");
+    drop(conn);
+    let before = journal(node);
+    let out = fed.lab.path("u.masked");
+    let (input, out_s) = (input.to_str().expect("utf8"), out.to_str().expect("utf8"));
+    refused(
+        node,
+        &mask_args(input, out_s, "1", "5", &[]),
+        &format!(
+            "registered certificate of 'node_2' is invalid: the stored certificate does not match its stored fingerprint {}",
+            fp(&fed.nodes[1])
+        ),
+        "delete and re-register 'node_2'",
+    );
+    assert_eq!(journal(node), before);
+    assert!(!out.exists());
+}

@@ -58,6 +58,7 @@ mod certificate {
                     "register it as --party-id {cn} if that is the party you mean, or pass --allow-cn-mismatch"
                 ),
                 Error::OwnCertificate => "register the certificates of your peers, not your own".into(),
+                Error::NotRegistered(_) => "something edited the registry: delete the entry and register the party's certificate again".into(),
                 Error::Build(_) => return None,
             })
         }

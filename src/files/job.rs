@@ -49,10 +49,14 @@ pub fn registered_node(reg: &Registry, id: &PartyId) -> Result<PeerCertificate> 
             id: id.clone(),
             why: "registered as a researcher, not a node,",
         }),
-        Some((_, der)) => PeerCertificate::from_der(&der).map_err(|source| Error::Certificate {
-            id: id.clone(),
-            source,
-        }),
+        Some((peer, der)) => {
+            PeerCertificate::from_registered_der(&der, &peer.fingerprint).map_err(|source| {
+                Error::Certificate {
+                    id: id.clone(),
+                    source,
+                }
+            })
+        }
     }
 }
 

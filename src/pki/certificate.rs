@@ -89,6 +89,9 @@ pub enum Error {
     /// Building a certificate failed (internal).
     #[error("could not build the certificate: {0}")]
     Build(String),
+    /// A registry row whose certificate is not the one its fingerprint names.
+    #[error("the stored certificate does not match its stored fingerprint {0}")]
+    NotRegistered(Fingerprint),
 }
 
 type Result<T> = std::result::Result<T, Error>;
@@ -239,8 +242,27 @@ impl PeerCertificate {
         }
     }
 
-    /// Parses and checks DER.
+    /// Parses and checks DER, its self-signature included: for a certificate that comes
+    /// from outside (registration, a roster, a TLS peer).
     pub fn from_der(der: &[u8]) -> Result<PeerCertificate> {
+        Self::parse(der, true)
+    }
+
+    /// Parses and checks a certificate this party's registry holds, whose SHA-256
+    /// fingerprint was stored with it as `fingerprint`: every check of
+    /// [`PeerCertificate::from_der`] but the self-signature, which registration verified
+    /// (docs/protocol.md, "Certificates"). A self-signature proves possession of the key
+    /// once; verified again at every use it would guard nothing, since whoever can write
+    /// the registry can sign a certificate of their own. The DER must hash to the stored
+    /// fingerprint.
+    pub fn from_registered_der(der: &[u8], fingerprint: &Fingerprint) -> Result<PeerCertificate> {
+        if Fingerprint::of_der(der) != *fingerprint {
+            return Err(Error::NotRegistered(*fingerprint));
+        }
+        Self::parse(der, false)
+    }
+
+    fn parse(der: &[u8], self_signed: bool) -> Result<PeerCertificate> {
         let cert = Certificate::from_der(der).map_err(|e| Error::Der(e.to_string()))?;
         let tbs = cert.tbs_certificate();
         let spki = tbs.subject_public_key_info();
@@ -269,10 +291,12 @@ impl PeerCertificate {
             .as_bytes()
             .and_then(|b| DerSignature::from_bytes(b).ok())
             .ok_or(Error::BadSignature)?;
-        let tbs_der = tbs.to_der().map_err(|e| Error::Der(e.to_string()))?;
-        VerifyingKey::from(&public_key)
-            .verify(&tbs_der, &signature)
-            .map_err(|_| Error::BadSignature)?;
+        if self_signed {
+            let tbs_der = tbs.to_der().map_err(|e| Error::Der(e.to_string()))?;
+            VerifyingKey::from(&public_key)
+                .verify(&tbs_der, &signature)
+                .map_err(|_| Error::BadSignature)?;
+        }
         let common_name = tbs
             .subject()
             .common_name()
@@ -457,6 +481,32 @@ mod tests {
         assert!(matches!(
             PeerCertificate::from_der(&der),
             Err(Error::BadSignature) | Err(Error::Der(_))
+        ));
+    }
+
+    /// A registered certificate is held to its stored fingerprint, not re-verified: the
+    /// same DER under another fingerprint is refused; its key, curve and the rest are
+    /// checked as for any certificate.
+    #[test]
+    fn a_registered_certificate_must_match_its_fingerprint() {
+        let (key, cert) = make("node_a", "127.0.0.1");
+        let (_, other) = make("node_b", "127.0.0.1");
+        let again =
+            PeerCertificate::from_registered_der(cert.der(), &cert.fingerprint()).expect("parse");
+        assert_eq!(again.fingerprint(), cert.fingerprint());
+        assert_eq!(
+            *again.public_key(),
+            p256::PublicKey::from(key.signing_key().verifying_key())
+        );
+        assert!(matches!(
+            PeerCertificate::from_registered_der(other.der(), &cert.fingerprint()),
+            Err(Error::NotRegistered(fp)) if fp == cert.fingerprint()
+        ));
+        // Not DER at all, under its own fingerprint: still refused.
+        let junk = b"not a certificate";
+        assert!(matches!(
+            PeerCertificate::from_registered_der(junk, &Fingerprint::of_der(junk)),
+            Err(Error::Der(_))
         ));
     }
 
