@@ -52,13 +52,17 @@ fn benches(c: &mut Criterion) {
         g.bench_function(format!("aggregate_absorb_w{width}"), |b| {
             b.iter(|| acc.absorb(0, &bytes))
         });
-        g.bench_function(format!("aggregate_absorb_hashed_w{width}"), |b| {
+        let payloads = vec![bytes.clone()];
+        g.bench_function(format!("aggregate_sum_hashed_w{width}"), |b| {
             b.iter(|| {
-                secagg::secagg::sum::absorb_hashed(
-                    acc.words_mut(),
+                secagg::secagg::sum::sum_hashed::<u64>(
+                    &payloads,
                     width,
-                    &bytes,
+                    LEN as u64,
                     mask::default_threads(),
+                    |_, s| {
+                        std::hint::black_box(s);
+                    },
                 )
             })
         });

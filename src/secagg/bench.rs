@@ -12,7 +12,7 @@ use crate::secagg::prg::{self as mask, PeerMask};
 use crate::secagg::quantize::{Plan, QuantParams};
 use crate::secagg::ring::Word;
 use crate::secagg::ring::{Machine, Modulus};
-use crate::secagg::sum::{Accumulator, SEGMENT_ELEMENTS};
+use crate::secagg::sum::{READ_ELEMENTS, SEGMENT_ELEMENTS};
 
 /// One run's measurements. Every baseline runs on the same threads, over the same
 /// amount of data, in the same memory regime as the job it judges, so each ratio is
@@ -33,8 +33,9 @@ pub struct Report {
     /// Raw AES-128-CTR keystream for the n-1 streams of d·w bytes each, on all threads
     /// into a cache-sized buffer, bytes per second.
     pub prg_bytes_per_sec: f64,
-    /// `acc[i] += x[i]` in machine words: n vectors of d words, each its own buffer, into
-    /// one accumulator of d words, on all threads; bytes of x per second.
+    /// `acc[i] += x[i]` in machine words: n vectors of d words, each its own buffer,
+    /// summed slice by slice into a slice-sized accumulator in the core's cache (each
+    /// input read once, the fastest plain sum), on all threads; bytes of x per second.
     pub add_bytes_per_sec: f64,
     /// BLAKE3 over the n payloads on all threads, bytes per second (for reference).
     pub hash_bytes_per_sec: f64,
@@ -42,8 +43,9 @@ pub struct Report {
     pub mask_elems_per_sec: f64,
     /// Masking's keystream rate over the raw PRG rate (both for the same streams).
     pub mask_ratio: f64,
-    /// Aggregation (add and BLAKE3 of n payloads of w-byte residues, each its own
-    /// buffer): input elements per second.
+    /// Aggregation (BLAKE3 and sum of n payloads of w-byte residues, each its own
+    /// buffer, by `secagg aggregate`'s own loop, [`crate::secagg::sum::sum_hashed`]):
+    /// input elements per second.
     pub aggregate_elems_per_sec: f64,
     /// Aggregation's payload byte rate over the add bandwidth.
     pub aggregate_ratio: f64,
@@ -129,12 +131,11 @@ fn run_words<W: Word>(
     ));
     let payloads = payloads(&v, nodes, width);
     drop(v);
-    let mut add = PlainAdd::<W>::new(len, nodes);
-    let mut acc = Accumulator::<W>::with_width(len, width);
+    let add = PlainAdd::<W>::new(len, nodes);
     let (add_secs, agg_secs) = paired(
         RUNS,
         || add.run(threads),
-        || aggregation(&mut acc, &payloads, width, threads),
+        || aggregation::<W>(&payloads, width, len, threads),
     );
     drop(add);
     let add_rate = (nodes * len * W::BYTES) as f64 / add_secs;
@@ -209,11 +210,11 @@ fn raw_prg(peers: &[PeerMask], bytes: usize, threads: usize) {
     }
 }
 
-/// `n` vectors of `len` machine words, each its own buffer, added into one accumulator
-/// on `threads` threads by coordinate range: the memory traffic aggregation cannot beat.
+/// `n` vectors of `len` machine words, each its own buffer, summed on `threads` threads
+/// by coordinate range, slice by slice into a slice-sized accumulator that stays in the
+/// core's cache: each input word is read once, the memory traffic a sum cannot beat.
 struct PlainAdd<W> {
     inputs: Vec<Vec<W>>,
-    acc: Vec<W>,
 }
 
 impl<W: Word> PlainAdd<W> {
@@ -222,21 +223,30 @@ impl<W: Word> PlainAdd<W> {
             inputs: (0..nodes)
                 .map(|k| (0..len).map(|i| W::from_u64((i * 7 + k) as u64)).collect())
                 .collect(),
-            acc: vec![W::default(); len],
         }
     }
 
-    fn run(&mut self, threads: usize) {
-        let per = self.acc.len().div_ceil(threads).max(1);
-        self.acc.iter_mut().for_each(|a| *a = W::default());
-        for x in &self.inputs {
-            std::thread::scope(|s| {
-                for (a, x) in self.acc.chunks_mut(per).zip(x.chunks(per)) {
-                    s.spawn(move || a.iter_mut().zip(x).for_each(|(a, b)| *a = a.add(*b)));
-                }
-            });
-        }
-        black_box(&self.acc);
+    fn run(&self, threads: usize) {
+        let len = self.inputs.first().map_or(0, Vec::len);
+        let per = len.div_ceil(threads).max(1);
+        let inputs = &self.inputs;
+        std::thread::scope(|s| {
+            for start in (0..len).step_by(per) {
+                s.spawn(move || {
+                    let end = (start + per).min(len);
+                    let mut acc = vec![W::default(); READ_ELEMENTS.min(end - start)];
+                    for at in (start..end).step_by(READ_ELEMENTS) {
+                        let sums = &mut acc[..(end - at).min(READ_ELEMENTS)];
+                        sums.fill(W::default());
+                        for x in inputs {
+                            let x = &x[at..at + sums.len()];
+                            sums.iter_mut().zip(x).for_each(|(a, b)| *a = a.add(*b));
+                        }
+                        black_box(&sums);
+                    }
+                });
+            }
+        });
     }
 }
 
@@ -273,21 +283,11 @@ fn hash_only(payloads: &[Vec<u8>], width: usize, threads: usize) -> f64 {
     })
 }
 
-/// Aggregation: each payload hashed (BLAKE3 per segment) and summed into one
-/// accumulator on all threads, as `secagg aggregate` does with files.
-fn aggregation<W: Word>(
-    acc: &mut Accumulator<W>,
-    payloads: &[Vec<u8>],
-    width: usize,
-    threads: usize,
-) {
-    for p in payloads {
-        black_box(crate::secagg::sum::absorb_hashed(
-            acc.words_mut(),
-            width,
-            p,
-            threads,
-        ));
-    }
-    black_box(&acc);
+/// Aggregation: the payloads hashed (BLAKE3 per segment) and summed on all threads by
+/// `secagg aggregate`'s own loop ([`crate::secagg::sum::sum_hashed`]), from memory.
+fn aggregation<W: Word>(payloads: &[Vec<u8>], width: usize, len: usize, threads: usize) {
+    let sums = crate::secagg::sum::sum_hashed::<W>(payloads, width, len as u64, threads, |_, s| {
+        black_box(s);
+    });
+    black_box(&sums);
 }

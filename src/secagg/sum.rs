@@ -349,47 +349,118 @@ pub const SEGMENT_ELEMENTS: usize = 1 << 20;
 /// core's own cache.
 pub const READ_ELEMENTS: usize = 1 << 16;
 
-/// Adds a payload of `width`-byte residues held in memory into `acc` (as many words as
-/// both hold), on `threads` threads each taking whole segments, and returns each
-/// segment's BLAKE3 digest in order.
-pub fn absorb_hashed<W: Word>(
-    acc: &mut [W],
-    width: usize,
-    payload: &[u8],
+/// Splits `elements` into at most `threads` contiguous ranges, each starting on a
+/// segment boundary, in order: the unit of work of [`sum_hashed_range`].
+pub fn segment_ranges(elements: u64, threads: usize) -> Vec<std::ops::Range<u64>> {
+    let seg = SEGMENT_ELEMENTS as u64;
+    let per = elements
+        .div_ceil(seg)
+        .div_ceil(threads.clamp(1, 256) as u64)
+        .max(1)
+        * seg;
+    (0..elements.div_ceil(per))
+        .map(|t| t * per..((t + 1) * per).min(elements))
+        .collect()
+}
+
+/// Where [`sum_hashed_range`] gets the payloads' bytes: files (read by position) or
+/// buffers in memory.
+pub trait Payloads: Sync {
+    /// How many payloads.
+    fn count(&self) -> usize;
+    /// `buf.len()` bytes of payload `i` from its byte `at`: read into `buf`, or borrowed.
+    fn bytes<'a>(&'a self, i: usize, at: u64, buf: &'a mut [u8]) -> std::io::Result<&'a [u8]>;
+}
+
+impl Payloads for [Vec<u8>] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn bytes<'a>(&'a self, i: usize, at: u64, buf: &'a mut [u8]) -> std::io::Result<&'a [u8]> {
+        let at = usize::try_from(at).map_err(std::io::Error::other)?;
+        self.get(i)
+            .and_then(|p| p.get(at..at.checked_add(buf.len())?))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+    }
+}
+
+/// One thread of a sum: elements `range` (starting on a segment boundary) of every
+/// payload of `w`-byte residues, summed slice by slice ([`READ_ELEMENTS`]) into a
+/// slice-sized sum that stays in the core's cache and handed to `sink` as `(first
+/// element, sums)`, in order, each payload's segments hashed (BLAKE3) on the way, so
+/// each byte is read once. Returns, per payload, the digests of the range's segments;
+/// or the index of the payload that could not be read.
+pub fn sum_hashed_range<W: Word, P: Payloads + ?Sized>(
+    payloads: &P,
+    w: usize,
+    range: std::ops::Range<u64>,
+    mut sink: impl FnMut(u64, &[W]),
+) -> std::result::Result<Vec<Vec<[u8; 32]>>, (usize, std::io::Error)> {
+    let len = usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(usize::MAX);
+    let mut buf = vec![0u8; READ_ELEMENTS.min(len) * w];
+    let mut acc = vec![W::default(); READ_ELEMENTS.min(len)];
+    let mut digests = vec![Vec::new(); payloads.count()];
+    let mut seg_first = range.start;
+    while seg_first < range.end {
+        let seg_end = (seg_first + SEGMENT_ELEMENTS as u64).min(range.end);
+        let mut hashers = vec![blake3::Hasher::new(); payloads.count()];
+        let mut at = seg_first;
+        while at < seg_end {
+            let n = (seg_end - at).min(READ_ELEMENTS as u64) as usize;
+            let sums = &mut acc[..n];
+            sums.fill(W::default());
+            for (i, h) in hashers.iter_mut().enumerate() {
+                let bytes = payloads
+                    .bytes(i, at * w as u64, &mut buf[..n * w])
+                    .map_err(|e| (i, e))?;
+                h.update(bytes);
+                absorb_words(sums, w, bytes);
+            }
+            sink(at, sums);
+            at += n as u64;
+        }
+        for (d, h) in digests.iter_mut().zip(hashers) {
+            d.push(*h.finalize().as_bytes());
+        }
+        seg_first = seg_end;
+    }
+    Ok(digests)
+}
+
+/// Sums `payloads` of `elements` residues of `w` bytes each, held in memory, as
+/// `secagg aggregate` sums files: one thread per [`segment_ranges`] range, each running
+/// [`sum_hashed_range`] and handing its summed slices to `sink`. Returns, per payload,
+/// every segment's digest in order.
+pub fn sum_hashed<W: Word>(
+    payloads: &[Vec<u8>],
+    w: usize,
+    elements: u64,
     threads: usize,
-) -> Vec<[u8; 32]> {
-    let n = acc.len().min(payload.len() / width.max(1));
-    let nseg = n.div_ceil(SEGMENT_ELEMENTS);
-    let per = nseg.div_ceil(threads.clamp(1, 256)).max(1) * SEGMENT_ELEMENTS;
-    let parts: Vec<Vec<[u8; 32]>> = std::thread::scope(|s| {
-        let handles: Vec<_> = acc[..n]
-            .chunks_mut(per)
-            .zip(payload.chunks(per * width))
-            .map(|(a, p)| {
-                s.spawn(move || {
-                    a.chunks_mut(SEGMENT_ELEMENTS)
-                        .zip(p.chunks(SEGMENT_ELEMENTS * width))
-                        .map(|(a, p)| {
-                            let mut h = blake3::Hasher::new();
-                            for (a, p) in a
-                                .chunks_mut(READ_ELEMENTS)
-                                .zip(p.chunks(READ_ELEMENTS * width))
-                            {
-                                h.update(p);
-                                absorb_words(a, width, p);
-                            }
-                            *h.finalize().as_bytes()
-                        })
-                        .collect()
-                })
-            })
+    sink: impl Fn(u64, &[W]) + Sync,
+) -> std::result::Result<Vec<Vec<[u8; 32]>>, (usize, std::io::Error)> {
+    let sink = &sink;
+    let parts: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = segment_ranges(elements, threads)
+            .into_iter()
+            .map(|r| s.spawn(move || sum_hashed_range(payloads, w, r, sink)))
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_default())
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err((0, std::io::Error::other("a summing thread panicked")))
+                })
+            })
             .collect()
     });
-    parts.into_iter().flatten().collect()
+    let mut digests = vec![Vec::new(); payloads.len()];
+    for part in parts {
+        for (all, mine) in digests.iter_mut().zip(part?) {
+            all.extend(mine);
+        }
+    }
+    Ok(digests)
 }
 
 /// Adds `width`-byte little-endian words from `bytes` to `acc`, in order (as many as
@@ -530,6 +601,65 @@ impl AnyAccumulator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `sum_hashed` hands every slice of the sum once, in order within each range, equal
+    /// (in its low 8·w bits) to the plain sum; each payload's digests are BLAKE3 of its
+    /// segments; a payload too short is reported by index.
+    #[test]
+    fn sum_hashed_sums_every_slice_once_and_digests_every_segment() {
+        let (w, elements) = (5usize, SEGMENT_ELEMENTS as u64 + 70_001);
+        let mut state = 1u64;
+        let payloads: Vec<Vec<u8>> = (0..3)
+            .map(|_| {
+                (0..elements as usize * w)
+                    .map(|_| {
+                        state = state
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        (state >> 56) as u8
+                    })
+                    .collect()
+            })
+            .collect();
+        let got = std::sync::Mutex::new(vec![None; elements as usize]);
+        let digests = sum_hashed::<u64>(&payloads, w, elements, 2, |first, sums| {
+            let mut got = got.lock().expect("lock");
+            for (k, s) in sums.iter().enumerate() {
+                let slot = &mut got[first as usize + k];
+                assert!(
+                    slot.is_none(),
+                    "element {} summed twice",
+                    first as usize + k
+                );
+                *slot = Some(*s & ((1 << 40) - 1));
+            }
+        })
+        .expect("sum");
+        let got = got.into_inner().expect("lock");
+        for (i, g) in got.iter().enumerate() {
+            let want = payloads.iter().fold(0u64, |a, p| {
+                let mut b = [0u8; 8];
+                b[..w].copy_from_slice(&p[i * w..i * w + w]);
+                a.wrapping_add(u64::from_le_bytes(b))
+            }) & ((1 << 40) - 1);
+            assert_eq!(*g, Some(want), "element {i}");
+        }
+        for (p, d) in payloads.iter().zip(&digests) {
+            let want: Vec<[u8; 32]> = p
+                .chunks(SEGMENT_ELEMENTS * w)
+                .map(|seg| *blake3::hash(seg).as_bytes())
+                .collect();
+            assert_eq!(*d, want);
+        }
+        let mut short = payloads.clone();
+        let cut = short[1].len() - 1;
+        short[1].truncate(cut);
+        let err = sum_hashed::<u64>(&short, w, elements, 2, |_, _| {}).expect_err("short");
+        assert_eq!(
+            (err.0, err.1.kind()),
+            (1, std::io::ErrorKind::UnexpectedEof)
+        );
+    }
 
     #[test]
     fn finish_encoded_writes_what_encode_values_writes() {

@@ -51,19 +51,7 @@ impl Reader {
     }
 }
 
-/// Splits a vector of `elements` into at most `threads` ranges of whole segments (the
-/// last range may end in a partial one), one per thread of [`sum_verified`].
-pub fn segment_ranges(elements: u64, threads: usize) -> Vec<Range<u64>> {
-    let seg = SEGMENT_ELEMENTS as u64;
-    let per = elements
-        .div_ceil(seg)
-        .div_ceil(threads.clamp(1, 256) as u64)
-        .max(1)
-        * seg;
-    (0..elements.div_ceil(per))
-        .map(|t| t * per..((t + 1) * per).min(elements))
-        .collect()
-}
+pub use crate::secagg::sum::segment_ranges;
 
 /// Sums the payloads of authenticated files and verifies each file's signature,
 /// reading every file once: one thread per `(range, sink)` of `work` (ranges from
@@ -113,7 +101,16 @@ pub fn sum_verified<W: Word, S: FnMut(u64, &[W]) + Send>(
         let sources = &sources;
         let handles: Vec<_> = work
             .into_iter()
-            .map(|(range, sink)| s.spawn(move || sum_range::<W, S>(sources, w, range, sink)))
+            .map(|(range, sink)| {
+                s.spawn(move || {
+                    crate::secagg::sum::sum_hashed_range::<W, _>(
+                        &FilePayloads(sources),
+                        w,
+                        range,
+                        sink,
+                    )
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -145,46 +142,23 @@ pub fn sum_verified<W: Word, S: FnMut(u64, &[W]) + Send>(
     Ok(())
 }
 
-/// One thread of [`sum_verified`]: elements `range` (starting on a segment boundary)
-/// of every file's payload of `w`-byte residues, summed slice by slice and handed to
-/// `sink`, each file's segments hashed on the way. Returns, per file, the digests of
-/// the range's segments.
-fn sum_range<W: Word, S: FnMut(u64, &[W])>(
-    files: &[(&File, u64)],
-    w: usize,
-    range: Range<u64>,
-    mut sink: S,
-) -> std::result::Result<Vec<Vec<[u8; 32]>>, (usize, std::io::Error)> {
-    use crate::secagg::sum::READ_ELEMENTS;
-    use std::os::unix::fs::FileExt;
-    let len = (range.end - range.start) as usize;
-    let mut buf = vec![0u8; READ_ELEMENTS.min(len) * w];
-    let mut acc = vec![W::default(); READ_ELEMENTS.min(len)];
-    let mut digests = vec![Vec::new(); files.len()];
-    let mut seg_first = range.start;
-    while seg_first < range.end {
-        let seg_end = (seg_first + SEGMENT_ELEMENTS as u64).min(range.end);
-        let mut hashers = vec![blake3::Hasher::new(); files.len()];
-        let mut at = seg_first;
-        while at < seg_end {
-            let n = (seg_end - at).min(READ_ELEMENTS as u64) as usize;
-            let (bytes, sums) = (&mut buf[..n * w], &mut acc[..n]);
-            sums.fill(W::default());
-            for (i, ((file, start), h)) in files.iter().zip(&mut hashers).enumerate() {
-                file.read_exact_at(bytes, start + at * w as u64)
-                    .map_err(|e| (i, e))?;
-                h.update(bytes);
-                crate::secagg::sum::absorb_words(sums, w, bytes);
-            }
-            sink(at, sums);
-            at += n as u64;
-        }
-        for (d, h) in digests.iter_mut().zip(hashers) {
-            d.push(*h.finalize().as_bytes());
-        }
-        seg_first = seg_end;
+/// The files' payloads, each from its byte `payload_start`, read by position.
+struct FilePayloads<'a>(&'a [(&'a File, u64)]);
+
+impl crate::secagg::sum::Payloads for FilePayloads<'_> {
+    fn count(&self) -> usize {
+        self.0.len()
     }
-    Ok(digests)
+
+    fn bytes<'a>(&'a self, i: usize, at: u64, buf: &'a mut [u8]) -> std::io::Result<&'a [u8]> {
+        use std::os::unix::fs::FileExt;
+        let (file, start) = self
+            .0
+            .get(i)
+            .ok_or_else(|| std::io::Error::other("no such file (our bug)"))?;
+        file.read_exact_at(buf, start + at)?;
+        Ok(buf)
+    }
 }
 
 impl<R: Read> Reader<R> {
