@@ -80,17 +80,22 @@ pub fn stage(path: &Path, secret: bool) -> io::Result<Staged> {
 /// support `O_TMPFILE` and still hand every write to a daemon or a server); and an
 /// empty unnamed file can be created there and linked and unlinked again under a probe
 /// name, so that [`Staged::commit`] will not fail for want of `/proc`, of privilege or
-/// of hard links after the caller has made a decision it cannot undo.
+/// of hard links after the caller has made a decision it cannot undo. Errors that
+/// would stop any way of writing there (no such directory, no permission, a read-only
+/// filesystem, no space) are errors, not `None`.
 pub fn stage_unnamed(path: &Path) -> io::Result<Option<Staged>> {
     #[cfg(target_os = "linux")]
     {
         use rustix::fs::{Mode, OFlags};
+        use rustix::io::Errno;
+        // O_PATH: enough for fstatfs and as openat's base, without read permission.
         let dir = rustix::fs::open(
             parent(path),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let kind = rustix::fs::fstatfs(&dir)?.f_type as i64;
+        // The magic numbers are 32-bit; f_type is a signed word on some targets.
+        let kind = rustix::fs::fstatfs(&dir)?.f_type as u32;
         if !LOCAL_FILESYSTEMS.contains(&kind) {
             return Ok(None);
         }
@@ -99,11 +104,17 @@ pub fn stage_unnamed(path: &Path) -> io::Result<Option<Staged>> {
             rustix::fs::openat(&dir, ".", flags, Mode::RUSR | Mode::WUSR).map(File::from)
         };
         // The probe: an empty file, under a name no reader of `path`'s temporaries
-        // looks for.
-        let Ok(probe) = unnamed() else {
-            return Ok(None);
+        // looks for. open(2): EOPNOTSUPP, the filesystem has no O_TMPFILE; EISDIR, the
+        // kernel predates it (3.11); EINVAL, it rejects the flag combination.
+        let probe = match unnamed() {
+            Ok(probe) => probe,
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => return Ok(None),
+            Err(e) => return Err(e.into()),
         };
         let name = parent(path).join(format!(".secagg-link-probe.{}.tmp", unique()));
+        // The directory takes files (the probe was created): a failed link is the
+        // mechanism missing (no /proc and no privilege, no hard links), so stage another
+        // way.
         if link_fd(&probe, &name).is_err() {
             return Ok(None);
         }
@@ -123,7 +134,7 @@ pub fn stage_unnamed(path: &Path) -> io::Result<Option<Staged>> {
 /// `statfs(2)` types (linux/magic.h) of the local filesystems [`stage_unnamed`] uses:
 /// ext2/3/4, XFS, Btrfs, tmpfs, F2FS.
 #[cfg(target_os = "linux")]
-pub const LOCAL_FILESYSTEMS: [i64; 5] =
+pub const LOCAL_FILESYSTEMS: [u32; 5] =
     [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0xF2F5_2010];
 
 /// A part for a temporary name: this process and a clock reading.
@@ -317,7 +328,7 @@ mod tests {
     /// (the caller's test then has nothing more to check).
     #[cfg(target_os = "linux")]
     fn unnamed_in(dir: &Path, name: &str) -> Option<Staged> {
-        let kind = rustix::fs::statfs(dir).expect("statfs").f_type as i64;
+        let kind = rustix::fs::statfs(dir).expect("statfs").f_type as u32;
         let s = stage_unnamed(&dir.join(name)).expect("stage");
         assert_eq!(
             s.is_some(),

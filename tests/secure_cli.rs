@@ -965,7 +965,7 @@ fn a_mask_killed_while_writing_leaves_no_file_and_journals_nothing() {
     .expect("write");
     let out_dir = fed.lab.path("out");
     std::fs::create_dir(&out_dir).expect("mkdir");
-    let kind = rustix::fs::statfs(&out_dir).expect("statfs").f_type as i64;
+    let kind = rustix::fs::statfs(&out_dir).expect("statfs").f_type as u32;
     if !secagg::atomic::LOCAL_FILESYSTEMS.contains(&kind) {
         // mask holds the residues in memory there (tests/stream_update.rs covers it):
         // there is no unnamed file to catch it writing.
@@ -1038,6 +1038,19 @@ fn a_directory_as_out_is_refused_before_the_journal() {
         .filter(|n| n.ends_with(".tmp"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    // Nor can a directory that does not exist.
+    let missing = fed.lab.path("no/such/dir/u.masked");
+    let missing = missing.to_str().expect("utf8");
+    let err = refused(
+        node,
+        &mask_args(input, missing, "1", "5", &[]),
+        &format!(
+            "cannot write the masked file at {missing}: No such file or directory (os error 2)"
+        ),
+        "check the path and permissions",
+    );
+    assert!(!err.contains("round 1 is now used"), "{err}");
+    assert_eq!(journal(node), before, "nothing journaled");
     // The same update then masks for the same round.
     let ok = fed.lab.path("u.masked");
     node.ok(&mask_args(input, ok.to_str().expect("utf8"), "1", "5", &[]));

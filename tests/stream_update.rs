@@ -317,7 +317,7 @@ fn staging_for(memory: Option<u64>, dir: &Path) -> job::Staging {
         Some(_) => job::Staging::Memory,
         #[cfg(target_os = "linux")]
         None => {
-            let kind = rustix::fs::statfs(dir).expect("statfs").f_type as i64;
+            let kind = rustix::fs::statfs(dir).expect("statfs").f_type as u32;
             if secagg::atomic::LOCAL_FILESYSTEMS.contains(&kind) {
                 job::Staging::Unnamed
             } else {
@@ -599,4 +599,52 @@ fn a_checked_stream_masks_what_was_checked_and_stops_at_the_first_changed_block(
         other => panic!("expected the new header to stop the stream, got {other:?}"),
     }
     assert!(words.is_empty(), "{} words went out", words.len());
+}
+
+/// An output directory that cannot take the file is refused before the journal on every
+/// path (the fallbacks write only after it: found there, it would use up the round and
+/// the update).
+#[test]
+fn an_output_that_cannot_be_written_is_refused_before_the_journal_on_every_path() {
+    for memory in [None, Some(u64::MAX), Some(0)] {
+        let (lab, node) = nodes();
+        let me = Home::new(&node.home).load_identity().expect("identity");
+        let input = lab.path("u.npy");
+        tensor::write_values(&input, &npy(3001, DType::F32), values(9, 3001).into_iter())
+            .expect("write");
+        let mut reg = registry(&node.home);
+        let before = releases(&node.home);
+        let out = lab.path("missing/u.masked");
+        let err = job::mask_update_with(
+            &me,
+            &mut reg,
+            &spec(QuantParams::default(), 1),
+            &input,
+            7,
+            &out,
+            1,
+            0,
+            memory,
+        )
+        .expect_err("no such directory");
+        assert!(
+            matches!(
+                &err,
+                masked::Error::Io {
+                    action: "write the masked file at",
+                    ..
+                }
+            ),
+            "{memory:?}: {err}"
+        );
+        assert_eq!(
+            releases(&node.home),
+            before,
+            "{memory:?}: nothing journaled"
+        );
+        assert!(
+            !reg.file_mask_used("fed", 1, "update").expect("query"),
+            "{memory:?}"
+        );
+    }
 }

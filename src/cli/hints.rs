@@ -112,10 +112,12 @@ mod masked {
     impl Hint for Error {
         fn hint(&self) -> Option<String> {
             Some(match self {
-                Error::AfterJournal { source, .. } => match source.hint() {
-                    Some(h) => format!("{h}; then mask the update again with a new --round"),
-                    None => "mask the update again with a new --round".into(),
-                },
+                Error::AfterJournal { source, .. } => {
+                    let fix = source.hint().map(|h| format!("{h}; then ")).unwrap_or_default();
+                    format!(
+                        "{fix}train a new update for a new --round: the same update is never released twice"
+                    )
+                }
                 Error::Io { .. } => "check the path and permissions".into(),
                 Error::Malformed { .. } => {
                     "pass files written by 'secagg mask'; ask the node to send it again".into()

@@ -138,6 +138,30 @@ pub fn researcher(reg: &Registry, chosen: Option<&PartyId>) -> Result<(PartyId, 
     Ok((peer.party_id, peer.fingerprint))
 }
 
+/// Whether files can be created in `path`'s directory (write and search permission, and
+/// not a read-only filesystem), for the effective user.
+fn writable_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    #[cfg(unix)]
+    {
+        use rustix::fs::{Access, AtFlags, CWD};
+        rustix::fs::accessat(
+            CWD,
+            dir,
+            Access::WRITE_OK | Access::EXEC_OK,
+            AtFlags::EACCESS,
+        )
+        .map_err(std::io::Error::from)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(dir).map(|_| ())
+    }
+}
+
 /// A file-mode round as the node sees it.
 #[derive(Clone, Debug)]
 pub struct MaskSpec {
@@ -302,14 +326,17 @@ pub fn mask_update_with(
 ) -> Result<MaskedFile> {
     // Each peer's certificate is parsed and checked once (expiry too), then used for
     // its key.
+    // Refused here, before the journal: found when the file is written or renamed, they
+    // would use up the round and the update.
+    let cannot_write = |source| Error::Io {
+        action: "write the masked file at",
+        path: out.to_owned(),
+        source,
+    };
     if out.is_dir() {
-        // Refused here: found at the rename, it would come after the journal entry.
-        return Err(Error::Io {
-            action: "write the masked file at",
-            path: out.to_owned(),
-            source: std::io::Error::from(std::io::ErrorKind::IsADirectory),
-        });
+        return Err(cannot_write(std::io::ErrorKind::IsADirectory.into()));
     }
+    writable_dir(out).map_err(cannot_write)?;
     let (plan, ctx, certs) =
         prepare_with(me, reg, spec, weight, |id| registered_node_at(reg, id, now))?;
     let masks = masks_for(me, &certs, |pw| MaskKey::derive(pw, &ctx));

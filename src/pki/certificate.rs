@@ -5,7 +5,10 @@
 //! DER) is what parties read to each other over a trusted channel, and its key is the
 //! ECDH key used for pairwise mask secrets and the ECDSA key used for TLS and for
 //! signing masked files. [`PeerCertificate`] can only be built by parsing a certificate
-//! that passed every structural check and verified against its own key.
+//! that passed every structural check and either verified against its own key
+//! ([`PeerCertificate::from_der`], for anything from outside) or was read back from this
+//! party's registry under the fingerprint stored with it, having been verified when it
+//! was registered ([`PeerCertificate::from_registered_der`]).
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -208,8 +211,9 @@ pub fn self_signed(key: &SigningKey, params: &CertParams) -> Result<PeerCertific
     PeerCertificate::from_der(&der)
 }
 
-/// A certificate that parsed, has a P-256 key, is signed ecdsa-with-SHA256 and verifies
-/// against its own key. Validity dates are checked separately ([`Self::check_validity`])
+/// A certificate that parsed, has a P-256 key and a CN, is signed ecdsa-with-SHA256 and
+/// verifies against its own key (checked here, or at registration for one read back
+/// from the registry). Validity dates are checked separately ([`Self::check_validity`])
 /// because `--allow-expired` may skip them.
 #[derive(Clone)]
 pub struct PeerCertificate {

@@ -109,9 +109,7 @@ pub(super) fn header_digest(head: &[u8]) -> sha2::digest::Output<Sha256> {
 pub enum Error {
     /// Masking failed after the round's key and the input's release were journaled:
     /// both stay used.
-    #[error(
-        "{source}; round {round} is now used and this update counts as released: mask it again for a new round"
-    )]
+    #[error("{source}; round {round} is now used and this update counts as released")]
     AfterJournal {
         /// The round.
         round: u64,
