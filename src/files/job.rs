@@ -805,7 +805,10 @@ fn stream<W: Word, E>(
     let mut blocks = 0usize;
     let (b, off, clip, fl) = (&mut buf, &mut offset, &mut clipped, &mut flush);
     let seen = &mut blocks;
-    let layout = tensor::read_raw_blocks(input, |layout| {
+    // The values are converted from their bytes inside the quantizing loop; they are
+    // decoded to f64 on their own only for the version-1 digest.
+    let mut decoded: Vec<f64> = Vec::new();
+    let layout = tensor::read_data_blocks(input, |layout| {
         let mut hash = (digests != Digests::None)
             .then(|| hash.insert(InputDigest::new(layout, digests == Digests::Both)));
         // The same data bytes under another header (f64 read as f32, other shapes) would
@@ -816,7 +819,9 @@ fn stream<W: Word, E>(
             Expect::Checked(c) => (c.layout != layout).then(|| changed_since_checked(input)),
         };
         let mut changed = changed.map(Stopped::from);
-        move |mut xs: &[f64], bytes: &[u8]| -> std::result::Result<(), Stopped<E>> {
+        move |dtype: crate::layout::DType,
+              mut bytes: &[u8]|
+              -> std::result::Result<(), Stopped<E>> {
             if let Some(e) = changed.take() {
                 return Err(e);
             }
@@ -827,18 +832,24 @@ fn stream<W: Word, E>(
                 *seen += 1;
             }
             if let Some(h) = hash.as_mut() {
-                h.block(xs, bytes);
+                if h.v1.is_some() {
+                    decoded.clear();
+                    crate::layout::decode_into(dtype, bytes, &mut decoded);
+                }
+                h.block(&decoded, bytes);
             }
-            while !xs.is_empty() {
-                let (head, rest) = xs.split_at(xs.len().min(block - b.len()));
+            let size = dtype.bytes();
+            while bytes.len() >= size {
+                let n = (bytes.len() / size).min(block - b.len());
+                let (head, rest) = bytes.split_at(n * size);
                 let at = *off + b.len() as u64;
-                *clip += plan.quantize_into(head, w, b).map_err(|i| {
+                *clip += plan.quantize_bytes_into(dtype, head, w, b).map_err(|i| {
                     Stopped::Masking(quantize::Error::NonFinite(at + i as u64).into())
                 })?;
                 if b.len() == block {
                     fl(b, off).map_err(Stopped::Emit)?;
                 }
-                xs = rest;
+                bytes = rest;
             }
             Ok(())
         }

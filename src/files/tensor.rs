@@ -100,9 +100,9 @@ where
     R: Read + Seek,
     V: FnMut(&[f64]) -> std::result::Result<(), E>,
 {
-    blocks_from_reader(container, name, reader, len, |layout| {
+    blocks_from_reader(container, name, reader, len, true, |layout| {
         let mut visit = make_visit(layout);
-        move |values: &[f64], _: &[u8]| visit(values)
+        move |values: &[f64], _: DType, _: &[u8]| visit(values)
     })
 }
 
@@ -120,26 +120,46 @@ where
 {
     let container = container_of(path)?;
     let (file, len) = open_sized(path)?;
-    blocks_from_reader(
-        container,
-        path,
-        BufReader::with_capacity(1 << 20, file),
-        len,
-        make_visit,
-    )
+    let reader = BufReader::with_capacity(1 << 20, file);
+    blocks_from_reader(container, path, reader, len, true, |layout| {
+        let mut visit = make_visit(layout);
+        move |values: &[f64], _: DType, bytes: &[u8]| visit(values, bytes)
+    })
 }
 
-/// The reader behind [`read_value_blocks`] and [`read_raw_blocks`].
+/// [`read_raw_blocks`] without decoding: `visit` gets each block's bytes and the type of
+/// the tensor they belong to (for a caller that converts the values itself, in its own
+/// loop).
+pub fn read_data_blocks<E, V>(
+    path: &Path,
+    make_visit: impl FnOnce(&Layout) -> V,
+) -> Result<std::result::Result<Layout, E>>
+where
+    V: FnMut(DType, &[u8]) -> std::result::Result<(), E>,
+{
+    let container = container_of(path)?;
+    let (file, len) = open_sized(path)?;
+    let reader = BufReader::with_capacity(1 << 20, file);
+    blocks_from_reader(container, path, reader, len, false, |layout| {
+        let mut visit = make_visit(layout);
+        move |_: &[f64], dtype: DType, bytes: &[u8]| visit(dtype, bytes)
+    })
+}
+
+/// The reader behind [`read_value_blocks`], [`read_raw_blocks`] and
+/// [`read_data_blocks`]; the values are decoded only when `decode` (else `visit` gets
+/// none).
 fn blocks_from_reader<R, E, V>(
     container: Container,
     name: &Path,
     mut reader: R,
     len: u64,
+    decode: bool,
     make_visit: impl FnOnce(&Layout) -> V,
 ) -> Result<std::result::Result<Layout, E>>
 where
     R: Read + Seek,
-    V: FnMut(&[f64], &[u8]) -> std::result::Result<(), E>,
+    V: FnMut(&[f64], DType, &[u8]) -> std::result::Result<(), E>,
 {
     let (layout, sections) = layout_from_reader(container, name, &mut reader, len)?;
     let mut visit = make_visit(&layout);
@@ -166,9 +186,11 @@ where
                 )
             })?;
             values.clear();
-            crate::layout::decode_into(spec.dtype, &block[..n], &mut values);
-            debug_assert_eq!(values.len() * spec.dtype.bytes(), n);
-            if let Err(e) = visit(&values, &block[..n]) {
+            if decode {
+                crate::layout::decode_into(spec.dtype, &block[..n], &mut values);
+                debug_assert_eq!(values.len() * spec.dtype.bytes(), n);
+            }
+            if let Err(e) = visit(&values, spec.dtype, &block[..n]) {
                 return Ok(Err(e));
             }
             left -= n as u64;

@@ -215,9 +215,54 @@ impl Plan {
         weight: i64,
         out: &mut Vec<W>,
     ) -> Result<u64, usize> {
+        let id = |x: &f64| *x;
         match self.exact_scale() {
-            Some(k) => self.quantize_loop::<W, true>(level, xs, weight, k, out),
-            None => self.quantize_loop::<W, false>(level, xs, weight, 0.0, out),
+            Some(k) => self.quantize_loop::<W, _, true>(level, xs, id, weight, k, out),
+            None => self.quantize_loop::<W, _, false>(level, xs, id, weight, 0.0, out),
+        }
+    }
+
+    /// [`Plan::quantize_into`] of values given as their little-endian bytes in `dtype`
+    /// (as an update file holds them), converted inside the loop: the same words, the
+    /// same count and the same index for a non-finite value as decoding them to f64
+    /// first. Bytes past the last whole value are ignored.
+    pub fn quantize_bytes_into<W: Word>(
+        &self,
+        dtype: crate::layout::DType,
+        bytes: &[u8],
+        weight: i64,
+        out: &mut Vec<W>,
+    ) -> Result<u64, usize> {
+        self.quantize_bytes_into_with(simd::Level::best(), dtype, bytes, weight, out)
+    }
+
+    /// [`Plan::quantize_bytes_into`] compiled for a given level of vector instructions.
+    pub(crate) fn quantize_bytes_into_with<W: Word>(
+        &self,
+        level: simd::Level,
+        dtype: crate::layout::DType,
+        bytes: &[u8],
+        weight: i64,
+        out: &mut Vec<W>,
+    ) -> Result<u64, usize> {
+        use crate::layout::DType;
+        let f32s = |b: &[u8; 4]| f64::from(f32::from_le_bytes(*b));
+        let f64s = |b: &[u8; 8]| f64::from_le_bytes(*b);
+        let k = self.exact_scale();
+        let (xs4, xs8) = (bytes.as_chunks::<4>().0, bytes.as_chunks::<8>().0);
+        match (dtype, k) {
+            (DType::F32, Some(k)) => {
+                self.quantize_loop::<W, _, true>(level, xs4, f32s, weight, k, out)
+            }
+            (DType::F32, None) => {
+                self.quantize_loop::<W, _, false>(level, xs4, f32s, weight, 0.0, out)
+            }
+            (DType::F64, Some(k)) => {
+                self.quantize_loop::<W, _, true>(level, xs8, f64s, weight, k, out)
+            }
+            (DType::F64, None) => {
+                self.quantize_loop::<W, _, false>(level, xs8, f64s, weight, 0.0, out)
+            }
         }
     }
 
@@ -234,12 +279,13 @@ impl Plan {
         power_of_two.then(|| levels(self.params.bits) as f64 / c)
     }
 
-    /// The loop of [`Plan::quantize_into_with`]; `SCALE`: x·`k` for x/c·L
-    /// ([`Plan::exact_scale`]).
-    fn quantize_loop<W: Word, const SCALE: bool>(
+    /// The loop of [`Plan::quantize_into_with`], over values `value(x)` for x in `xs`;
+    /// `SCALE`: x·`k` for x/c·L ([`Plan::exact_scale`]).
+    fn quantize_loop<W: Word, T, const SCALE: bool>(
         &self,
         level: simd::Level,
-        xs: &[f64],
+        xs: &[T],
+        value: impl Fn(&T) -> f64 + Copy,
         weight: i64,
         k: f64,
         out: &mut Vec<W>,
@@ -265,7 +311,8 @@ impl Plan {
                     // Wrapping arithmetic (no overflow check) is exact here: |q| <= L <
                     // 2^31, the plan bounds |weight·q| < 2^63, and `clipped` counts at
                     // most `xs.len()`.
-                    for (o, &x) in words.iter_mut().zip(xs) {
+                    for (o, x) in words.iter_mut().zip(xs) {
+                        let x = value(x);
                         finite &= x.is_finite();
                         clipped = clipped.wrapping_add(u64::from(x.abs() > c));
                         let y = if SCALE {
@@ -284,7 +331,7 @@ impl Plan {
         if finite {
             Ok(clipped)
         } else {
-            Err(xs.iter().position(|x| !x.is_finite()).unwrap_or(0))
+            Err(xs.iter().position(|x| !value(x).is_finite()).unwrap_or(0))
         }
     }
 
@@ -641,6 +688,58 @@ mod tests {
         );
     }
 
+    /// Quantizing from bytes at exact ties: with clip = L (bits 2 to 8, the division) or
+    /// a power of two with L = 1 (the multiplication), x = ±(k + 1/2)·step is exact in
+    /// f32 and f64, and half-away rounding sends it away from zero, where any error in
+    /// the conversion from bytes would send one side of it the other way.
+    #[test]
+    fn quantizing_bytes_at_ties_is_decoding_then_quantizing() {
+        use crate::layout::{DType, decode_into};
+        let mut cases: Vec<(f64, u32)> = (2..=8).map(|b| (levels(b) as f64, b)).collect();
+        cases.extend([(4.0, 2), (0.5, 2)]);
+        for (clip, bits) in cases {
+            let plan = Plan::new(
+                QuantParams {
+                    clip,
+                    bits,
+                    max_weight: 1000,
+                },
+                3,
+            )
+            .expect("plan");
+            let step = plan.step();
+            let xs: Vec<f64> = (0..levels(bits))
+                .flat_map(|k| [(k as f64 + 0.5) * step, -(k as f64 + 0.5) * step])
+                .collect();
+            assert!(
+                xs.iter().all(|x| f64::from(*x as f32) == *x),
+                "exact in f32"
+            );
+            for dtype in [DType::F32, DType::F64] {
+                let bytes: Vec<u8> = xs
+                    .iter()
+                    .flat_map(|x| match dtype {
+                        DType::F32 => (*x as f32).to_le_bytes().to_vec(),
+                        DType::F64 => x.to_le_bytes().to_vec(),
+                    })
+                    .collect();
+                let mut decoded = Vec::new();
+                decode_into(dtype, &bytes, &mut decoded);
+                for level in simd::available_levels() {
+                    let (mut want, mut got) = (Vec::<u64>::new(), Vec::<u64>::new());
+                    let a = plan.quantize_into_with(level, &decoded, 1, &mut want);
+                    let b = plan.quantize_bytes_into_with(level, dtype, &bytes, 1, &mut got);
+                    assert_eq!((a, &got), (b, &want), "{clip} {bits} {dtype:?} {level:?}");
+                    // Ties round away from zero: +(k + 1/2) to k + 1, its negative to -(k + 1).
+                    let q: Vec<i64> = got.iter().map(|w| *w as i64).collect();
+                    let l = levels(bits) as i64;
+                    let away: Vec<i64> = (0..l).flat_map(|k| [k + 1, -(k + 1)]).collect();
+                    assert_eq!(q, away, "{clip} {bits} {dtype:?} {level:?}");
+                }
+            }
+        }
+    }
+
     /// Throughput of each level (not a check): `cargo test --release --lib
     /// secagg::quantize::tests::throughput -- --ignored --nocapture`. Blocks of 128 Ki
     /// values, as `files::tensor` hands them to masking.
@@ -691,6 +790,52 @@ mod tests {
                     prop_assert_eq!(clipped, xs.iter().filter(|x| x.abs() > 1.0).count() as u64);
                 }
                 Err(at) => prop_assert_eq!(Some(at), nan),
+            }
+        }
+
+        /// Quantizing from the file's bytes is decoding them to f64 then quantizing, at
+        /// every level, for both value types: the same words (appended after those
+        /// already there), the same clipped count, the same first non-finite index.
+        #[test]
+        fn quantizing_bytes_is_decoding_then_quantizing(
+            raw in proptest::collection::vec(any::<u64>(), 0..300),
+            near in proptest::collection::vec(-3.0f64..3.0, 0..300),
+            clip in prop_oneof![Just(1.0f64), Just(0.75), Just(4.0)],
+            bits in 2u32..=32,
+            weight in 1i64..1000,
+        ) {
+            use crate::layout::{decode_into, DType};
+            let plan = Plan::new(QuantParams { clip, bits, max_weight: 1000 }, 3).expect("plan");
+            for dtype in [DType::F32, DType::F64] {
+                let mut bytes: Vec<u8> = Vec::new();
+                for (r, x) in raw.iter().zip(near.iter().chain(std::iter::repeat(&0.5))) {
+                    // Mostly plausible values, some raw bit patterns (NaN, infinities,
+                    // subnormals included).
+                    let v = if r % 4 == 0 { f64::from_bits(*r) } else { *x };
+                    match dtype {
+                        DType::F32 if r % 4 == 0 => bytes.extend((*r as u32).to_le_bytes()),
+                        DType::F32 => bytes.extend((v as f32).to_le_bytes()),
+                        DType::F64 => bytes.extend(v.to_le_bytes()),
+                    }
+                }
+                // And the plan's edges: the clip bound, zero, the rounding ties.
+                for x in edge_values(&plan) {
+                    match dtype {
+                        DType::F32 => bytes.extend((x as f32).to_le_bytes()),
+                        DType::F64 => bytes.extend(x.to_le_bytes()),
+                    }
+                }
+                let mut xs = Vec::new();
+                decode_into(dtype, &bytes, &mut xs);
+                for level in simd::available_levels() {
+                    let (mut want, mut got) = (vec![7u64], vec![7u64]);
+                    let a = plan.quantize_into_with(level, &xs, weight, &mut want);
+                    let b = plan.quantize_bytes_into_with(level, dtype, &bytes, weight, &mut got);
+                    prop_assert_eq!(a, b, "{:?} {:?}", dtype, level);
+                    if a.is_ok() {
+                        prop_assert_eq!(&got, &want, "{:?} {:?}", dtype, level);
+                    }
+                }
             }
         }
 
