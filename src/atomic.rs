@@ -47,12 +47,9 @@ impl std::fmt::Debug for Staged {
 /// `secret` (before any byte is written), else `0644`.
 pub fn stage(path: &Path, secret: bool) -> io::Result<Staged> {
     let dir = parent(path);
-    let name = path
-        .file_name()
-        .map(|n| format!(".{}.", n.to_string_lossy()))
-        .unwrap_or_else(|| ".secagg.".into());
+    let prefix = tmp_prefix(path);
     let mut builder = tempfile::Builder::new();
-    builder.prefix(&name).suffix(".tmp");
+    builder.prefix(&prefix).suffix(".tmp");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -209,14 +206,9 @@ fn link_unnamed(file: &File, path: &Path, replace: bool) -> io::Result<()> {
     if !replace {
         return link_fd(file, path);
     }
-    let dir = parent(path);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "secagg".into());
-    let unique = unique();
+    let (dir, prefix, unique) = (parent(path), tmp_prefix(path), unique());
     for attempt in 0..100u32 {
-        let tmp = dir.join(format!(".{name}.{unique}-{attempt}.tmp"));
+        let tmp = dir.join(format!("{prefix}{unique}-{attempt}.tmp"));
         match link_fd(file, &tmp) {
             Ok(()) => {
                 return std::fs::rename(&tmp, path).inspect_err(|_| {
@@ -259,6 +251,31 @@ pub fn write(path: &Path, bytes: &[u8], secret: bool) -> io::Result<()> {
     let mut staged = stage(path, secret)?;
     staged.file().write_all(bytes)?;
     staged.commit()
+}
+
+/// The start of a temporary name for `path`: `.NAME.` (then something unique, then
+/// `.tmp`), so that every temporary of a path is recognisable as such.
+fn tmp_prefix(path: &Path) -> String {
+    path.file_name()
+        .map(|n| format!(".{}.", n.to_string_lossy()))
+        .unwrap_or_else(|| ".secagg.".into())
+}
+
+/// Whether files can be created in `path`'s directory by this process (write and search
+/// permission for the effective user, not a read-only filesystem): for a caller that
+/// must learn it before a step it cannot undo.
+pub fn check_dir_writable(path: &Path) -> io::Result<()> {
+    let dir = parent(path);
+    #[cfg(unix)]
+    {
+        use rustix::fs::{Access, AtFlags, CWD};
+        let mode = Access::WRITE_OK | Access::EXEC_OK;
+        Ok(rustix::fs::accessat(CWD, dir, mode, AtFlags::EACCESS)?)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(dir).map(|_| ())
+    }
 }
 
 fn parent(path: &Path) -> &Path {

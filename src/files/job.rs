@@ -138,30 +138,6 @@ pub fn researcher(reg: &Registry, chosen: Option<&PartyId>) -> Result<(PartyId, 
     Ok((peer.party_id, peer.fingerprint))
 }
 
-/// Whether files can be created in `path`'s directory (write and search permission, and
-/// not a read-only filesystem), for the effective user.
-fn writable_dir(path: &Path) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    #[cfg(unix)]
-    {
-        use rustix::fs::{Access, AtFlags, CWD};
-        rustix::fs::accessat(
-            CWD,
-            dir,
-            Access::WRITE_OK | Access::EXEC_OK,
-            AtFlags::EACCESS,
-        )
-        .map_err(std::io::Error::from)
-    }
-    #[cfg(not(unix))]
-    {
-        std::fs::metadata(dir).map(|_| ())
-    }
-}
-
 /// A file-mode round as the node sees it.
 #[derive(Clone, Debug)]
 pub struct MaskSpec {
@@ -324,8 +300,6 @@ pub fn mask_update_with(
     now: i64,
     memory: Option<u64>,
 ) -> Result<MaskedFile> {
-    // Each peer's certificate is parsed and checked once (expiry too), then used for
-    // its key.
     // Refused here, before the journal: found when the file is written or renamed, they
     // would use up the round and the update.
     let cannot_write = |source| Error::Io {
@@ -336,7 +310,9 @@ pub fn mask_update_with(
     if out.is_dir() {
         return Err(cannot_write(std::io::ErrorKind::IsADirectory.into()));
     }
-    writable_dir(out).map_err(cannot_write)?;
+    crate::atomic::check_dir_writable(out).map_err(cannot_write)?;
+    // Each peer's certificate is parsed and checked once (expiry too), then used for
+    // its key.
     let (plan, ctx, certs) =
         prepare_with(me, reg, spec, weight, |id| registered_node_at(reg, id, now))?;
     let masks = masks_for(me, &certs, |pw| MaskKey::derive(pw, &ctx));

@@ -118,10 +118,7 @@ pub fn read_raw_blocks<E, V>(
 where
     V: FnMut(&[f64], &[u8]) -> std::result::Result<(), E>,
 {
-    let container = container_of(path)?;
-    let (file, len) = open_sized(path)?;
-    let reader = BufReader::with_capacity(1 << 20, file);
-    blocks_from_reader(container, path, reader, len, true, |layout| {
+    file_blocks(path, true, |layout| {
         let mut visit = make_visit(layout);
         move |values: &[f64], _: DType, bytes: &[u8]| visit(values, bytes)
     })
@@ -137,13 +134,25 @@ pub fn read_data_blocks<E, V>(
 where
     V: FnMut(DType, &[u8]) -> std::result::Result<(), E>,
 {
-    let container = container_of(path)?;
-    let (file, len) = open_sized(path)?;
-    let reader = BufReader::with_capacity(1 << 20, file);
-    blocks_from_reader(container, path, reader, len, false, |layout| {
+    file_blocks(path, false, |layout| {
         let mut visit = make_visit(layout);
         move |_: &[f64], dtype: DType, bytes: &[u8]| visit(dtype, bytes)
     })
+}
+
+/// [`blocks_from_reader`] over the file at `path`, read 1 MiB at a time.
+fn file_blocks<E, V>(
+    path: &Path,
+    decode: bool,
+    make_visit: impl FnOnce(&Layout) -> V,
+) -> Result<std::result::Result<Layout, E>>
+where
+    V: FnMut(&[f64], DType, &[u8]) -> std::result::Result<(), E>,
+{
+    let container = container_of(path)?;
+    let (file, len) = open_sized(path)?;
+    let reader = BufReader::with_capacity(1 << 20, file);
+    blocks_from_reader(container, path, reader, len, decode, make_visit)
 }
 
 /// The reader behind [`read_value_blocks`], [`read_raw_blocks`] and

@@ -215,11 +215,7 @@ impl Plan {
         weight: i64,
         out: &mut Vec<W>,
     ) -> Result<u64, usize> {
-        let id = |x: &f64| *x;
-        match self.exact_scale() {
-            Some(k) => self.quantize_loop::<W, _, true>(level, xs, id, weight, k, out),
-            None => self.quantize_loop::<W, _, false>(level, xs, id, weight, 0.0, out),
-        }
+        self.quantize_values(level, xs, |x: &f64| *x, weight, out)
     }
 
     /// [`Plan::quantize_into`] of values given as their little-endian bytes in `dtype`
@@ -246,23 +242,31 @@ impl Plan {
         out: &mut Vec<W>,
     ) -> Result<u64, usize> {
         use crate::layout::DType;
-        let f32s = |b: &[u8; 4]| f64::from(f32::from_le_bytes(*b));
-        let f64s = |b: &[u8; 8]| f64::from_le_bytes(*b);
-        let k = self.exact_scale();
-        let (xs4, xs8) = (bytes.as_chunks::<4>().0, bytes.as_chunks::<8>().0);
-        match (dtype, k) {
-            (DType::F32, Some(k)) => {
-                self.quantize_loop::<W, _, true>(level, xs4, f32s, weight, k, out)
+        match dtype {
+            DType::F32 => {
+                let f32s = |b: &[u8; 4]| f64::from(f32::from_le_bytes(*b));
+                self.quantize_values(level, bytes.as_chunks::<4>().0, f32s, weight, out)
             }
-            (DType::F32, None) => {
-                self.quantize_loop::<W, _, false>(level, xs4, f32s, weight, 0.0, out)
+            DType::F64 => {
+                let f64s = |b: &[u8; 8]| f64::from_le_bytes(*b);
+                self.quantize_values(level, bytes.as_chunks::<8>().0, f64s, weight, out)
             }
-            (DType::F64, Some(k)) => {
-                self.quantize_loop::<W, _, true>(level, xs8, f64s, weight, k, out)
-            }
-            (DType::F64, None) => {
-                self.quantize_loop::<W, _, false>(level, xs8, f64s, weight, 0.0, out)
-            }
+        }
+    }
+
+    /// The quantizing loop over `value(x)` for x in `xs`, with the multiplication where
+    /// the clip allows it ([`Plan::exact_scale`]).
+    fn quantize_values<W: Word, T>(
+        &self,
+        level: simd::Level,
+        xs: &[T],
+        value: impl Fn(&T) -> f64 + Copy,
+        weight: i64,
+        out: &mut Vec<W>,
+    ) -> Result<u64, usize> {
+        match self.exact_scale() {
+            Some(k) => self.quantize_loop::<W, T, true>(level, xs, value, weight, k, out),
+            None => self.quantize_loop::<W, T, false>(level, xs, value, weight, 0.0, out),
         }
     }
 
