@@ -149,6 +149,17 @@ def fold_cases():
         (7, 123457, 40, "+-"),
         (8, 0, 16, "+"),
         (8, 1000003, 64, "+-+-"),
+        # Long enough for whole groups of 64 from a multiple of 16 (the VAES kernel in
+        # src/secagg/ctr_fold.rs), with a head before and a tail after them.
+        (5, 0, 200, "+-+"),
+        (5, 1000003, 300, "-+"),
+        (3, 48, 150, "-+"),
+        (8, 1000000, 130, "+-+-"),
+        (1, 16, 100, "-"),
+        (2, 0, 128, "+"),
+        (4, 64, 70, "--"),
+        (6, 999, 180, "+"),
+        (7, 123457, 200, "+-"),
     ]
     cases = []
     for ci, (w, start, count, signs) in enumerate(specs):

@@ -8,11 +8,11 @@
 //! faults of 2 MiB. Elsewhere (other systems, THP `never` or `always`) the buffer is a
 //! plain `Vec`.
 //!
-//! A leaf module, and the second of the two modules allowed `unsafe` code (the crate
+//! A leaf module, and one of the three modules allowed `unsafe` code (the crate
 //! denies it everywhere else; docs/architecture.md, "Unsafe code"): one call to
 //! madvise(2), which advises the kernel about memory this process owns and changes
 //! none of its bytes.
-// The second exception to the crate's `unsafe_code = "deny"` (see the module docs above).
+// An exception to the crate's `unsafe_code = "deny"` (see the module docs above).
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 

@@ -106,7 +106,8 @@ fn ring_width_matches_vectors() {
 fn mask_folding_matches_vectors() {
     let k = kat();
     let cases = k["folds"].as_array().expect("folds");
-    assert!(cases.len() >= 8);
+    // The last nine are long enough for the VAES kernel's whole groups.
+    assert!(cases.len() >= 19);
     for c in cases {
         let width = u64_of(&c["width"]) as usize;
         let start = u64_of(&c["start"]);

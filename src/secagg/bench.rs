@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::secagg::ctr_fold::{self, RoundKeys};
 use crate::secagg::keys::{MaskKey, Sign};
 use crate::secagg::prg::{self as mask, PeerMask};
 use crate::secagg::quantize::{Plan, QuantParams};
@@ -31,7 +32,8 @@ pub struct Report {
     /// Bytes per residue (w).
     pub width_bytes: usize,
     /// Raw AES-128-CTR keystream for the n-1 streams of d·w bytes each, on all threads
-    /// into a cache-sized buffer, bytes per second.
+    /// into a cache-sized buffer, by the fastest implementation this CPU has (the VAES
+    /// kernel masking runs, else `ctr`), bytes per second.
     pub prg_bytes_per_sec: f64,
     /// `acc[i] += x[i]` in machine words: n vectors of d words, each its own buffer,
     /// summed slice by slice into a slice-sized accumulator in the core's cache (each
@@ -185,29 +187,38 @@ fn peer_masks(nodes: usize) -> Vec<PeerMask> {
 }
 
 /// Raw keystream: every peer's `bytes` bytes, the streams split over `threads` threads
-/// by range exactly as masking splits them, each into a reused 16 KiB buffer.
+/// by range as masking splits them, each into a reused 16 KiB buffer, by the fastest
+/// implementation this CPU has: the VAES kernel that masking itself runs
+/// ([`crate::secagg::ctr_fold::keystream`], key schedule expanded once per stream), else
+/// `ctr`.
 fn raw_prg(peers: &[PeerMask], bytes: usize, threads: usize) {
-    let per = bytes.div_ceil(threads);
-    {
-        std::thread::scope(|s| {
-            for t in 0..threads {
-                let range = (t * per).min(bytes)..((t + 1) * per).min(bytes);
-                s.spawn(move || {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    for m in peers {
-                        let mut p = mask::prg_at(&m.key, range.start as u64);
-                        let mut left = range.len();
-                        while left > 0 {
-                            let n = left.min(buf.len());
-                            ctr::cipher::StreamCipher::write_keystream(&mut p, &mut buf[..n]);
-                            left -= n;
+    const BUF: usize = 16 * 1024;
+    let per = bytes.div_ceil(threads).next_multiple_of(BUF);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let range = (t * per).min(bytes)..((t + 1) * per).min(bytes);
+            s.spawn(move || {
+                let mut buf = vec![0u8; BUF];
+                for m in peers {
+                    let keys = RoundKeys::expand(&m.key);
+                    let mut at = range.start;
+                    while at < range.end {
+                        let n = (range.end - at).min(BUF);
+                        // `at` is a multiple of 16 KiB, so of the AES block.
+                        let done = keys
+                            .as_ref()
+                            .map_or(0, |k| ctr_fold::keystream(k, at as u64 / 16, &mut buf[..n]));
+                        if done < n {
+                            let mut p = mask::prg_at(&m.key, (at + done) as u64);
+                            ctr::cipher::StreamCipher::write_keystream(&mut p, &mut buf[done..n]);
                         }
+                        at += n;
                     }
-                    black_box(&buf);
-                });
-            }
-        });
-    }
+                }
+                black_box(&buf);
+            });
+        }
+    });
 }
 
 /// `n` vectors of `len` machine words, each its own buffer, summed on `threads` threads

@@ -1,13 +1,16 @@
 //! The arithmetic of secure aggregation: the ring ([`ring`]), the key schedule from
-//! certificates to per-use keys ([`keys`]), PRG masks ([`prg`]), fixed-point
-//! quantization ([`quantize`]), modular sums ([`sum`]), vector code chosen at run time
-//! (the SIMD inner loop both masking and summing run, adding packed w-byte residues into
-//! words, and quantization's loop compiled for AVX-512 or AVX2: [`simd`], one of the
-//! two modules allowed `unsafe`), t-of-n secret sharing with Feldman commitments
+//! certificates to per-use keys ([`keys`]), PRG masks ([`prg`]; on CPUs with VAES and
+//! AVX-512 VBMI their keystream is generated and folded in one loop, [`ctr_fold`]),
+//! fixed-point quantization ([`quantize`]), modular sums ([`sum`]), vector code chosen
+//! at run time (the SIMD inner loop both masking and summing run, adding packed w-byte
+//! residues into words, and quantization's loop compiled for AVX-512 or AVX2: [`simd`]),
+//! t-of-n secret sharing with Feldman commitments
 //! ([`shamir`], protocol 2's dropout recovery) and the throughput bench ([`bench`]).
-//! Nothing here touches files or the network.
+//! Nothing here touches files or the network. [`simd`] and [`ctr_fold`] are two of the
+//! three modules allowed `unsafe` (docs/architecture.md, "Unsafe code").
 
 pub mod bench;
+pub mod ctr_fold;
 pub mod keys;
 pub mod prg;
 pub mod quantize;

@@ -1,14 +1,21 @@
 //! Expanding mask keys into keystreams and folding them into a vector.
 //!
 //! The node's cost is (n-1)·d PRG words of w bytes (the ring's width) plus (n-1)·d adds. The vector is split into one
-//! contiguous range per thread; each thread keeps one AES-128-CTR state per peer, seeked
-//! to its range's offset, and walks its range in blocks small enough that the output
-//! block and the keystream buffer stay in L1/L2 while every peer's keystream is folded
-//! in. No mask is ever materialised whole.
+//! contiguous range per thread, and each thread walks its range in 16 KiB blocks that
+//! stay in L1 while every peer's keystream is folded in. No mask is ever materialised
+//! whole.
+//!
+//! Where the CPU has VAES and AVX-512 VBMI, each peer's keystream for a block is
+//! computed and folded in one loop ([`ctr_fold`]), and the next block is prefetched
+//! meanwhile. Elsewhere (and for a range's first elements up to a multiple of 16 and its
+//! last partial group of 64) each thread keeps one `ctr` state per peer, seeked to its
+//! range's offset, writes the block's keystream into a buffer and folds it in
+//! ([`simd::add_packed`]). Both give the same bits.
 
 use aes::Aes128;
 use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 
+use crate::secagg::ctr_fold::{self, RoundKeys};
 use crate::secagg::keys::{MaskKey, Sign};
 use crate::secagg::ring::Word;
 use crate::secagg::simd;
@@ -76,8 +83,64 @@ pub fn apply_masks_at<W: Word>(
     });
 }
 
-/// Masks one contiguous range that starts at element `start` of the vector.
+/// Masks one contiguous range that starts at element `start` of the vector: with the
+/// fused kernel ([`ctr_fold`]) where this CPU runs it, else by keystream buffer.
 fn apply_range<W: Word>(out: &mut [W], start: u64, masks: &[PeerMask], width: usize) {
+    let fused: Option<Vec<RoundKeys>> = masks.iter().map(|m| RoundKeys::expand(&m.key)).collect();
+    match fused {
+        Some(keys) => fused_range(out, start, masks, &keys, width),
+        None => buffered_range(out, start, masks, width),
+    }
+}
+
+/// [`apply_range`] with [`ctr_fold::fold`]: block by block, every peer's keystream
+/// folded into the block while it is in L1. The elements before the first multiple of
+/// [`ctr_fold::GROUP_ALIGN`] and after the last whole group go by keystream buffer.
+fn fused_range<W: Word>(
+    out: &mut [W],
+    start: u64,
+    masks: &[PeerMask],
+    keys: &[RoundKeys],
+    width: usize,
+) {
+    let head =
+        (start.next_multiple_of(ctr_fold::GROUP_ALIGN) - start).min(out.len() as u64) as usize;
+    let (head_words, rest) = out.split_at_mut(head);
+    buffered_range(head_words, start, masks, width);
+    let first = start + head as u64;
+    let body = rest.len() / ctr_fold::GROUP * ctr_fold::GROUP;
+    let (body_words, tail) = rest.split_at_mut(body);
+    let words_per_block = BLOCK_BYTES / W::BYTES;
+    let mut blocks = body_words.chunks_mut(words_per_block).peekable();
+    let mut at = first;
+    while let Some(block) = blocks.next() {
+        // The next block is fetched from memory in parts, one before each peer's pass
+        // over this one (the hardware prefetcher stops once this block is in L1).
+        let next: &[W] = blocks.peek().map_or(&[], |b| &b[..]);
+        let part = next.len().div_ceil(keys.len());
+        let mut parts = next.chunks(part.max(1));
+        for (k, m) in keys.iter().zip(masks) {
+            ctr_fold::prefetch(parts.next().unwrap_or_default());
+            let done = ctr_fold::fold(block, at, k, width, m.sign);
+            // fold takes whole groups from a multiple of GROUP_ALIGN, which every block
+            // here is: done is the whole block. Should it ever not be, the rest is still
+            // masked (never left out).
+            if done < block.len() {
+                let rest = &mut block[done..];
+                buffered_range(rest, at + done as u64, std::slice::from_ref(m), width);
+            }
+        }
+        at += block.len() as u64;
+    }
+    buffered_range(tail, first + body as u64, masks, width);
+}
+
+/// [`apply_range`] by keystream buffer: per block, each peer's keystream written into a
+/// buffer by `ctr`, then folded in by [`simd::add_packed`].
+fn buffered_range<W: Word>(out: &mut [W], start: u64, masks: &[PeerMask], width: usize) {
+    if out.is_empty() {
+        return;
+    }
     let mut prgs: Vec<Prg> = masks
         .iter()
         .map(|m| prg_at(&m.key, start * width as u64))
@@ -169,6 +232,47 @@ mod tests {
         fn masks_cancel(n in 2usize..=12, len in 0usize..3000, threads in 1usize..4, w in 1usize..=8) {
             prop_assert!(cancels::<u32>(n, len, w.min(4), threads));
             prop_assert!(cancels::<u64>(n, len, w, threads));
+        }
+    }
+
+    fn fused_against_buffered<W: Word>(start: u64, len: usize, width: usize, n: usize) -> bool {
+        let m = &masks_for(n)[0];
+        let width = width.clamp(1, W::BYTES);
+        let Some(keys) = m
+            .iter()
+            .map(|p| RoundKeys::expand(&p.key))
+            .collect::<Option<Vec<_>>>()
+        else {
+            eprintln!("no VAES/AVX-512 VBMI here: only the buffered path runs");
+            return true;
+        };
+        let x: Vec<W> = (0..len)
+            .map(|i| W::from_u64(i as u64 * 0x1234_5678_9abc))
+            .collect();
+        let (mut a, mut b) = (x.clone(), x);
+        fused_range(&mut a, start, m, &keys, width);
+        buffered_range(&mut b, start, m, width);
+        let low = |v: &[W]| -> Vec<u64> {
+            v.iter()
+                .map(|w| w.to_u64() & (u64::MAX >> (64 - 8 * width as u32)))
+                .collect()
+        };
+        low(&a) == low(&b)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// The fused kernel (head, whole groups block by block, tail) gives the bits
+        /// of the buffered path, which folds the `ctr` crate's keystream.
+        #[test]
+        fn fused_and_buffered_ranges_agree(
+            start in prop_oneof![0u64..5000, 0u64..1 << 40],
+            len in 0usize..7000,
+            width in 1usize..=8,
+            n in 2usize..=5,
+        ) {
+            prop_assert!(fused_against_buffered::<u64>(start, len, width, n));
+            prop_assert!(fused_against_buffered::<u32>(start, len, width, n));
         }
     }
 

@@ -29,8 +29,8 @@
 //! closure's loop for those instructions (the release build targets the x86-64
 //! baseline, SSE2). The closure is safe code and computes the same bits at every level.
 //!
-//! One of the two modules of the crate allowed `unsafe` code (the crate denies it
-//! everywhere else; the other is [`crate::hugepages`]): the intrinsics that read and
+//! One of the three modules of the crate allowed `unsafe` code (the crate denies it
+//! everywhere else; the others are [`crate::secagg::ctr_fold`] and [`crate::hugepages`]): the intrinsics that read and
 //! write memory take raw pointers, and a function compiled for CPU features (the
 //! kernels, and the two functions behind [`vectorised`]) may only be called once they
 //! are detected. Every `unsafe` block is one of those two things, and says why it holds.
