@@ -110,7 +110,7 @@ fn run_words<W: Word>(
     // Each job and its baseline run in turn, so both see the same machine.
     let (prg_secs, mask_secs) = paired(
         RUNS,
-        || raw_prg(&peers, len * width, threads),
+        || raw_prg(&peers, len, width, mask::BLOCK_BYTES / W::BYTES, threads),
         || {
             mask::apply_masks(&mut v, &peers, width, threads);
             black_box(&v);
@@ -186,14 +186,17 @@ fn peer_masks(nodes: usize) -> Vec<PeerMask> {
         .collect()
 }
 
-/// Raw keystream: every peer's `bytes` bytes, the streams split over `threads` threads
-/// by range as masking splits them, each into a reused 16 KiB buffer, by the fastest
+/// Raw keystream: every peer's `len · width` bytes, the streams split over `threads`
+/// threads by range exactly as masking splits its `len` elements (ranges of whole
+/// blocks of `block` elements), each into a reused 16 KiB buffer, by the fastest
 /// implementation this CPU has: the VAES kernel that masking itself runs
 /// ([`crate::secagg::ctr_fold::keystream`], key schedule expanded once per stream), else
 /// `ctr`.
-fn raw_prg(peers: &[PeerMask], bytes: usize, threads: usize) {
+fn raw_prg(peers: &[PeerMask], len: usize, width: usize, block: usize, threads: usize) {
     const BUF: usize = 16 * 1024;
-    let per = bytes.div_ceil(threads).next_multiple_of(BUF);
+    let bytes = len * width;
+    // A multiple of `block` (2048 or 4096) elements: a multiple of 16 bytes.
+    let per = len.div_ceil(threads).next_multiple_of(block) * width;
     std::thread::scope(|s| {
         for t in 0..threads {
             let range = (t * per).min(bytes)..((t + 1) * per).min(bytes);
@@ -204,7 +207,7 @@ fn raw_prg(peers: &[PeerMask], bytes: usize, threads: usize) {
                     let mut at = range.start;
                     while at < range.end {
                         let n = (range.end - at).min(BUF);
-                        // `at` is a multiple of 16 KiB, so of the AES block.
+                        // `at` is a multiple of 16 (range.start is, and BUF).
                         let done = keys
                             .as_ref()
                             .map_or(0, |k| ctr_fold::keystream(k, at as u64 / 16, &mut buf[..n]));

@@ -7,8 +7,9 @@
 //! keystream bytes at w·i, little-endian; docs/protocol.md, "Masks"). This module is a
 //! second implementation of it, for the CPUs that have VAES and AVX-512 VBMI, and it must
 //! give the same bits: the tests compare it with the `aes`/`ctr` crates for every width,
-//! both signs, both word sizes and offsets up to the 64-bit counter's wrap, and the
-//! known-answer vectors of `tests/kat3.rs` (from Python's `cryptography`) run through it.
+//! both signs, both word sizes, random offsets below 2^40 elements and a counter that
+//! carries across bit 32, check the key expansion against FIPS 197, and run the
+//! known-answer vectors of `tests/kat3.rs` (from Python's `cryptography`) through it.
 //!
 //! Why a second implementation: with `ctr` writing keystream into a buffer and the fold
 //! reading it back in a second loop, the two never overlap, and the fold costs about
@@ -82,7 +83,7 @@ pub fn available() -> bool {
 /// the leading whole groups of [`GROUP`] elements of `acc`, w = `width` clamped to
 /// 1..=`W::BYTES`; the same as `prg::apply_masks_at` for those elements. Returns how
 /// many elements it added: `acc.len()` rounded down to a whole group, or 0 when `first`
-/// is not a multiple of [`GROUP_ALIGN`]. Afterwards only the low 8·w bits of each
+/// is not a multiple of [`GROUP_ALIGN`] or the keystream would pass byte 2^64. Afterwards only the low 8·w bits of each
 /// touched word are defined, as with `simd::add_packed`.
 pub fn fold<W: Word>(
     acc: &mut [W],
@@ -95,17 +96,25 @@ pub fn fold<W: Word>(
         return 0;
     }
     let width = width.clamp(1, W::BYTES);
-    // The group's first AES block: byte w·first of the keystream, a multiple of 16. It
-    // is below 2^60 (w ≤ 8), so the 64-bit counter never wraps inside the vector.
-    let Some(byte) = first.checked_mul(width as u64) else {
+    // The first group's first AES block: byte w·first of the keystream, a multiple of
+    // 16. The keystream of the last whole group must end at or below byte 2^64 too, so
+    // every block is below 2^60 and the 64-bit counter never wraps.
+    let groups = (acc.len() / GROUP) as u64;
+    let end = groups
+        .checked_mul(GROUP as u64)
+        .and_then(|n| first.checked_add(n))
+        .and_then(|e| e.checked_mul(width as u64));
+    let (Some(byte), Some(_)) = (first.checked_mul(width as u64), end) else {
         return 0;
     };
     let block = byte / 16;
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
         return match W::words_mut(acc) {
-            WordsMut::U64(acc) => x86::fold_u64(acc, block, &keys.0, width, sign),
-            WordsMut::U32(acc) => x86::fold_u32(acc, block, &keys.0, width, sign),
+            // SAFETY: available() has just detected the features fold_u64 needs.
+            WordsMut::U64(acc) => unsafe { x86::fold_u64(acc, block, &keys.0, width, sign) },
+            // SAFETY: as above, for fold_u32.
+            WordsMut::U32(acc) => unsafe { x86::fold_u32(acc, block, &keys.0, width, sign) },
         };
     }
     let _ = (acc, block, keys, sign);
@@ -253,8 +262,9 @@ mod x86 {
             }
         }
 
-        /// The next four counter blocks, as bytes (the 64-bit counter wraps, as
-        /// `ctr::Ctr64BE`'s does).
+        /// The next four counter blocks, as bytes. The 64-bit add would wrap where
+        /// `ctr::Ctr64BE` refuses to go on (past block 2^64 - 1); [`super::super::fold`]
+        /// only takes elements whose keystream lies below byte 2^64, block 2^60.
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw")]
         fn take(&mut self) -> __m512i {
@@ -400,7 +410,11 @@ mod x86 {
     macro_rules! kernels {
         ($name:ident, $t:ty, $o:literal, $add:ident, $sub:ident, [$($w:literal)*]) => {
             /// The kernels for one word size, one per width and sign.
-            pub(super) fn $name(
+            ///
+            /// # Safety
+            ///
+            /// The CPU must have the features [`available`] detects.
+            pub(super) unsafe fn $name(
                 acc: &mut [$t],
                 block: u64,
                 rk: &[[u8; 16]; 11],
@@ -423,8 +437,8 @@ mod x86 {
                 let done = groups.len() * $o * L;
                 match (w, sign) {
                     $(
-                        // SAFETY: run is compiled for the features available() detected
-                        // before the caller (super::fold) came here.
+                        // SAFETY: run is compiled for the features available() detects,
+                        // which this function's caller guarantees.
                         ($w, Sign::Add) => unsafe { run::<$w, false>(groups, block, rk) },
                         // SAFETY: as above.
                         ($w, Sign::Sub) => unsafe { run::<$w, true>(groups, block, rk) },
@@ -441,24 +455,38 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The kernels against the `aes`/`ctr` crates (RustCrypto, the implementation the
     //! rest of the crate uses) and FIPS 197. Each test returns early on a CPU without
-    //! the kernels, saying so: there the buffered path is the only one and
-    //! `prg`'s tests cover it.
+    //! the kernels, saying so (there the buffered path is the only one and `prg`'s
+    //! tests cover it), unless `SECAGG_REQUIRE_VAES=1`, which `.ci/run` sets where the
+    //! CPU has the features: then a kernel that does not run is a failure.
 
     use super::*;
     use crate::secagg::prg::keystream as ctr_keystream;
     use crate::secagg::simd::add_packed;
     use proptest::prelude::*;
 
+    /// True (skip the test) on a CPU without the kernels; a failure instead when
+    /// `SECAGG_REQUIRE_VAES=1`.
+    pub(crate) fn skip_without_kernel() -> bool {
+        if available() {
+            return false;
+        }
+        assert!(
+            std::env::var_os("SECAGG_REQUIRE_VAES").is_none_or(|v| v != "1"),
+            "SECAGG_REQUIRE_VAES=1 but the VAES kernels do not run on this CPU"
+        );
+        eprintln!("no VAES/AVX-512 VBMI here: nothing to test");
+        true
+    }
+
     fn keys(seed: u8) -> Option<(MaskKey, RoundKeys)> {
         let key = MaskKey::from_bytes(std::array::from_fn(|i| seed.wrapping_mul(31) ^ i as u8));
-        let Some(rk) = RoundKeys::expand(&key) else {
-            eprintln!("no VAES/AVX-512 VBMI here: nothing to test");
+        if skip_without_kernel() {
             return None;
-        };
-        Some((key, rk))
+        }
+        Some((key.clone(), RoundKeys::expand(&key)?))
     }
 
     /// `acc` with `fold`, and `acc` with the ctr crate's keystream folded in by
@@ -514,8 +542,30 @@ mod tests {
                     };
                     assert_eq!(done, 64 * 3, "u32, width {width}, first {first}");
                     assert_eq!(got, want, "u32, width {width}, first {first}, {sign:?}");
+                    assert!(got.iter().any(|x| *x != 0));
                 }
             }
+        }
+    }
+
+    /// The counter's 64-bit add carries across bit 32 inside a call (a 32-bit add would
+    /// not).
+    #[test]
+    fn the_counter_carries_across_bit_32() {
+        // Width 8 from block 2^32 - 8, width 5 from the aligned element nearest below
+        // block 2^32 - 20.
+        let five = ((1u64 << 32) - 20) * 16 / 5 / GROUP_ALIGN * GROUP_ALIGN;
+        for (width, first) in [(8usize, (1u64 << 33) - 16), (5, five)] {
+            let Some((got, want, done)) = both::<u64>(64 * 4, first, width, Sign::Add, 4) else {
+                return;
+            };
+            let (lo, hi) = (first * width as u64 / 16, (first + 256) * width as u64 / 16);
+            assert!(
+                lo < 1 << 32 && hi > 1 << 32,
+                "the blocks {lo}..{hi} cross 2^32"
+            );
+            assert_eq!(done, 256);
+            assert_eq!(got, want, "width {width}, first {first}");
         }
     }
 
@@ -524,9 +574,12 @@ mod tests {
         let Some((_, rk)) = keys(1) else {
             return;
         };
-        // 1, 8, 15 and 17 are off the alignment; the last is aligned, but w·first
-        // overflows the keystream's 64-bit byte offset.
-        for first in [1u64, 8, 15, 17, u64::MAX / 16 * 16] {
+        // 1, 8, 15 and 17 are off the alignment. The last two are aligned, but w·first
+        // overflows the keystream's 64-bit byte offset, or w·(first + 128) does (the
+        // last group's keystream would pass byte 2^64).
+        let last_group_too_far = (u64::MAX / 5 - 64) / 16 * 16;
+        assert!(last_group_too_far.checked_mul(5).is_some());
+        for first in [1u64, 8, 15, 17, u64::MAX / 16 * 16, last_group_too_far] {
             let mut acc = vec![7u64; 128];
             assert_eq!(fold(&mut acc, first, &rk, 5, Sign::Add), 0, "first {first}");
             assert!(acc.iter().all(|x| *x == 7), "first {first}: untouched");
@@ -546,6 +599,8 @@ mod tests {
             (0, 64 * 8 * 3 + 64 * 3 + 40),
             (5, 1000),
             (1 << 33, 4096),
+            // The counter carries into bit 32 inside the call.
+            ((1 << 32) - 3, 1024),
         ] {
             let mut got = vec![0u8; len];
             let done = keystream(&rk, block, &mut got);
@@ -564,9 +619,11 @@ mod tests {
             0x2b, 0x7e, 0x15, 0x16, 0x28, 0xae, 0xd2, 0xa6, 0xab, 0xf7, 0x15, 0x88, 0x09, 0xcf,
             0x4f, 0x3c,
         ]);
-        let Some(rk) = RoundKeys::expand(&key) else {
-            eprintln!("no VAES/AVX-512 VBMI here: nothing to test");
+        if skip_without_kernel() {
             return;
+        }
+        let Some(rk) = RoundKeys::expand(&key) else {
+            panic!("the kernels are available but expand refused");
         };
         let hex = |b: &[u8; 16]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         assert_eq!(hex(&rk.0[0]), "2b7e151628aed2a6abf7158809cf4f3c");
@@ -599,7 +656,8 @@ mod tests {
                 prop_assert_eq!(done, len / GROUP * GROUP);
                 prop_assert_eq!(got, want);
             }
-            if let Some((got, want, _)) = both::<u32>(len, group * GROUP_ALIGN, width.min(4), sign, seed) {
+            if let Some((got, want, done)) = both::<u32>(len, group * GROUP_ALIGN, width.min(4), sign, seed) {
+                prop_assert_eq!(done, len / GROUP * GROUP);
                 prop_assert_eq!(got, want);
             }
         }
