@@ -30,11 +30,34 @@ fn benches(c: &mut Criterion) {
     g.bench_function("prg_keystream_8MiB", |b| {
         b.iter(|| mask::keystream(&key(1), 0, &mut buf))
     });
-    // The VAES kernel masking runs where the CPU has it (skipped elsewhere).
+    // The VAES kernel masking runs where the CPU has it (skipped elsewhere): its raw
+    // keystream, then in L1 (one 2048-word block, 9 peers, w = 5) folding against
+    // writing the same keystream (docs/performance.md, "Masking since the VAES kernel").
     if let Some(rk) = secagg::secagg::ctr_fold::RoundKeys::expand(&key(1)) {
         g.bench_function("prg_keystream_vaes_8MiB", |b| {
             b.iter(|| secagg::secagg::ctr_fold::keystream(&rk, 0, &mut buf))
         });
+        let rks: Vec<_> = (0..9u8)
+            .filter_map(|i| secagg::secagg::ctr_fold::RoundKeys::expand(&key(i)))
+            .collect();
+        g.throughput(Throughput::Elements(2048 * 9));
+        let mut block = vec![0u64; 2048];
+        g.bench_function("vaes_fold_l1_w5_9_peers", |b| {
+            b.iter(|| {
+                for k in &rks {
+                    secagg::secagg::ctr_fold::fold(&mut block, 0, k, 5, Sign::Add);
+                }
+            })
+        });
+        let mut ks = vec![0u8; 2048 * 5];
+        g.bench_function("vaes_keystream_l1_w5_9_peers", |b| {
+            b.iter(|| {
+                for k in &rks {
+                    secagg::secagg::ctr_fold::keystream(k, 0, &mut ks);
+                }
+            })
+        });
+        g.throughput(Throughput::Bytes((LEN * 8) as u64));
     }
     for peers in [1usize, 9] {
         let masks: Vec<PeerMask> = (0..peers)

@@ -100,7 +100,8 @@ fn run_words<W: Word>(
 ) -> Report {
     let nodes = nodes.max(2);
     let len = len.max(1);
-    let threads = threads.max(1);
+    // As masking clamps it (prg::apply_masks_at), so both split alike.
+    let threads = threads.clamp(1, 256);
     let width = modulus.word_bytes();
     let peers = peer_masks(nodes);
     let ks_bytes = (len * width * (nodes - 1)) as f64;

@@ -62,9 +62,12 @@ impl RoundKeys {
     pub fn expand(key: &MaskKey) -> Option<RoundKeys> {
         #[cfg(target_arch = "x86_64")]
         if x86::available() {
+            // Expanded in place: no named copy of the schedule outside `RoundKeys`.
+            let mut keys = RoundKeys([[0; 16]; 11]);
             // SAFETY: x86::expand is compiled for `aes` (and SSE2), which available()
             // has just detected.
-            return Some(RoundKeys(unsafe { x86::expand(&key.0) }));
+            unsafe { x86::expand(&key.0, &mut keys.0) };
+            return Some(keys);
         }
         let _ = key;
         None
@@ -110,6 +113,8 @@ pub fn fold<W: Word>(
     let block = byte / 16;
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
+        #[cfg(test)]
+        tests::GROUPS_FOLDED.with(|n| n.set(n.get() + groups));
         return match W::words_mut(acc) {
             // SAFETY: available() has just detected the features fold_u64 needs.
             WordsMut::U64(acc) => unsafe { x86::fold_u64(acc, block, &keys.0, width, sign) },
@@ -185,8 +190,7 @@ mod x86 {
     /// i is the previous one with its words prefix-XORed, XORed with
     /// SubWord(RotWord(last word)) ⊕ Rcon(i) broadcast to every word.
     #[target_feature(enable = "aes")]
-    pub(super) fn expand(key: &[u8; 16]) -> [[u8; 16]; 11] {
-        let mut out = [[0u8; 16]; 11];
+    pub(super) fn expand(key: &[u8; 16], out: &mut [[u8; 16]; 11]) {
         // SAFETY: `key` is 16 initialised bytes; loadu needs no alignment.
         let mut k = unsafe { _mm_loadu_si128(key.as_ptr().cast()) };
         store128(&mut out[0], k);
@@ -213,7 +217,6 @@ mod x86 {
         round!(8, 0x80);
         round!(9, 0x1b);
         round!(10, 0x36);
-        out
     }
 
     #[target_feature(enable = "sse2")]
@@ -462,8 +465,16 @@ pub(crate) mod tests {
     //! tests cover it), unless `SECAGG_REQUIRE_VAES=1`, which `.ci/run` sets where the
     //! CPU has the features: then a kernel that does not run is a failure.
 
+    use std::cell::Cell;
+
     use super::*;
     use crate::secagg::prg::keystream as ctr_keystream;
+
+    thread_local! {
+        /// Groups [`fold`] has handed to a kernel on this thread (tests only: lets a
+        /// test see that masking took the kernel).
+        pub(crate) static GROUPS_FOLDED: Cell<u64> = const { Cell::new(0) };
+    }
     use crate::secagg::simd::add_packed;
     use proptest::prelude::*;
 

@@ -287,6 +287,25 @@ mod tests {
         }
     }
 
+    /// Where the CPU has the kernel, masking takes it (a change that always buffers
+    /// would pass every equality test), and the key schedules are allocated once at
+    /// their final size (a growing vector frees unwiped copies).
+    #[test]
+    fn masking_takes_the_kernel_and_allocates_key_schedules_once() {
+        let m = &masks_for(10)[0];
+        if ctr_fold::tests::skip_without_kernel() {
+            return;
+        }
+        let keys = expand_all(m).expect("the kernels run here");
+        assert_eq!((keys.len(), keys.capacity()), (9, 9));
+        let before = ctr_fold::tests::GROUPS_FOLDED.with(|n| n.get());
+        let mut v = vec![0u64; 4096 + 100];
+        apply_masks_at(&mut v, 5, m, 5, 1);
+        let groups = ctr_fold::tests::GROUPS_FOLDED.with(|n| n.get()) - before;
+        // Elements 16.. in whole groups of 64 (the head is 11, the tail 41), 9 peers.
+        assert_eq!(groups, 9 * ((4096 + 100 - 11) / 64) as u64);
+    }
+
     #[test]
     fn chunking_matches_one_thread() {
         let m = &masks_for(3)[0];
