@@ -213,8 +213,7 @@ fn raw_prg(peers: &[PeerMask], len: usize, width: usize, block: usize, threads: 
                             .as_ref()
                             .map_or(0, |k| ctr_fold::keystream(k, at as u64 / 16, &mut buf[..n]));
                         if done < n {
-                            let mut p = mask::prg_at(&m.key, (at + done) as u64);
-                            ctr::cipher::StreamCipher::write_keystream(&mut p, &mut buf[done..n]);
+                            mask::keystream(&m.key, (at + done) as u64, &mut buf[done..n]);
                         }
                         at += n;
                     }

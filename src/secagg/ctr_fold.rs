@@ -126,15 +126,14 @@ pub fn fold<W: Word>(
     0
 }
 
-/// Asks the CPU to bring `words` into the L1 cache (a hint: no effect on results, none
-/// on CPUs without the kernels). Masking calls it for the next block while every peer's
-/// keystream goes into the current one, so the next block's first pass does not wait on
-/// memory.
+/// Asks the CPU to bring `words` into the L1 cache (a hint: no effect on results; an
+/// SSE instruction every x86-64 CPU has, nothing elsewhere). Masking calls it for the
+/// next block while every peer's keystream goes into the current one, so the next
+/// block's first pass does not wait on memory.
 pub fn prefetch<W: Word>(words: &[W]) {
     #[cfg(target_arch = "x86_64")]
-    if x86::available() {
-        x86::prefetch(words);
-    }
+    x86::prefetch(words);
+    #[cfg(not(target_arch = "x86_64"))]
     let _ = words;
 }
 

@@ -158,8 +158,8 @@ fn buffered_range<W: Word>(out: &mut [W], start: u64, masks: &[PeerMask], width:
         .map(|m| prg_at(&m.key, start * width as u64))
         .collect();
     let words_per_block = BLOCK_BYTES / W::BYTES;
-    // Keystream: wiped when dropped.
-    let mut buf = Zeroizing::new(vec![0u8; words_per_block * width]);
+    // Keystream for one block (or the whole of a shorter range): wiped when dropped.
+    let mut buf = Zeroizing::new(vec![0u8; out.len().min(words_per_block) * width]);
     for block in out.chunks_mut(words_per_block) {
         let ks = &mut buf[..block.len() * width];
         for (prg, m) in prgs.iter_mut().zip(masks) {

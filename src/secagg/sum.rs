@@ -429,8 +429,8 @@ pub fn sum_hashed_range<W: Word, P: Payloads + ?Sized>(
 }
 
 /// Sums `payloads` of `elements` residues of `w` bytes each, held in memory, as
-/// `secagg aggregate` sums files: one thread per [`segment_ranges`] range, each running
-/// [`sum_hashed_range`] and handing its summed slices to `sink`. Returns, per payload,
+/// `secagg aggregate` sums files: [`sum_hashed_ranges`] over the [`segment_ranges`]
+/// for `threads`, every range handing its summed slices to `sink`. Returns, per payload,
 /// every segment's digest in order.
 pub fn sum_hashed<W: Word>(
     payloads: &[Vec<u8>],
@@ -440,10 +440,26 @@ pub fn sum_hashed<W: Word>(
     sink: impl Fn(u64, &[W]) + Sync,
 ) -> std::result::Result<Vec<Vec<[u8; 32]>>, (usize, std::io::Error)> {
     let sink = &sink;
+    let work = segment_ranges(elements, threads)
+        .into_iter()
+        .map(|r| (r, |first: u64, sums: &[W]| sink(first, sums)))
+        .collect();
+    sum_hashed_ranges(payloads, w, work)
+}
+
+/// One thread per `(range, sink)` of `work` (ranges that tile the vector in order, each
+/// from a segment boundary, as [`segment_ranges`] makes them), each running
+/// [`sum_hashed_range`] into its own sink. Returns, per payload, every segment's digest
+/// in order; or the index of the first payload that could not be read.
+pub fn sum_hashed_ranges<W: Word, P: Payloads + ?Sized, S: FnMut(u64, &[W]) + Send>(
+    payloads: &P,
+    w: usize,
+    work: Vec<(std::ops::Range<u64>, S)>,
+) -> std::result::Result<Vec<Vec<[u8; 32]>>, (usize, std::io::Error)> {
     let parts: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = segment_ranges(elements, threads)
+        let handles: Vec<_> = work
             .into_iter()
-            .map(|r| s.spawn(move || sum_hashed_range(payloads, w, r, sink)))
+            .map(|(r, sink)| s.spawn(move || sum_hashed_range(payloads, w, r, sink)))
             .collect();
         handles
             .into_iter()
@@ -454,7 +470,7 @@ pub fn sum_hashed<W: Word>(
             })
             .collect()
     });
-    let mut digests = vec![Vec::new(); payloads.len()];
+    let mut digests = vec![Vec::new(); payloads.count()];
     for part in parts {
         for (all, mine) in digests.iter_mut().zip(part?) {
             all.extend(mine);

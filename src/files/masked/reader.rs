@@ -95,46 +95,16 @@ pub fn sum_verified<W: Word, S: FnMut(u64, &[W]) + Send>(
         .iter()
         .map(|(r, _)| (&r.file, r.payload_start))
         .collect();
-    let nseg = first.elements.div_ceil(SEGMENT_ELEMENTS as u64) as usize;
-    type Part = std::result::Result<Vec<Vec<[u8; 32]>>, (usize, std::io::Error)>;
-    let parts: Vec<Part> = std::thread::scope(|s| {
-        let sources = &sources;
-        let handles: Vec<_> = work
-            .into_iter()
-            .map(|(range, sink)| {
-                s.spawn(move || {
-                    crate::secagg::sum::sum_hashed_range::<W, _>(
-                        &FilePayloads(sources),
-                        w,
-                        range,
-                        sink,
-                    )
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err((0, std::io::Error::other("a summing thread panicked")))
-                })
-            })
-            .collect()
-    });
-    let mut digests = vec![Vec::with_capacity(nseg); files.len()];
-    for part in parts {
-        let part = part.map_err(|(i, source)| {
+    let digests = crate::secagg::sum::sum_hashed_ranges(&FilePayloads(&sources), w, work).map_err(
+        |(i, source)| {
             let e = Error::Io {
                 action: "read",
                 path: files[i].0.path.clone(),
                 source,
             };
             (i, e)
-        })?;
-        for (all, mine) in digests.iter_mut().zip(part) {
-            all.extend(mine);
-        }
-    }
+        },
+    )?;
     for (i, ((mut r, key), d)) in files.into_iter().zip(digests).enumerate() {
         r.segments = d;
         r.verify_at_end(&key).map_err(|e| (i, e))?;
